@@ -1,0 +1,31 @@
+"""Small waiting helpers for tests: wait on a condition, bounded in time, never a blind sleep."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+
+from aiodiscovery._backoff import Backoff
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], predicate: Callable[[T], bool], *, timeout: float = 15.0
+) -> T:
+    """Re-run ``probe`` until ``predicate`` holds on its result; fail after ``timeout`` seconds."""
+    backoff = Backoff(initial=0.01, cap=0.2)
+    last: T | None = None
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                last = await probe()
+                if predicate(last):
+                    return last
+                await backoff.sleep()
+    except TimeoutError:
+        raise AssertionError(
+            f"condition not met within {timeout} s; last value: {last!r}"
+        ) from None

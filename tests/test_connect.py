@@ -1,0 +1,94 @@
+"""connect(): URL handling, clear failures and fail-over between real etcd members."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+
+import aiodiscovery
+from aiodiscovery import Endpoint, EndpointManager, EtcdUnavailableError
+from aiodiscovery._etcd import parse_urls
+from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+def test_parse_urls_forms() -> None:
+    assert parse_urls("http://127.0.0.1:2379") == ("http://127.0.0.1:2379",)
+    assert parse_urls(" 127.0.0.1:1, http://127.0.0.1:2 ,") == (
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+    )
+    assert parse_urls(["http://[::1]:2379"]) == ("http://[::1]:2379",)
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        ("", "no etcd URL"),
+        ("ftp://h:1", "http:// or https://"),
+        ("http://h", "host and a port"),
+        ("http://h:99999", "bad port"),
+        ("http://h:1/v3", "path"),
+        ("http://a:1,https://b:2", "mix http and https"),
+    ],
+)
+def test_parse_urls_rejects(urls: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_urls(urls)
+
+
+def test_several_hostnames_are_refused_with_a_hint() -> None:
+    with pytest.raises(ValueError, match="one DNS name"):
+        aiodiscovery.EtcdClient("http://a.example:2379,http://b.example:2379")
+
+
+async def test_unreachable_etcd_fails_fast_and_clearly() -> None:
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(EtcdUnavailableError, match=f"127.0.0.1:{port} within 0.5 s"):
+        await aiodiscovery.connect(f"http://127.0.0.1:{port}", timeout=0.5)
+    assert time.monotonic() - started < 5
+
+
+async def test_connect_returns_a_working_aetcd_client(etcd: EtcdServer) -> None:
+    client = await aiodiscovery.connect(etcd.url)
+    try:
+        await client.put(b"connect-test", b"v")
+        got = await client.get(b"connect-test")
+        assert got is not None and got.value == b"v"
+        assert repr(client) == f"<EtcdClient {etcd.url} connected>"
+    finally:
+        await client.close()
+
+
+async def test_a_dead_first_url_is_skipped(etcd: EtcdServer) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    client = await aiodiscovery.connect([dead, etcd.url], timeout=5)
+    try:
+        await client.put(b"failover-test", b"v")
+    finally:
+        await client.close()
+
+
+async def test_fails_over_when_the_member_in_use_dies(service: str) -> None:
+    async with EtcdCluster(3) as cluster:
+        client = await aiodiscovery.connect(cluster.urls)
+        try:
+            em = EndpointManager(client, service)
+            await em.add_endpoint(f"{service}/before", Endpoint("a:1"))
+            # pick_first uses the first URL: kill exactly that member.
+            cluster.members[0].kill()
+            # A request caught mid-way by the death may time out (as in Go); a retry must land.
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        await em.add_endpoint(f"{service}/after", Endpoint("b:1"))
+                        break
+                    except EtcdUnavailableError:
+                        continue
+            assert set(await em.list_endpoints()) == {f"{service}/before", f"{service}/after"}
+        finally:
+            await client.close()
