@@ -10,6 +10,7 @@ from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endp
 from ._etcd import EtcdClient, connect
 from ._exceptions import (
     AiodiscoveryError,
+    AuthenticationError,
     DecodeError,
     EtcdError,
     EtcdUnavailableError,
@@ -17,21 +18,50 @@ from ._exceptions import (
     TransactionTooLargeError,
 )
 from ._manager import EndpointManager
+from ._policies import (
+    P2CPicker,
+    Picker,
+    PickFirstPicker,
+    RoundRobinPicker,
+    SubchannelView,
+    WeightedPicker,
+)
+from ._pool import BalancedChannel, PoolStatistics, SubchannelStatistics, resolve
+from ._registrar import Registrar, RegistrarState, RegistrarStatistics
+from ._watcher import EndpointSet, WatchBatch, Watcher, WatcherStatistics
 
 __all__ = [
     "AiodiscoveryError",
+    "AuthenticationError",
+    "BalancedChannel",
     "DecodeError",
     "Endpoint",
     "EndpointManager",
+    "EndpointSet",
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailableError",
     "LeaseNotFoundError",
     "Operation",
+    "P2CPicker",
+    "PickFirstPicker",
+    "Picker",
+    "PoolStatistics",
+    "Registrar",
+    "RegistrarState",
+    "RegistrarStatistics",
+    "RoundRobinPicker",
+    "SubchannelStatistics",
+    "SubchannelView",
     "TransactionTooLargeError",
     "Update",
+    "WatchBatch",
+    "Watcher",
+    "WatcherStatistics",
+    "WeightedPicker",
     "connect",
     "decode_endpoint",
     "encode_endpoint",
     "parse_target",
+    "resolve",
 ]

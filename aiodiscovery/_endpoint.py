@@ -169,8 +169,9 @@ def decode_endpoint(key: str, value: bytes) -> Endpoint:
     always an add), and a later duplicate field wins, as in Go. ``key`` only serves the error.
     """
     try:
-        pairs = json.loads(value, object_pairs_hook=_Object, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # Go reads invalid UTF-8 as U+FFFD instead of failing, and so do we.
+        pairs = _DECODER.decode(value.decode("utf-8", errors="replace"))
+    except ValueError as exc:
         raise DecodeError(key, f"not JSON ({exc})") from None
     if not isinstance(pairs, _Object):
         raise DecodeError(key, f"expected a JSON object, got {type(_plain(pairs)).__name__}")
@@ -210,6 +211,9 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     return value
 
+
+# Built once: json.loads with hooks would build a fresh decoder for every value.
+_DECODER = json.JSONDecoder(object_pairs_hook=_Object, parse_constant=_reject_constant)
 
 _TARGET_HELP = "a valid target looks like 'etcd:///foo/bar/my-service' or 'foo/bar/my-service'"
 

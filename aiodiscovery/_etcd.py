@@ -1,43 +1,75 @@
 """Connecting to etcd, and the few typed etcd calls the rest of the package builds on.
 
-aetcd's :class:`aetcd.Client` dials exactly one ``host:port``. :func:`connect` returns an
-:class:`EtcdClient`, an ``aetcd.Client`` whose channel spans every given member, so that gRPC fails
-over between them, with keep-alive pings that notice a member that stopped answering.
+aetcd's :class:`aetcd.Client` dials exactly one ``host:port``, in plaintext, and never renews its
+auth token. :func:`connect` returns an :class:`EtcdClient`, an ``aetcd.Client`` whose channel spans
+every given member, so that gRPC fails over between them, with keep-alive pings that notice a member
+that stopped answering; over TLS (``https://``, optionally with a client certificate) when asked.
+
+With a user name and password, the client authenticates at connect and a unary gRPC interceptor
+on the channel puts the current token into every unary call. When etcd rejects a token (a simple
+token expires after ``--auth-token-ttl`` seconds unused on a member, and every token is lost when a
+member restarts), the call re-authenticates once and is retried, transparently. Streams (watch,
+lease keep-alive) take the current token from ``client.metadata``, a property read anew each time a
+stream opens; when etcd refuses a stream for its token, its owner calls :func:`reauthenticate` and
+opens a new one. Concurrent renewals share one Authenticate request.
+
+No secret (password, token, key) ever appears in a log line, an exception message or a ``repr``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import logging
+import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aetcd
 import anyio
 import grpc
 from aetcd import rpc
+from anyio.lowlevel import checkpoint
 
-from ._exceptions import EtcdError, EtcdUnavailableError, LeaseNotFoundError
+from ._exceptions import (
+    AuthenticationError,
+    EtcdError,
+    EtcdUnavailableError,
+    LeaseNotFoundError,
+)
 
 __all__ = [
     "DEFAULT_URL",
     "EtcdClient",
     "KeyValue",
+    "PemSource",
     "connect",
     "etcd_errors",
+    "is_auth_cancel",
+    "is_token_error",
     "list_prefix",
     "parse_urls",
+    "parse_user",
+    "reauthenticate",
     "request_timeout",
 ]
+
+logger = logging.getLogger("aiodiscovery")
+
+#: A PEM certificate or key: a file path, or the PEM data itself (``bytes``, or a ``str`` that
+#: starts with ``-----BEGIN``).
+PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
 
 DEFAULT_URL = "http://127.0.0.1:2379"
 DEFAULT_TIMEOUT = 5.0
 # Range pages: one huge response could pass gRPC's 4 MiB receive limit; pages are read at one
 # pinned revision, so the result is still one consistent snapshot.
-_PAGE_SIZE = 1000
+_PAGE_SIZE = 5000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -130,10 +162,360 @@ def _channel_options(extra: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return list(options.items())
 
 
+# ---------------------------------------------------------------------------------------------
+# TLS
+
+
+def _read_pem(value: PemSource, what: str) -> bytes:
+    """Load a PEM certificate or key given as a path or as data; errors name the file only."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        data, origin = bytes(value), "given as bytes"
+    elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        data, origin = value.encode(), "given as a PEM string"
+    elif isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError as exc:
+            # Same exception type (FileNotFoundError, PermissionError, ...), clearer message.
+            raise type(exc)(
+                exc.errno, f"cannot read the etcd {what} file {path!r}: {exc.strerror}"
+            ) from None
+        origin = f"file {path!r}"
+    else:
+        raise TypeError(f"the etcd {what} must be a file path or PEM bytes, not {type(value)}")
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"the etcd {what} ({origin}) is not in PEM format")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class _TLSConfig:
+    """What a secure channel needs. The PEM data stays out of ``repr``."""
+
+    ca: bytes | None = field(repr=False)
+    cert: bytes | None = field(repr=False)
+    key: bytes | None = field(repr=False)
+    server_name: str | None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
+def _tls_config(
+    urls: Sequence[str],
+    ca: PemSource | None,
+    cert: PemSource | None,
+    key: PemSource | None,
+    server_name: str | None,
+) -> _TLSConfig | None:
+    if (cert is None) != (key is None):
+        missing, given = ("key", "cert") if key is None else ("cert", "key")
+        raise ValueError(
+            f"a client certificate needs both cert= and key=; {given}= was given without {missing}="
+        )
+    if not urls[0].startswith("https://"):
+        given_options = [n for n, v in (("ca", ca), ("cert", cert), ("key", key)) if v is not None]
+        if server_name is not None:
+            given_options.append("server_name")
+        if given_options:
+            raise ValueError(
+                f"TLS options ({', '.join(f'{n}=' for n in given_options)}) need https:// etcd "
+                f"URLs, got {', '.join(urls)}"
+            )
+        return None
+    if server_name is not None and not server_name.strip():
+        raise ValueError("server_name must not be empty")
+    return _TLSConfig(
+        ca=None if ca is None else _read_pem(ca, "CA certificate (ca=)"),
+        cert=None if cert is None else _read_pem(cert, "client certificate (cert=)"),
+        key=None if key is None else _read_pem(key, "client key (key=)"),
+        server_name=server_name,
+    )
+
+
+def _diagnosis(details: str, tls: bool) -> str:
+    """A hint for the usual misconfigurations, from gRPC's last connection error."""
+    text = details.lower()
+    if "certificate_verify_failed" in text:
+        return (
+            "the server's certificate is not signed by the trusted CA (pass the CA that signed "
+            "it as ca=)"
+        )
+    if "hostname verification" in text:
+        return (
+            "the server's certificate is not valid for the name dialled (pass the name it was "
+            "issued for as server_name=)"
+        )
+    if "bad_certificate" in text or "certificate_required" in text:
+        return (
+            "etcd refused the client certificate (it requires one signed by its trusted CA: "
+            "pass cert= and key=)"
+        )
+    if "security handshaker" in text or "private key" in text:
+        return "the client certificate and key do not match or cannot be loaded"
+    if tls and "handshake read failed" in text:
+        return "etcd does not speak TLS there (use http:// URLs)"
+    if not tls and ("socket closed" in text or "connection reset" in text):
+        return "etcd closed the connection: if it serves TLS, use https:// URLs (and ca=)"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication
+
+_TOKEN_KEY = "token"
+_AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
+_WATCH = "/etcdserverpb.Watch/Watch"
+# etcd's messages for a token it will not take (rpctypes.ErrGRPCInvalidAuthToken,
+# ErrGRPCAuthOldRevision, ErrGRPCUserEmpty); the Go client re-authenticates on the same set.
+_TOKEN_ERRORS = (
+    "invalid auth token",
+    "revision of auth store is old",
+    "user name is empty",
+)
+
+
+def parse_user(value: str) -> tuple[str, str | None]:
+    """Split etcdctl's ``--user`` value ``name:password`` (or just ``name``) at the first colon."""
+    name, sep, password = value.partition(":")
+    if not name:
+        raise ValueError("the etcd user name must not be empty (expected name:password)")
+    return name, (password if sep else None)
+
+
+def is_token_error(error: grpc.aio.AioRpcError | EtcdError | str) -> bool:
+    """Whether etcd refused a call, or cancelled a watch, for the auth token.
+
+    Accepts a gRPC error, an :class:`EtcdError` or a watch response's ``cancel_reason``. True for
+    an expired or unknown token, a token from before an auth change, and a missing token; then
+    :meth:`EtcdClient.reauthenticate` and a retry (on a new stream) can help. A wrong password or
+    a permission error is not a token error.
+    """
+    if isinstance(error, grpc.aio.AioRpcError):
+        if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return True
+        text = error.details() or ""
+    elif isinstance(error, EtcdError):
+        if error.code == "UNAUTHENTICATED":
+            return True
+        text = error.details or str(error)
+    else:
+        text = error
+    return any(marker in text for marker in _TOKEN_ERRORS)
+
+
+def is_auth_cancel(cancel_reason: str) -> bool:
+    """Whether etcd may have cancelled a watch for its auth token (``WatchResponse.cancel_reason``).
+
+    etcd 3.5.1 cancels a watch created with an expired or missing token with ``"rpc error: code =
+    PermissionDenied desc = etcdserver: permission denied"``, the same words as for a user who
+    may not read the range; later versions name the token. Renewing the token and watching again
+    settles it either way (a real denial is denied again).
+    """
+    return is_token_error(cancel_reason) or "permission denied" in cancel_reason
+
+
+def _is_token_rejection(code: grpc.StatusCode, details: str) -> bool:
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return True
+    return code == grpc.StatusCode.INVALID_ARGUMENT and any(m in details for m in _TOKEN_ERRORS)
+
+
+def _method_name(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method
+
+
+class _TokenAuth:
+    """The user name, password and current token of one client; renews the token on demand.
+
+    ``generation`` counts tokens: a caller remembers the generation its call used, and a refresh
+    for an older generation than the current one is skipped, so that any number of calls
+    rejected for the same token share one Authenticate request.
+    """
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self.__password = password
+        self.token: str | None = None
+        self.generation = 0
+        self.enabled_on_server = True
+        self.authentications = 0
+        self.token_rejections = 0
+        self.retried_calls = 0
+        self._lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<etcd credentials user={self.username!r}>"
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def settled(self) -> tuple[str | None, int]:
+        """The current token and its generation, after any refresh in progress."""
+        lock = self._get_lock()
+        if lock.locked():
+            async with lock:
+                pass
+        return self.token, self.generation
+
+    async def refresh(self, channel: grpc.aio.Channel, timeout: float, seen: int) -> None:
+        """Authenticate again, unless the token changed since generation ``seen``.
+
+        Raises :class:`AuthenticationError` when etcd rejects the user name or password, and
+        :class:`grpc.aio.AioRpcError` when etcd cannot be asked.
+        """
+        async with self._get_lock():
+            if self.generation != seen:
+                return
+            await self._authenticate(channel, timeout)
+
+    async def _authenticate(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        request = rpc.AuthenticateRequest(name=self.username, password=self.__password)
+        try:
+            reply = await rpc.AuthStub(channel).Authenticate(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            details = exc.details() or ""
+            if "authentication is not enabled" in details:
+                # Like Go's client: no auth on the server, so no token; should auth be turned on
+                # later, the first call rejected for a missing token authenticates again.
+                if self.enabled_on_server:
+                    logger.info(
+                        "etcd authentication is not enabled; connected without a token "
+                        "(user %r unused)",
+                        self.username,
+                    )
+                self.enabled_on_server = False
+                self.token = None
+                self.generation += 1
+                return
+            if exc.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ):
+                raise AuthenticationError(
+                    f"etcd rejected the credentials of user {self.username!r}: {details}",
+                    code=exc.code().name,
+                    details=details,
+                    username=self.username,
+                ) from None
+            raise
+        self.enabled_on_server = True
+        self.token = reply.token
+        self.generation += 1
+        self.authentications += 1
+        logger.debug("authenticated to etcd as user %r", self.username)
+
+
+def _with_token(
+    details: grpc.aio.ClientCallDetails, token: str | None
+) -> grpc.aio.ClientCallDetails:
+    if token is None:
+        return details
+    # A copy: the caller's Metadata object must not change under it.
+    metadata = grpc.aio.Metadata(*((k, v) for k, v in (details.metadata or ()) if k != _TOKEN_KEY))
+    metadata.add(_TOKEN_KEY, token)
+    return details._replace(metadata=metadata)
+
+
+class _AuthInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Puts the current token into every unary call; when etcd rejects it, renews it (once for
+    all calls rejected with the same token) and retries the call once.
+
+    Streams are deliberately not intercepted: grpc.aio wraps an intercepted stream in a call
+    object whose ``write()`` raises ``InvalidStateError`` instead of the RPC's error and whose
+    broken connection reads as ``INTERNAL``, which would change what every stream owner sees.
+    Streams get the current token from :attr:`EtcdClient.metadata` when they are opened.
+    """
+
+    def __init__(self, client: EtcdClient, auth: _TokenAuth) -> None:
+        self._client = client
+        self._auth = auth
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        if _method_name(details.method) == _AUTHENTICATE:
+            return await continuation(details, request)
+        auth = self._auth
+        started = time.monotonic()
+        token, seen = await auth.settled()
+        call = await continuation(_with_token(details, token), request)
+        try:
+            code = await call.code()
+            if code == grpc.StatusCode.OK:
+                return call
+            text = await call.details() or ""
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        # With a client certificate, etcd takes a call without a token as from the user named
+        # by the certificate: "permission denied" then means "no token" too.
+        no_token = token is None and code == grpc.StatusCode.PERMISSION_DENIED
+        if not (no_token or _is_token_rejection(code, text)):
+            return call
+        auth.token_rejections += 1
+        remaining = None
+        if details.timeout is not None:
+            remaining = details.timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                return call
+        try:
+            await self._client._refresh_token(seen, remaining)
+        except grpc.aio.AioRpcError:
+            return call  # etcd could not be asked: report the call's own error
+        auth.retried_calls += 1
+        if details.timeout is not None:
+            remaining = max(0.0, details.timeout - (time.monotonic() - started))
+        retry = details._replace(timeout=remaining)
+        return await continuation(_with_token(retry, auth.token), request)
+
+
+class _LiveMetadata(Sequence[tuple[str, str]]):
+    """Call metadata that reads the client's current token whenever gRPC reads it.
+
+    For aetcd's own watcher, which keeps the metadata it was built with for every stream it
+    opens later.
+    """
+
+    def __init__(self, client: EtcdClient) -> None:
+        self._client = client
+
+    def _items(self) -> tuple[tuple[str, str], ...]:
+        return self._client.metadata or ()
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
+        return self._items()[index]
+
+    def __repr__(self) -> str:
+        return "<current etcd auth token>" if self._items() else "()"
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+
+
 class EtcdClient(aetcd.Client):  # type: ignore[misc]
     """An :class:`aetcd.Client` whose one gRPC channel spans several etcd members.
 
     Build it with :func:`connect`. Every aetcd method works as usual; ``urls`` lists the members.
+    ``https://`` URLs use TLS (see :func:`connect` for ``ca``, ``cert``, ``key`` and
+    ``server_name``); with ``username`` and ``password`` every call carries an auth token that is
+    renewed when etcd rejects it.
     """
 
     def __init__(
@@ -142,32 +524,148 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         *,
         timeout: float = DEFAULT_TIMEOUT,
         options: Iterable[tuple[str, Any]] = (),
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+        server_name: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.urls = parse_urls(urls)
-        if any(u.startswith("https://") for u in self.urls):
-            raise ValueError("https:// etcd URLs are not supported yet; use http://")
         members = _members(self.urls)
         self._target = _channel_target(members)
-        self._grpc_options = _channel_options(options)
+        self._tls = _tls_config(self.urls, ca, cert, key, server_name)
+        extra = list(options)
+        if self._tls is not None:
+            # Several IP literals make one target whose authority no certificate names: check
+            # every member against one name, server_name or else the first member's host.
+            override = self._tls.server_name or (members[0].host if len(members) > 1 else None)
+            if override is not None:
+                extra.append(("grpc.ssl_target_name_override", override))
+        self._grpc_options = _channel_options(extra)
+        if (username is None) != (password is None):
+            raise ValueError("etcd authentication needs both username= and password=")
+        if username is not None and not username:
+            raise ValueError("the etcd user name must not be empty")
+        self._auth = None if username is None else _TokenAuth(username, password or "")
+        # aetcd keeps its own (unused) copy of credentials only when given them: it is not.
         super().__init__(host=members[0].host, port=members[0].port, timeout=timeout)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """Call metadata with the current auth token (``None`` without one).
+
+        Read it anew for every call or stream: ``Watch(metadata=client.metadata)``. Unary calls
+        always carry the current token whatever they pass; a stream keeps the token it was
+        opened with (etcd checks it when a watch is created).
+        """
+        auth = self.__dict__.get("_auth")
+        if auth is None or auth.token is None:
+            return None
+        return ((_TOKEN_KEY, auth.token),)
+
+    @metadata.setter
+    def metadata(self, value: object) -> None:
+        # aetcd resets it to None on close; the token itself lives in self._auth.
+        if value is not None:
+            raise AttributeError("EtcdClient manages its auth token itself")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the channel uses TLS."""
+        return self._tls is not None
+
+    @property
+    def username(self) -> str | None:
+        """The etcd user this client authenticates as, or ``None``."""
+        return None if self._auth is None else self._auth.username
 
     async def connect(self) -> None:
         """Open the channel (once) and build aetcd's stubs on it."""
         if self._connected.is_set():
             return
-        self.channel = grpc.aio.insecure_channel(self._target, options=self._grpc_options)
+        interceptors = [] if self._auth is None else [_AuthInterceptor(self, self._auth)]
+        if self._tls is not None:
+            self.channel = grpc.aio.secure_channel(
+                self._target,
+                self._tls.credentials(),
+                options=self._grpc_options,
+                interceptors=interceptors or None,
+            )
+        else:
+            self.channel = grpc.aio.insecure_channel(
+                self._target, options=self._grpc_options, interceptors=interceptors or None
+            )
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
         self.maintenancestub = rpc.MaintenanceStub(self.channel)
         self._watcher = aetcd.watcher.Watcher(
-            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            rpc.WatchStub(self.channel),
+            timeout=self._timeout,
+            metadata=None if self._auth is None else _LiveMetadata(self),
         )
         self._connected.set()
 
+    async def authenticate(self) -> None:
+        """Get a fresh auth token now (a no-op without a user name).
+
+        Raises :class:`AuthenticationError` if etcd rejects the user name or password and
+        :class:`EtcdError` if it cannot be asked.
+        """
+        if self._auth is not None:
+            await self._refresh_or_raise(self._auth.generation)
+
+    async def reauthenticate(self) -> None:
+        """Replace the current auth token; concurrent calls share one Authenticate request.
+
+        Unary calls need nothing: they renew the token and retry by themselves. A stream keeps
+        the token it was opened with, so when etcd cancels a watch for it
+        (:func:`is_auth_cancel` on ``cancel_reason``) or fails a stream for it
+        (:func:`is_token_error`), call this, then open a new stream with ``client.metadata``.
+        Stream owners that want no exceptions use the module function :func:`reauthenticate`.
+        A no-op without a user name. Raises :class:`AuthenticationError` if etcd no longer
+        accepts the credentials and :class:`EtcdError` if it cannot be asked.
+        """
+        await self.authenticate()
+
+    async def _refresh_token(self, seen: int, timeout: float | None) -> None:
+        """Authenticate again unless another task already replaced token generation ``seen``."""
+        assert self._auth is not None
+        await self.connect()
+        limit = request_timeout(self) if timeout is None else min(timeout, request_timeout(self))
+        await self._auth.refresh(self.channel, limit, seen)
+
+    async def _refresh_or_raise(self, seen: int) -> None:
+        try:
+            await self._refresh_token(seen, None)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_error(exc) from None
+
+    def statistics(self) -> dict[str, int]:
+        """Counters of the authentication machinery.
+
+        ``authentications``: successful Authenticate requests (at connect and refreshes);
+        ``token_rejections``: calls and watches etcd refused for their token; ``retried_calls``:
+        unary calls retried with a new token.
+        """
+        auth = self._auth
+        if auth is None:
+            return {"authentications": 0, "token_rejections": 0, "retried_calls": 0}
+        return {
+            "authentications": auth.authentications,
+            "token_rejections": auth.token_rejections,
+            "retried_calls": auth.retried_calls,
+        }
+
     def __repr__(self) -> str:
         state = "connected" if self._connected.is_set() else "closed"
-        return f"<EtcdClient {','.join(self.urls)} {state}>"
+        extra = ""
+        if self._tls is not None:
+            extra += " tls" + (" client-cert" if self._tls.cert is not None else "")
+        if self._auth is not None:
+            extra += f" user={self._auth.username!r}"
+        return f"<EtcdClient {','.join(self.urls)} {state}{extra}>"
 
 
 async def connect(
@@ -175,29 +673,111 @@ async def connect(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     options: Iterable[tuple[str, Any]] = (),
+    ca: PemSource | None = None,
+    cert: PemSource | None = None,
+    key: PemSource | None = None,
+    server_name: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
 ) -> EtcdClient:
     """Return a connected etcd client, the counterpart of Go's ``clientv3.NewFromURL``.
 
     ``urls`` is one URL, a comma-separated string or a list; calls fail over between them.
-    ``timeout`` bounds the wait for a first connection and every unary request later on. Raises
-    :class:`EtcdUnavailableError` if no member answers within ``timeout``.
+    ``timeout`` bounds the wait for a first connection and every unary request later on.
+
+    ``https://`` URLs use TLS, like ``etcdctl``: ``ca`` (``--cacert``) is the CA bundle that
+    signed etcd's certificate (default: the system's roots); ``cert`` and ``key`` (``--cert``,
+    ``--key``) are a client certificate for etcd's ``--client-cert-auth``. Each is a file path
+    or the PEM data as ``bytes``. ``server_name`` is the name to check etcd's certificate
+    against when it differs from the URL's host (with several URLs: the first URL's host).
+
+    ``username`` and ``password`` (``--user name:password``, see :func:`parse_user`): the client
+    authenticates now and renews its token whenever etcd rejects it.
+
+    Raises :class:`EtcdUnavailableError` if no member answers within ``timeout`` (naming the
+    likely cause: a TLS mismatch, an untrusted certificate, ...), :class:`AuthenticationError`
+    if etcd rejects the user name or password, and :class:`ValueError` or :class:`OSError` for
+    bad arguments or unreadable certificate files.
     """
-    client = EtcdClient(urls, timeout=timeout, options=options)
+    client = EtcdClient(
+        urls,
+        timeout=timeout,
+        options=options,
+        ca=ca,
+        cert=cert,
+        key=key,
+        server_name=server_name,
+        username=username,
+        password=password,
+    )
     await client.connect()
     try:
-        with anyio.fail_after(timeout):
-            await client.channel.channel_ready()
-    except TimeoutError:
-        await client.close()
-        raise EtcdUnavailableError(
-            f"cannot reach etcd at {', '.join(client.urls)} within {timeout:g} s",
-            code="UNAVAILABLE",
-        ) from None
+        try:
+            with anyio.fail_after(timeout):
+                await client.channel.channel_ready()
+        except TimeoutError:
+            raise await _unreachable(client, timeout) from None
+        await client.authenticate()
     except BaseException:
         with anyio.CancelScope(shield=True):
             await client.close()
         raise
     return client
+
+
+async def _unreachable(client: EtcdClient, timeout: float) -> EtcdUnavailableError:
+    """The error for a channel that never got ready, with gRPC's last connection error."""
+    details = ""
+    try:
+        # Fails at once on a channel in TRANSIENT_FAILURE, with the last connection error.
+        await client.maintenancestub.Status(rpc.StatusRequest(), timeout=min(1.0, timeout))
+    except grpc.aio.AioRpcError as exc:
+        details = exc.details() or ""
+    message = f"cannot reach etcd at {', '.join(client.urls)} within {timeout:g} s"
+    hint = _diagnosis(details, client.tls)
+    if details:
+        message += f": {details}"
+    if hint:
+        message += f" ({hint})"
+    return EtcdUnavailableError(message, code="UNAVAILABLE", details=details)
+
+
+async def reauthenticate(client: aetcd.Client, error: object = None) -> bool:
+    """The hook for stream owners: renew ``client``'s auth token after etcd refused a stream.
+
+    ``error`` is what ended the stream: a watch response's ``cancel_reason``, a
+    :class:`grpc.aio.AioRpcError` or an :class:`EtcdError`. The token is renewed only when that
+    names an auth problem (:func:`is_auth_cancel`, :func:`is_token_error`), or always when
+    ``error`` is omitted; concurrent callers share one Authenticate request. Returns whether a
+    new token is now in place, so the next stream opened with ``metadata=client.metadata``
+    carries it. Never raises for etcd trouble (a renewal that fails is logged with the user name
+    and ``False`` returned), so a retry loop just goes on with its backoff. A plain
+    ``aetcd.Client``, or one without a user name, returns ``False`` at once.
+    """
+    if not isinstance(client, EtcdClient) or client._auth is None:
+        return False
+    if isinstance(error, str):
+        relevant = is_auth_cancel(error)
+    elif isinstance(error, grpc.aio.AioRpcError | EtcdError):
+        relevant = is_token_error(error) or is_auth_cancel(str(error))
+    else:
+        relevant = error is None
+    if not relevant:
+        return False
+    auth = client._auth
+    if error is not None:
+        auth.token_rejections += 1
+    try:
+        await client._refresh_token(auth.generation, None)
+    except AuthenticationError as exc:
+        logger.warning("cannot renew the etcd auth token: %s", exc)
+        return False
+    except grpc.aio.AioRpcError as exc:
+        logger.warning(
+            "cannot renew the etcd auth token of user %r: %s", auth.username, translate_error(exc)
+        )
+        return False
+    return auth.token is not None
 
 
 def request_timeout(client: aetcd.Client) -> float:
@@ -211,6 +791,13 @@ def translate_error(exc: grpc.aio.AioRpcError) -> EtcdError:
     code = exc.code()
     details = exc.details() or ""
     name = code.name if code is not None else "UNKNOWN"
+    if is_token_error(exc):
+        hint = (
+            "pass username= and password= to connect()"
+            if "user name is empty" in details
+            else "the auth token was refused"
+        )
+        return AuthenticationError(f"etcd: {details} ({hint})", code=name, details=details)
     if "lease not found" in details:
         return LeaseNotFoundError(
             f"etcd: {details} (the lease was never granted, has expired or was revoked)",
@@ -234,6 +821,19 @@ def etcd_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, A
             raise translate_error(exc) from exc
 
     return wrapper
+
+
+async def rpc_step(step: Awaitable[T]) -> T:
+    """Await a grpc.aio call (or a stream's read or write) so that anyio scopes see its cancel."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        # grpc.aio often swallows the cancellation it is given and raises a bare CancelledError of
+        # its own (a unary call, a stream still being set up), which anyio cannot tell from a
+        # foreign one: it would escape move_on_after and cancel the whole task. A checkpoint lets
+        # the cancelled scope deliver its own cancellation instead.
+        await checkpoint()
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +867,8 @@ async def list_prefix(client: aetcd.Client, prefix: str) -> tuple[int, list[KeyV
     result: list[KeyValue] = []
     while True:
         request = rpc.RangeRequest(key=start, range_end=end, limit=_PAGE_SIZE, revision=revision)
-        response = await client.kvstub.Range(
-            request, timeout=request_timeout(client), metadata=client.metadata
+        response = await rpc_step(
+            client.kvstub.Range(request, timeout=request_timeout(client), metadata=client.metadata)
         )
         if not revision:
             revision = response.header.revision

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AiodiscoveryError",
+    "AuthenticationError",
     "DecodeError",
     "EtcdError",
     "EtcdUnavailableError",
@@ -39,6 +40,24 @@ class EtcdError(AiodiscoveryError):
         self.code = code
         self.details = details
         super().__init__(message)
+
+
+class AuthenticationError(EtcdError):
+    """etcd refused the user name and password, or a call for want of a valid auth token.
+
+    ``username`` names the user when known; the password never appears in the message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "UNAUTHENTICATED",
+        details: str = "",
+        username: str | None = None,
+    ) -> None:
+        self.username = username
+        super().__init__(message, code=code, details=details)
 
 
 class EtcdUnavailableError(EtcdError, ConnectionError):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 import aetcd
 from aetcd import rpc
@@ -17,8 +18,9 @@ from ._endpoint import (
     encode_endpoint,
     parse_target,
 )
-from ._etcd import etcd_errors, list_prefix, request_timeout
+from ._etcd import etcd_errors, list_prefix, request_timeout, rpc_step
 from ._exceptions import DecodeError, TransactionTooLargeError
+from ._watcher import PrefixWatch
 
 __all__ = ["DEFAULT_MAX_TXN_OPS", "EndpointManager"]
 
@@ -95,10 +97,12 @@ class EndpointManager:
     @etcd_errors
     async def _commit(self, operations: list[rpc.RequestOp]) -> None:
         await self.client.connect()
-        await self.client.kvstub.Txn(
-            rpc.TxnRequest(success=operations),
-            timeout=request_timeout(self.client),
-            metadata=self.client.metadata,
+        await rpc_step(
+            self.client.kvstub.Txn(
+                rpc.TxnRequest(success=operations),
+                timeout=request_timeout(self.client),
+                metadata=self.client.metadata,
+            )
         )
 
     async def list_endpoints(self) -> dict[str, Endpoint]:
@@ -114,6 +118,22 @@ class EndpointManager:
             except DecodeError as exc:
                 logger.warning("skipping endpoint: %s", exc)
         return endpoints
+
+    async def watch(self) -> AsyncGenerator[list[Update], None]:
+        """Yield the service's changes as batches of :class:`Update`, forever.
+
+        The first batch is the current state as adds (empty if there are no endpoints); then comes
+        one batch per etcd revision, so a multi-key :meth:`update` arrives together. The watch
+        survives stream breaks, member failures and compaction: when it cannot resume it lists
+        again and yields the difference as one batch, so no delete is ever lost. Bad values drop
+        their key (a delete if it was known) with one warning. Stop by leaving the ``async for``.
+        """
+        first = True
+        async with contextlib.aclosing(PrefixWatch(self.client, self.target).batches()) as batches:
+            async for batch in batches:
+                if batch.updates or first:
+                    first = False
+                    yield batch.updates
 
 
 def _request_op(update: Update) -> rpc.RequestOp:

@@ -12,6 +12,16 @@ injection works on a live member: :meth:`EtcdServer.kill` (SIGKILL), :meth:`Etcd
 
 No etcd process outlives its owner: leaving the block kills it, an ``atexit`` hook kills whatever
 is left when the interpreter exits, and on Linux the kernel kills it if the Python process dies.
+
+Security: ``EtcdServer(tls=True)`` serves clients over TLS with a throw-away CA generated at start
+(needs the ``cryptography`` package); ``client_cert_auth=True`` also demands a client certificate.
+:meth:`EtcdServer.enable_auth` creates the root user and turns etcd's authentication on::
+
+    async with EtcdServer(client_cert_auth=True, extra_args=["--auth-token-ttl=1"]) as etcd:
+        etcd.enable_auth(password="secret")
+        client = await aiodiscovery.connect(
+            etcd.url, **etcd.tls_kwargs(), username="root", password="secret"
+        )
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,15 +42,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 
 from ._backoff import Backoff
+from ._proxy import TcpProxy
 
-__all__ = ["EtcdCluster", "EtcdServer", "etcd_binary", "free_port"]
+__all__ = ["EtcdCluster", "EtcdServer", "TLSFiles", "TcpProxy", "etcd_binary", "free_port"]
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
 _PR_SET_PDEATHSIG = 1
@@ -93,6 +106,154 @@ def _kill_leftovers() -> None:
     _LIVE.clear()
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a throw-away test PKI: a CA, a server and a client certificate.
+
+    The server certificate is valid for ``127.0.0.1``, ``::1`` and ``localhost``; the client
+    certificate's common name is ``aiodiscovery-test-client`` (no etcd user of that name exists, so
+    with authentication on it grants nothing by itself). Keys are ECDSA P-256, unencrypted.
+    """
+
+    directory: Path
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def server_cert_path(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.directory / "server-key.pem"
+
+    @property
+    def client_cert_path(self) -> Path:
+        return self.directory / "client.pem"
+
+    @property
+    def client_key_path(self) -> Path:
+        return self.directory / "client-key.pem"
+
+    @classmethod
+    def generate(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        hosts: Sequence[str] = ("127.0.0.1", "::1", "localhost"),
+        client_name: str = "aiodiscovery-test-client",
+        days: int = 30,
+    ) -> TLSFiles:
+        """Write a fresh CA, server and client certificate with their keys into ``directory``."""
+        try:
+            from cryptography import x509  # noqa: PLC0415
+            from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+            from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+            from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+        except ImportError:
+            raise RuntimeError(
+                "TLS test servers need the cryptography package: pip install cryptography"
+            ) from None
+        import datetime  # noqa: PLC0415
+        import ipaddress  # noqa: PLC0415
+
+        files = cls(Path(directory))
+        files.directory.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+        start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
+
+        def name(common_name: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+        def write(path: Path, data: bytes) -> None:
+            # Keys are secrets even in tests: create them readable by the owner only.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = name("aiodiscovery test CA")
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+
+        def leaf(
+            common_name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+        ) -> tuple[bytes, bytes]:
+            key = ec.generate_private_key(ec.SECP256R1())
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(name(common_name))
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start)
+                .not_valid_after(end)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                    critical=False,
+                )
+            )
+            if sans:
+                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            cert = builder.sign(ca_key, hashes.SHA256())
+            key_pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        server_cert, server_key = leaf(hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, sans)
+        client_cert, client_key = leaf(client_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        write(files.ca_path, ca_cert.public_bytes(serialization.Encoding.PEM))
+        write(files.server_cert_path, server_cert)
+        write(files.server_key_path, server_key)
+        write(files.client_cert_path, client_cert)
+        write(files.client_key_path, client_key)
+        return files
+
+    def exists(self) -> bool:
+        """Whether every file is in place."""
+        paths = (self.ca_path, self.server_cert_path, self.server_key_path)
+        return all(p.exists() for p in (*paths, self.client_cert_path, self.client_key_path))
+
+
 class EtcdServer:
     """One real etcd member on loopback ports.
 
@@ -100,6 +261,13 @@ class EtcdServer:
     ``url`` (``http://127.0.0.1:<client_port>``) is what clients dial. ``extra_args`` go to etcd as
     they are. Election settings are shortened (50 ms heartbeat, 500 ms election timeout) so that
     tests with leaders and leases run fast; pass ``fast=False`` for etcd's defaults.
+
+    ``tls=True`` serves clients over TLS (``url`` becomes ``https://...``) with certificates
+    generated at the first start (or the given ``tls_files``): :attr:`ca_path`,
+    :attr:`client_cert_path` and :attr:`client_key_path` are what a client needs, and
+    :meth:`tls_kwargs` hands them to :func:`aiodiscovery.connect`. ``client_cert_auth=True`` (which
+    implies ``tls``) makes etcd refuse clients without a certificate signed by that CA. Peers
+    still talk plain HTTP to each other.
     """
 
     def __init__(
@@ -112,6 +280,9 @@ class EtcdServer:
         extra_args: Sequence[str] = (),
         fast: bool = True,
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        tls: bool = False,
+        client_cert_auth: bool = False,
+        tls_files: TLSFiles | None = None,
     ) -> None:
         self.name = name
         self.client_port = client_port or free_port()
@@ -128,12 +299,73 @@ class EtcdServer:
         self.start_timeout = start_timeout
         self.initial_cluster = f"{name}=http://127.0.0.1:{self.peer_port}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         self._log_path = (self._base or self.data_dir.parent) / f"{name}.log"
+        self.client_cert_auth = client_cert_auth
+        self.tls = tls or client_cert_auth or tls_files is not None
+        self.tls_files = tls_files
+        if self.tls and tls_files is None:
+            self.tls_files = TLSFiles((self._base or self.data_dir.parent) / f"{name}-tls")
+        # Set by enable_auth(); etcdctl() then authenticates as this user.
+        self.auth_user: str | None = None
+        self._auth_password: str | None = None
 
     @property
     def url(self) -> str:
-        """The client URL, ``http://127.0.0.1:<client_port>``."""
-        return f"http://127.0.0.1:{self.client_port}"
+        """The client URL, ``http://127.0.0.1:<client_port>`` (``https://`` with TLS)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    def _tls(self) -> TLSFiles:
+        if self.tls_files is None:
+            raise RuntimeError(f"etcd member {self.name!r} does not use TLS (pass tls=True)")
+        return self.tls_files
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate (PEM) that signed the server and client certificates."""
+        return self._tls().ca_path
+
+    @property
+    def client_cert_path(self) -> Path:
+        """A client certificate (PEM) this member accepts."""
+        return self._tls().client_cert_path
+
+    @property
+    def client_key_path(self) -> Path:
+        """The key (PEM) of :attr:`client_cert_path`."""
+        return self._tls().client_key_path
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        """``connect()`` keyword arguments for this member: ``ca``, and ``cert``/``key`` when
+        client certificates are required; empty without TLS."""
+        if not self.tls:
+            return {}
+        kwargs: dict[str, Any] = {"ca": self.ca_path}
+        if self.client_cert_auth:
+            kwargs.update(cert=self.client_cert_path, key=self.client_key_path)
+        return kwargs
+
+    def ctl_flags(self) -> list[str]:
+        """The ``etcdctl`` flags for TLS and authentication that this member needs."""
+        flags: list[str] = []
+        if self.tls:
+            files = self._tls()
+            flags.append(f"--cacert={files.ca_path}")
+            if self.client_cert_auth:
+                flags += [f"--cert={files.client_cert_path}", f"--key={files.client_key_path}"]
+        if self.auth_user is not None:
+            flags.append(f"--user={self.auth_user}:{self._auth_password}")
+        return flags
+
+    def enable_auth(self, user: str = "root", password: str = "root") -> None:
+        """Create ``user`` with the ``root`` role and turn etcd's authentication on.
+
+        From then on :meth:`etcdctl` runs as that user. etcd refuses ``auth enable`` without a
+        ``root`` user, so for another ``user`` a ``root`` user with the same password is added too.
+        """
+        _enable_auth(self.etcdctl, user, password)
+        self.auth_user, self._auth_password = user, password
 
     @property
     def peer_url(self) -> str:
@@ -168,6 +400,14 @@ class EtcdServer:
         ]
         if self.fast:
             command += ["--heartbeat-interval=50", "--election-timeout=500"]
+        if self.tls:
+            files = self._tls()
+            command += [
+                f"--cert-file={files.server_cert_path}",
+                f"--key-file={files.server_key_path}",
+            ]
+            if self.client_cert_auth:
+                command += ["--client-cert-auth", f"--trusted-ca-file={files.ca_path}"]
         return command + self.extra_args
 
     def launch(self) -> None:
@@ -183,6 +423,9 @@ class EtcdServer:
             if not _port_free(port):
                 raise RuntimeError(f"etcd member {self.name!r}: port {port} is already in use")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.tls_files is not None and not self.tls_files.exists():
+            TLSFiles.generate(self.tls_files.directory)
+        self._ssl_context = self._make_ssl_context()
         log = self._log_path.open("ab")
         try:
             self._process = subprocess.Popen(
@@ -197,11 +440,22 @@ class EtcdServer:
             log.close()
         _LIVE.add(self._process)
 
+    def _make_ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        files = self._tls()
+        context = ssl.create_default_context(cafile=str(files.ca_path))
+        if self.client_cert_auth:
+            context.load_cert_chain(files.client_cert_path, files.client_key_path)
+        return context
+
     def _health(self) -> bool:
         if not self.running:
             raise RuntimeError(f"etcd member {self.name!r} exited:\n{self.log_excerpt()}")
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as reply:
+            with urllib.request.urlopen(
+                f"{self.url}/health", timeout=1, context=self._ssl_context
+            ) as reply:
                 return b'"health":"true"' in reply.read()
         except (OSError, urllib.error.URLError):
             return False
@@ -278,8 +532,11 @@ class EtcdServer:
         await self.wait_ready()
 
     def etcdctl(self, *args: str, check: bool = True, endpoints: str | None = None) -> str:
-        """Run ``etcdctl`` against this member and return its standard output."""
-        return run_etcdctl(endpoints or self.url, *args, check=check)
+        """Run ``etcdctl`` against this member and return its standard output.
+
+        TLS and authentication flags (:meth:`ctl_flags`) are added as needed.
+        """
+        return run_etcdctl(endpoints or self.url, *args, check=check, flags=self.ctl_flags())
 
     def close(self) -> None:
         """Kill the member and remove the temporary directory it owns."""
@@ -321,10 +578,19 @@ class EtcdServer:
         return f"<EtcdServer {self.name} {self.url} {state}>"
 
 
-def run_etcdctl(endpoints: str, *args: str, check: bool = True) -> str:
-    """Run the bundled ``etcdctl`` with ``--endpoints`` and return its standard output."""
+def run_etcdctl(endpoints: str, *args: str, check: bool = True, flags: Sequence[str] = ()) -> str:
+    """Run the bundled ``etcdctl`` with ``--endpoints`` and return its standard output.
+
+    ``flags`` (TLS, ``--user``) are passed along but never quoted in an error message.
+    """
     result = subprocess.run(
-        [str(etcd_binary("etcdctl")), f"--endpoints={endpoints}", "--command-timeout=5s", *args],
+        [
+            str(etcd_binary("etcdctl")),
+            f"--endpoints={endpoints}",
+            "--command-timeout=5s",
+            *flags,
+            *args,
+        ],
         capture_output=True,
         timeout=30,
         check=False,
@@ -338,25 +604,46 @@ def run_etcdctl(endpoints: str, *args: str, check: bool = True) -> str:
     return result.stdout.decode(errors="replace")
 
 
+def _enable_auth(etcdctl: Any, user: str, password: str) -> None:
+    users = {"root", user}
+    for name in sorted(users):
+        etcdctl("user", "add", f"{name}:{password}")
+        etcdctl("user", "grant-role", name, "root")
+    etcdctl("auth", "enable")
+
+
 class EtcdCluster:
     """A real multi-member etcd cluster on loopback ports (three members by default).
 
     ``members`` are :class:`EtcdServer` objects, each able to be killed, stopped and restarted.
     ``urls`` is the comma-separated client URL list to hand to :func:`aiodiscovery.connect`.
+    ``tls``, ``client_cert_auth`` and ``extra_args`` apply to every member; with TLS all members
+    share one set of :class:`TLSFiles`, so one client configuration (:meth:`tls_kwargs`) fits all.
     """
 
     def __init__(
-        self, size: int = 3, *, fast: bool = True, start_timeout: float = DEFAULT_START_TIMEOUT
+        self,
+        size: int = 3,
+        *,
+        fast: bool = True,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        tls: bool = False,
+        client_cert_auth: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         self._base = Path(tempfile.mkdtemp(prefix="aiodiscovery-cluster-"))
+        tls_files = TLSFiles(self._base / "tls") if tls or client_cert_auth else None
         self.members = [
             EtcdServer(
                 name=f"m{i}",
                 data_dir=self._base / f"m{i}",
                 fast=fast,
                 start_timeout=start_timeout,
+                client_cert_auth=client_cert_auth,
+                tls_files=tls_files,
+                extra_args=extra_args,
             )
             for i in range(size)
         ]
@@ -369,14 +656,31 @@ class EtcdCluster:
         """Every member's client URL, comma-separated."""
         return ",".join(m.url for m in self.members)
 
+    def tls_kwargs(self) -> dict[str, Any]:
+        """``connect()`` keyword arguments for TLS (see :meth:`EtcdServer.tls_kwargs`)."""
+        return self.members[0].tls_kwargs()
+
     def etcdctl(self, *args: str, check: bool = True) -> str:
         """Run ``etcdctl`` against the whole cluster and return its standard output."""
-        return run_etcdctl(self.urls, *args, check=check)
+        return run_etcdctl(self.urls, *args, check=check, flags=self.members[0].ctl_flags())
+
+    def enable_auth(self, user: str = "root", password: str = "root") -> None:
+        """Turn authentication on for the cluster (see :meth:`EtcdServer.enable_auth`)."""
+        _enable_auth(self.etcdctl, user, password)
+        for member in self.members:
+            member.auth_user, member._auth_password = user, password
 
     def leader(self) -> EtcdServer | None:
         """The member that is raft leader now, or ``None`` during an election."""
         running = ",".join(m.url for m in self.members if m.running)
-        out = run_etcdctl(running, "endpoint", "status", "--write-out=json", check=False)
+        out = run_etcdctl(
+            running,
+            "endpoint",
+            "status",
+            "--write-out=json",
+            check=False,
+            flags=self.members[0].ctl_flags(),
+        )
         statuses = json.loads(out or "[]")
         for status in statuses:
             # A zero leader (an election under way) is left out of etcd's JSON.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,6 +15,23 @@ from aiodiscovery.testing import EtcdServer
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+async def one_event_loop() -> AsyncIterator[None]:
+    """Hold anyio's test runner, and so one event loop, for the whole session.
+
+    grpc.aio binds its completion-queue poller to the loop it first ran on; with a new loop per
+    test, a late gRPC callback can land on a closed loop and fail an unrelated test.
+    """
+    yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Only async tests can take the async fixture above (a sync test asking for it is an error).
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "one_event_loop")
 
 
 @pytest.fixture(scope="session")

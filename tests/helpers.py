@@ -29,3 +29,14 @@ async def eventually(
         raise AssertionError(
             f"condition not met within {timeout} s; last value: {last!r}"
         ) from None
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, re-checking often; fail after ``timeout`` seconds."""
+    backoff = Backoff(initial=0.002, cap=0.02)
+    try:
+        with anyio.fail_after(timeout):
+            while not condition():
+                await backoff.sleep()
+    except TimeoutError:
+        raise AssertionError(f"condition not met within {timeout} s") from None

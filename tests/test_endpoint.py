@@ -62,6 +62,7 @@ def test_encode_rejects_what_json_cannot_hold() -> None:
         (b'{"Addr":"a:1","Addr":null}', Endpoint("a:1")),  # null leaves the field alone
         (b'{"Addr":"a:1","Metadata":{}}', Endpoint("a:1", {})),
         (b'{"Addr":"a:1","Metadata":[]}', Endpoint("a:1", [])),
+        (b'{"Addr":"a\xff:1"}', Endpoint("a\ufffd:1")),  # invalid UTF-8 reads as U+FFFD
     ],
 )
 def test_decode_accepts_what_go_accepts(value: bytes, expected: Endpoint) -> None:

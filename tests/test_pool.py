@@ -1,0 +1,382 @@
+"""resolve() and BalancedChannel with real etcd and real grpc.aio servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import grpc
+import grpc.aio
+import pytest
+
+from aiodiscovery import (
+    BalancedChannel,
+    Endpoint,
+    EndpointManager,
+    EtcdClient,
+    Picker,
+    Registrar,
+    SubchannelView,
+    resolve,
+)
+
+from .helpers import until
+from .servers import EchoServer, method
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def echo_servers(count: int) -> AsyncIterator[list[EchoServer]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(EchoServer(f"s{i}")) for i in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def registered(
+    client: EtcdClient, service: str, servers: Sequence[EchoServer], weights: Sequence[int] = ()
+) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as stack:
+        for i, server in enumerate(servers):
+            metadata = {"weight": weights[i]} if weights else None
+            await stack.enter_async_context(
+                Registrar(client, service, server.address, metadata=metadata, ttl=5)
+            )
+        yield
+
+
+async def ready(channel: BalancedChannel, count: int, timeout: float = 10) -> None:
+    """Wait until ``count`` subchannels are READY."""
+    await until(lambda: channel.statistics().by_state().get("READY", 0) == count, timeout)
+
+
+async def call(channel: grpc.aio.Channel, payload: bytes = b"x", **kwargs: Any) -> bytes:
+    return await channel.unary_unary(method("Unary"))(payload, **kwargs)  # type: ignore[no-any-return]
+
+
+def where(replies: list[bytes]) -> Counter[str]:
+    return Counter(r.split(b":", 1)[0].decode() for r in replies)
+
+
+async def test_round_robin_spreads_evenly(client: EtcdClient, service: str) -> None:
+    async with echo_servers(3) as servers, registered(client, service, servers):
+        async with await resolve(client, f"etcd:///{service}") as channel:
+            await ready(channel, 3)
+            replies = [await call(channel) for _ in range(300)]
+            assert where(replies) == {"s0": 100, "s1": 100, "s2": 100}
+            stats = channel.statistics()
+            assert stats.picks == 300 and stats.in_flight == 0
+            assert {s.picks for s in stats.subchannels.values()} == {100}
+            assert "READY=3" in repr(channel)
+
+
+async def test_pick_first_sticks_to_one(client: EtcdClient, service: str) -> None:
+    async with echo_servers(3) as servers, registered(client, service, servers):
+        async with await resolve(client, service, policy="pick_first") as channel:
+            await ready(channel, 3)
+            assert len(where([await call(channel) for _ in range(30)])) == 1
+
+
+async def test_weighted_follows_metadata_weights(client: EtcdClient, service: str) -> None:
+    async with echo_servers(3) as servers, registered(client, service, servers, weights=[1, 2, 3]):
+        async with await resolve(client, service, policy="weighted") as channel:
+            await ready(channel, 3)
+            replies = [await call(channel) for _ in range(600)]
+            assert where(replies) == {"s0": 100, "s1": 200, "s2": 300}
+
+
+async def test_p2c_avoids_the_loaded_endpoint(client: EtcdClient, service: str) -> None:
+    async with echo_servers(2) as servers, registered(client, service, servers):
+        async with await resolve(client, service, policy="p2c") as channel:
+            await ready(channel, 2)
+            # Load s? with held calls, then see every quick call go to the other one.
+            held = [channel.unary_unary(method("Hold"))(b"h") for _ in range(5)]
+            await until(lambda: sum(s.holding for s in servers) == 5)
+            loaded = {s.name for s in servers if s.holding}
+            replies = [await call(channel) for _ in range(20)]
+            if len(loaded) == 1:
+                assert loaded.isdisjoint(where(replies))
+            for server in servers:
+                server.release.set()
+            assert len(await asyncio.gather(*held)) == 5
+            spread = where([await call(channel) for _ in range(200)])
+            assert set(spread) == {"s0", "s1"}
+
+
+async def test_custom_picker(client: EtcdClient, service: str) -> None:
+    class Last(Picker):
+        def update(self, subchannels: Sequence[SubchannelView]) -> None:
+            self.last = max(subchannels, key=lambda s: s.address)
+
+        def pick(self) -> SubchannelView:
+            return self.last
+
+    async with echo_servers(2) as servers, registered(client, service, servers):
+        async with await resolve(client, service, policy=Last) as channel:
+            await ready(channel, 2)
+            highest = max(servers, key=lambda s: s.address).name
+            assert where([await call(channel) for _ in range(10)]) == {highest: 10}
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        await resolve(client, service, policy="nope")
+
+
+async def test_added_server_takes_calls_and_removed_one_drains(
+    client: EtcdClient, service: str
+) -> None:
+    async with echo_servers(3) as servers, registered(client, service, servers[:2]):
+        async with await resolve(client, service) as channel:
+            await ready(channel, 2)
+            async with Registrar(client, service, servers[2].address, ttl=5):
+                await ready(channel, 3)
+                assert set(where([await call(channel) for _ in range(30)])) == {"s0", "s1", "s2"}
+                # A call held on s2 must survive s2's deregistration.
+                held: list[Any] = []
+                while not servers[2].holding:
+                    held.append(channel.unary_unary(method("Hold"))(b"h"))
+                    expected = len(held)
+                    await until(lambda n=expected: sum(s.holding for s in servers) == n)
+            await until(
+                lambda: (
+                    channel.statistics().subchannels.get(servers[2].address) is None
+                    or channel.statistics().subchannels[servers[2].address].draining
+                )
+            )
+            before = servers[2].calls
+            assert set(where([await call(channel) for _ in range(30)])) == {"s0", "s1"}
+            assert servers[2].calls == before, "a draining endpoint takes no new calls"
+            for server in servers:
+                server.release.set()
+            assert all(r.endswith(b":h") for r in await asyncio.gather(*held))
+            await until(lambda: servers[2].address not in channel.statistics().subchannels)
+
+
+def drained(channel: BalancedChannel, address: str) -> bool:
+    sub = channel.statistics().subchannels.get(address)
+    return sub is None or (sub.draining and sub.in_flight == 0)
+
+
+async def test_deregistration_under_load_fails_no_call(client: EtcdClient, service: str) -> None:
+    failures: list[BaseException] = []
+    replies: list[bytes] = []
+    async with echo_servers(3) as servers, registered(client, service, servers[:2]):
+        async with await resolve(client, service) as channel:
+            stop = anyio.Event()
+
+            async def worker() -> None:
+                while not stop.is_set():
+                    try:
+                        replies.append(await call(channel, timeout=5))
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                async with Registrar(client, service, servers[2].address, ttl=5):
+                    await ready(channel, 3)
+                    for _ in range(8):
+                        tg.start_soon(worker)
+                    await until(lambda: servers[2].calls > 50)
+                # The lease is revoked: s2 drains while eight workers keep calling.
+                await until(lambda: drained(channel, servers[2].address))
+                frozen = servers[2].calls
+                more = len(replies) + 300
+                await until(lambda: len(replies) > more)
+                stop.set()
+            assert servers[2].calls == frozen, "no call reached s2 once it was drained"
+    assert failures == []
+    assert set(where(replies)) == {"s0", "s1", "s2"}
+
+
+async def test_server_stopped_without_deregistering(client: EtcdClient, service: str) -> None:
+    em = EndpointManager(client, service)
+    failures: list[grpc.aio.AioRpcError] = []
+    replies: list[bytes] = []
+    concurrency = 4
+    async with echo_servers(3) as servers:
+        for server in servers:
+            await em.add_endpoint(f"{service}/{server.name}", Endpoint(server.address))
+        async with await resolve(client, service) as channel:
+            await ready(channel, 3)
+
+            async def worker(count: int) -> None:
+                for _ in range(count):
+                    try:
+                        replies.append(await call(channel, timeout=5))
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(concurrency):
+                    tg.start_soon(worker, 150)
+                await until(lambda: servers[1].calls > 20)
+                await servers[1].stop(None)
+            await until(lambda: channel.statistics().by_state().get("READY") == 2)
+            after = where([await call(channel) for _ in range(40)])
+    assert set(after) == {"s0", "s2"}
+    assert len(failures) <= concurrency, "only calls in flight at the crash may fail"
+    # A server stopping without grace cancels its calls: the client sees UNAVAILABLE, or
+    # INTERNAL/CANCELLED for a call cut mid-stream, exactly as on a plain channel.
+    assert {f.code() for f in failures} <= {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+    }, [(f.code(), f.details()) for f in failures]
+    assert len(replies) + len(failures) == concurrency * 150
+
+
+async def call_kinds(channel: grpc.aio.Channel) -> dict[str, Any]:
+    """Exercise every call type and feature on ``channel``; return what came back."""
+    results: dict[str, Any] = {}
+    results["unary"] = await channel.unary_unary(method("Unary"))(b"u")
+    results["stream"] = [r async for r in channel.unary_stream(method("Count"))(b"3")]
+    stream_call = channel.unary_stream(method("Count"))(b"2")
+    results["read"] = [await stream_call.read(), await stream_call.read()]
+    results["eof"] = await stream_call.read() is grpc.aio.EOF
+
+    async def requests() -> AsyncIterator[bytes]:
+        for part in (b"a", b"b", b"c"):
+            yield part
+
+    results["join"] = await channel.stream_unary(method("Join"))(requests())
+    chat = channel.stream_stream(method("Chat"))()
+    await chat.write(b"hi")
+    first = await chat.read()
+    await chat.write(b"yo")
+    second = await chat.read()
+    await chat.done_writing()
+    results["chat"] = [first, second, await chat.read() is grpc.aio.EOF]
+    meta_call = channel.unary_unary(method("Meta"))(b"", metadata=(("x-test", "v1"),))
+    results["meta"] = await meta_call
+    results["trailing"] = dict(await meta_call.trailing_metadata()).get("x-echo")
+    results["code"] = await meta_call.code()
+    with pytest.raises(grpc.aio.AioRpcError) as deadline:
+        await channel.unary_unary(method("Hold"))(b"d", timeout=0.2)
+    results["deadline"] = deadline.value.code()
+    held = channel.unary_unary(method("Hold"))(b"c")
+    await anyio.sleep(0.05)
+    results["cancel"] = held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    results["cancelled"] = (held.cancelled(), held.done())
+    return results
+
+
+async def test_every_call_type_behaves_as_on_a_plain_channel(
+    client: EtcdClient, service: str
+) -> None:
+    async with echo_servers(1) as [server], registered(client, service, [server]):
+        async with grpc.aio.insecure_channel(server.address) as plain:
+            expected = await call_kinds(plain)
+        async with await resolve(client, service) as channel:
+            assert await call_kinds(channel) == expected
+            await until(lambda: channel.statistics().in_flight == 0)
+    assert expected["unary"] == b"s0:u"
+    assert expected["stream"] == [b"s0:0", b"s0:1", b"s0:2"]
+    assert expected["join"] == b"s0:a+b+c"
+    assert expected["chat"] == [b"s0:hi", b"s0:yo", True]
+    assert (expected["meta"], expected["trailing"]) == (b"s0:v1", "v1")
+    assert expected["deadline"] is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert expected["cancelled"] == (True, True)
+
+
+async def test_no_endpoint_fails_fast_or_waits_for_ready(client: EtcdClient, service: str) -> None:
+    async with await resolve(client, service) as channel:
+        assert channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(channel)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert service in (info.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await call(channel, timeout=0.2, wait_for_ready=True)
+        assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert channel.statistics().no_endpoint_failures == 1
+
+        waiting = channel.unary_unary(method("Unary"))(b"w", timeout=10, wait_for_ready=True)
+        assert not waiting.done() and waiting.time_remaining() > 5
+        async with echo_servers(1) as [server], registered(client, service, [server]):
+            assert await waiting == b"s0:w"
+            assert await waiting.code() is grpc.StatusCode.OK
+            with anyio.fail_after(10):
+                await channel.channel_ready()
+            assert channel.get_state() is grpc.ChannelConnectivity.READY
+    assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+    with pytest.raises(grpc.aio.UsageError, match="closed"):
+        await call(channel)
+
+
+async def test_interceptors_and_options_reach_every_subchannel(
+    client: EtcdClient, service: str
+) -> None:
+    class AddMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            details = details._replace(metadata=(*(details.metadata or ()), ("x-test", "icpt")))
+            return await continuation(details, request)
+
+    async with echo_servers(2) as servers, registered(client, service, servers):
+        channel = await resolve(
+            client,
+            service,
+            interceptors=[AddMetadata()],
+            options=[("grpc.primary_user_agent", "t")],
+        )
+        try:
+            await ready(channel, 2)
+            replies = [await channel.unary_unary(method("Meta"))(b"") for _ in range(4)]
+            assert sorted(replies) == [b"s0:icpt", b"s0:icpt", b"s1:icpt", b"s1:icpt"]
+        finally:
+            await channel.close()
+
+
+async def test_generated_greeter_stub_works_unchanged(
+    client: EtcdClient, service: str, tmp_path: Path
+) -> None:
+    from grpc_tools import protoc  # noqa: PLC0415
+
+    proto = tmp_path / "greet.proto"
+    proto.write_text(
+        'syntax = "proto3"; package greet;\n'
+        "service Greeter { rpc SayHello (HelloRequest) returns (HelloReply); }\n"
+        "message HelloRequest { string name = 1; }\n"
+        "message HelloReply { string message = 1; }\n"
+    )
+    assert (
+        protoc.main(
+            [
+                "protoc",
+                f"-I{tmp_path}",
+                f"--python_out={tmp_path}",
+                f"--grpc_python_out={tmp_path}",
+                str(proto),
+            ]
+        )
+        == 0
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pb2 = importlib.import_module("greet_pb2")
+        pb2_grpc = importlib.import_module("greet_pb2_grpc")
+    finally:
+        sys.path.remove(str(tmp_path))
+
+    class Greeter(pb2_grpc.GreeterServicer):  # type: ignore[misc, name-defined]
+        async def SayHello(self, request: Any, context: Any) -> Any:
+            return pb2.HelloReply(message=f"Hello, {request.name}")
+
+    server = grpc.aio.server()
+    pb2_grpc.add_GreeterServicer_to_server(Greeter(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with Registrar(client, service, f"127.0.0.1:{port}", ttl=5):
+            async with await resolve(client, f"etcd:///{service}") as channel:
+                reply = await pb2_grpc.GreeterStub(channel).SayHello(pb2.HelloRequest(name="x"))
+                assert reply.message == "Hello, x"
+    finally:
+        await server.stop(None)
