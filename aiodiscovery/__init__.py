@@ -7,7 +7,7 @@ and Python services share one registry.
 from __future__ import annotations
 
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
-from ._etcd import EtcdClient, connect
+from ._etcd import EtcdClient, connect, reauthenticate
 from ._exceptions import (
     AiodiscoveryError,
     AuthenticationError,
@@ -63,5 +63,6 @@ __all__ = [
     "decode_endpoint",
     "encode_endpoint",
     "parse_target",
+    "reauthenticate",
     "resolve",
 ]

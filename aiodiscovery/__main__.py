@@ -1,0 +1,10 @@
+"""``python -m aiodiscovery``: the command line (see :mod:`aiodiscovery._cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The ``aiodiscovery`` command line, run as a real subprocess against a real etcd."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from aiodiscovery.testing import EtcdServer, free_port
+
+from .processes import Process, clean_env, cli_command, run, run_cli
+
+SEED = '{"Addr":"1.2.3.4","Metadata":"..."}'
+
+
+def unreachable() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aiodiscovery: error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+def lease_of(etcd: EtcdServer, key: str) -> int:
+    reply = json.loads(etcd.etcdctl("get", key, "-w", "json"))
+    return int(reply["kvs"][0].get("lease", 0)) if reply.get("kvs") else 0
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("list", "watch", "add", "del", "demo"):
+        assert command in result.stdout
+    for option in ("--endpoints", "--dial-timeout", "--cacert", "--cert", "--key", "--user"):
+        assert option in result.stdout
+
+
+def test_list_shows_a_table_and_json(etcd: EtcdServer, service: str) -> None:
+    lease_hex = etcd.etcdctl("lease", "grant", "60").split()[1]
+    etcd.etcdctl("put", f"{service}/1.2.3.4", SEED)
+    etcd.etcdctl("put", f"--lease={lease_hex}", f"{service}/e2", '{"Addr":"10.0.0.2:50051"}')
+    etcd.etcdctl("put", f"{service}/broken", "not json")
+
+    result = run_cli("--endpoints", etcd.url, "list", service)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert rows == [
+        ["KEY", "ADDRESS", "METADATA", "LEASE"],
+        [f"{service}/1.2.3.4", "1.2.3.4", '"..."', "-"],
+        [f"{service}/e2", "10.0.0.2:50051", "-", lease_hex.rjust(16, "0")],
+    ]
+    # The bad value is named on stderr, once, and skipped.
+    assert result.stderr.count(f"{service}/broken") == 1
+    assert result.stderr.startswith("aiodiscovery: warning: ")
+
+    # --endpoints may also follow the command, and the etcd:/// form names the same service.
+    result = run_cli("list", f"etcd:///{service}", "--json", "--endpoints", etcd.url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        {"key": f"{service}/1.2.3.4", "addr": "1.2.3.4", "metadata": "...", "lease": None},
+        {
+            "key": f"{service}/e2",
+            "addr": "10.0.0.2:50051",
+            "metadata": None,
+            "lease": lease_hex.rjust(16, "0"),
+        },
+    ]
+
+
+def test_list_empty_and_endpoints_from_the_environment(etcd: EtcdServer, service: str) -> None:
+    result = run(cli_command("list", service), env=clean_env(ETCD_ENDPOINTS=etcd.url))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"no endpoints under {service}/\n"
+    result = run(cli_command("list", service, "--json"), env=clean_env(ETCD_ENDPOINTS=etcd.url))
+    assert json.loads(result.stdout) == []
+
+
+def test_add_and_del(etcd: EtcdServer, service: str) -> None:
+    key = f"{service}/e1"
+    result = run_cli(
+        "--endpoints", etcd.url, "add", key, "10.0.0.1:50051", "--metadata", '{"w": 2, "a": "<"}'
+    )
+    assert (result.returncode, result.stdout) == (0, "OK\n"), result.stderr
+    # Go's format, byte for byte, and no lease.
+    assert etcd.etcdctl("get", key).splitlines() == [
+        key,
+        '{"Op":0,"Addr":"10.0.0.1:50051","Metadata":{"a":"\\u003c","w":2}}',
+    ]
+    assert lease_of(etcd, key) == 0
+
+    result = run_cli("--endpoints", etcd.url, "del", key)
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+    assert etcd.etcdctl("get", "--prefix", f"{service}/") == ""
+    # Deleting a missing key is not an error (as with etcdctl del): 0 keys deleted.
+    result = run_cli("--endpoints", etcd.url, "del", key)
+    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_add_with_ttl_keeps_the_lease_until_a_signal(
+    etcd: EtcdServer, service: str, signum: int, code: int
+) -> None:
+    key = f"{service}/leased"
+    command = cli_command(
+        "add", key, "10.0.0.3:50051", "--ttl", "30", "--endpoints", etcd.url, "--metadata", "7"
+    )
+    with Process(command) as adder:
+        match = adder.expect(r"^registered .* with lease ([0-9a-f]{16}) \(TTL (\d+) s\)")
+        lease_hex, ttl = match[1], int(match[2])
+        assert ttl == 30
+        # The key is written (the line comes after the put) under the lease it names.
+        assert etcd.etcdctl("get", key, "--print-value-only").strip() == (
+            '{"Op":0,"Addr":"10.0.0.3:50051","Metadata":7}'
+        )
+        assert lease_of(etcd, key) == int(lease_hex, 16)
+        assert key in etcd.etcdctl("lease", "timetolive", lease_hex, "--keys")
+
+        adder.signal(signum)
+        assert adder.wait(15) == code, adder.stderr
+    assert f"stopping: revoking lease {lease_hex}" in adder.stdout
+    # The Registrar's own word that the revoke went through.
+    assert adder.stderr_lines == [
+        f"aiodiscovery: info: unregistered {key} (lease {int(lease_hex, 16):x} revoked)"
+    ]
+    # Revoked, not left to expire: the key is gone at once and so is the lease.
+    assert etcd.etcdctl("get", key) == ""
+    assert "already expired" in etcd.etcdctl("lease", "timetolive", lease_hex)
+
+
+def test_watch_prints_each_change(etcd: EtcdServer, service: str) -> None:
+    etcd.etcdctl("put", f"{service}/before", SEED)
+    with Process(cli_command("--endpoints", etcd.url, "watch", service)) as watcher:
+        header = watcher.readline()
+        assert re.fullmatch(
+            rf"# revision \d+: 1 endpoints under {service}/; watching for changes.*", header
+        )
+        assert watcher.readline().split() == [
+            "ADD",
+            f"{service}/before",
+            "1.2.3.4",
+            '"..."',
+            "lease=-",
+        ]
+
+        etcd.etcdctl("put", f"{service}/new", '{"Addr":"10.0.0.9:1","Metadata":{"z":1}}')
+        assert re.fullmatch(r"# revision \d+", watcher.readline())
+        assert watcher.readline().split() == [
+            "ADD",
+            f"{service}/new",
+            "10.0.0.9:1",
+            '{"z":1}',
+            "lease=-",
+        ]
+        etcd.etcdctl("del", f"{service}/before")
+        assert re.fullmatch(r"# revision \d+", watcher.readline())
+        assert watcher.readline() == f"DELETE {service}/before"
+
+        watcher.signal(signal.SIGTERM)
+        assert watcher.wait(15) == 143, watcher.stderr
+    assert watcher.stderr == ""
+
+
+def test_watch_json_lines(etcd: EtcdServer, service: str) -> None:
+    with Process(cli_command("watch", service, "--json", "--endpoints", etcd.url)) as watcher:
+        first = json.loads(watcher.readline())
+        assert first["initial"] is True
+        assert first["updates"] == []
+        lease_hex = etcd.etcdctl("lease", "grant", "60").split()[1]
+        etcd.etcdctl("put", f"--lease={lease_hex}", f"{service}/a", SEED)
+        added = json.loads(watcher.readline())
+        assert added["revision"] > first["revision"]
+        assert (added["initial"], added["relist"]) == (False, False)
+        assert added["updates"] == [
+            {
+                "op": "add",
+                "key": f"{service}/a",
+                "addr": "1.2.3.4",
+                "metadata": "...",
+                "lease": lease_hex.rjust(16, "0"),
+            }
+        ]
+        # Revoking the lease deletes the key: a delete event.
+        etcd.etcdctl("lease", "revoke", lease_hex)
+        deleted = json.loads(watcher.readline())
+        assert deleted["updates"] == [{"op": "delete", "key": f"{service}/a"}]
+
+        watcher.signal(signal.SIGINT)
+        assert watcher.wait(15) == 130, watcher.stderr
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_unreachable_etcd_is_one_line_and_exit_1() -> None:
+    url = unreachable()
+    started = time.monotonic()
+    result = run_cli("--endpoints", url, "--dial-timeout", "500ms", "list", "foo/bar")
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"cannot reach etcd at {url}" in line
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["list", "etcd://somehost/foo"], "authority"),
+        (["list", "foo/bar/"], "ends with '/'"),
+        (["watch", "http:///foo"], "scheme"),
+        (["add", "no-service", "1.2.3.4:1"], "must look like <service>/<id>"),
+        (["add", "foo/", "1.2.3.4:1"], "must look like <service>/<id>"),
+        (["add", "foo/e1", "1.2.3.4:1", "--metadata", "{bad"], "--metadata is not valid JSON"),
+        (["add", "foo/e1", "1.2.3.4:1", "--metadata", "NaN"], "--metadata is not valid JSON"),
+        (["add", "foo/e1", ""], "non-empty"),
+        (["del", "etcd:///foo/e1"], "not under its service prefix"),
+        (["--user", "root", "list", "foo"], "stdin is not a terminal"),
+        (["--user", "root:a", "--password", "b", "list", "foo"], "not both"),
+        (["--cacert", "/nonexistent/ca.pem", "list", "foo"], "TLS options (--cacert) need https"),
+        (["--cert", "c.pem", "list", "foo"], "--cert was given without --key"),
+        (["--endpoints", "ftp://x:1", "list", "foo"], "must use http:// or https://"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    # Validation comes before dialling: an unreachable etcd does not turn these into exit 1.
+    result = run_cli("--endpoints", unreachable(), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in one_error_line(result)
+
+
+def test_unreadable_certificate_is_a_usage_error() -> None:
+    url = unreachable().replace("http://", "https://")
+    result = run_cli("--endpoints", url, "--cacert", "/nonexistent/ca.pem", "list", "foo")
+    assert result.returncode == 2
+    assert "/nonexistent/ca.pem" in one_error_line(result)
+
+
+def test_argparse_errors_exit_2() -> None:
+    assert run_cli("bogus").returncode == 2
+    assert run_cli("list").returncode == 2
+    assert run_cli("add", "foo/e1", "1.2.3.4:1", "--ttl", "0").returncode == 2
+    assert run_cli("--dial-timeout", "soon", "list", "foo").returncode == 2
+
+
+# -- TLS and authentication -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secure_etcd() -> Iterator[EtcdServer]:
+    with EtcdServer(client_cert_auth=True) as server:
+        server.enable_auth(password="secret")
+        server.etcdctl("put", "secure/svc/e1", SEED)
+        yield server
+
+
+def tls_args(etcd: EtcdServer) -> list[str]:
+    return [
+        "--endpoints",
+        etcd.url,
+        "--cacert",
+        str(etcd.ca_path),
+        "--cert",
+        str(etcd.client_cert_path),
+        "--key",
+        str(etcd.client_key_path),
+    ]
+
+
+def test_tls_and_user_options_reach_connect(secure_etcd: EtcdServer) -> None:
+    result = run_cli(*tls_args(secure_etcd), "--user", "root:secret", "list", "secure/svc")
+    assert result.returncode == 0, result.stderr
+    assert "secure/svc/e1" in result.stdout
+    result = run_cli(
+        "list",
+        "secure/svc",
+        "--json",
+        *tls_args(secure_etcd),
+        "--user",
+        "root",
+        "--password",
+        "secret",
+    )
+    assert result.returncode == 0, result.stderr
+    assert [e["key"] for e in json.loads(result.stdout)] == ["secure/svc/e1"]
+
+
+def test_refused_credentials_exit_1(secure_etcd: EtcdServer) -> None:
+    result = run_cli(*tls_args(secure_etcd), "--user", "root:hunter2", "list", "secure/svc")
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert "etcd rejected the credentials of user 'root'" in line
+    assert "hunter2" not in result.stderr
+
+
+def test_password_is_asked_on_a_terminal(secure_etcd: EtcdServer) -> None:
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        cli_command(*tls_args(secure_etcd), "--user", "root", "list", "secure/svc"),
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        start_new_session=True,  # no controlling terminal: getpass uses stdin, the pty
+    )
+    os.close(terminal)
+    try:
+        assert process.stderr is not None
+        prompt = b""
+        deadline = time.monotonic() + 15
+        while b"Password" not in prompt:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no password prompt, got {prompt!r}"
+            ready, _, _ = select.select([process.stderr], [], [], remaining)
+            if ready:
+                chunk = os.read(process.stderr.fileno(), 1024)
+                assert chunk, f"stderr ended before the prompt: {prompt!r}"
+                prompt += chunk
+        os.write(controller, b"secret\n")
+        stdout, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        os.close(controller)
+    assert process.returncode == 0
+    assert b"secure/svc/e1" in stdout
+
+
+# -- the demo ----------------------------------------------------------------------------------
+
+
+def assert_closed(address: str) -> None:
+    host, port = address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), 2):
+        pass
+
+
+def demo_addresses(output: str) -> list[str]:
+    etcd = re.search(r"etcd at http://(\S+);", output)
+    assert etcd is not None, output
+    return [etcd[1], *re.findall(r"serving on (\S+),", output)]
+
+
+def test_demo_runs_by_itself_and_cleans_up() -> None:
+    result = run_cli("demo", "--phase-seconds", "1", timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for phase in (
+        "== 1. steady",
+        "== 2. graceful stop of s1",
+        "== 3. crash of s2",
+        "== 4. scale out",
+        "== summary ==",
+    ):
+        assert phase in out
+    assert "client: dropped s1" in out
+    assert "s2's lease expired" in out
+    assert "client: picked up s4" in out
+    assert "demo OK" in out
+    summary = out.split("== summary ==")[1]
+    phases = {
+        m[1]: (int(m[2]), int(m[3]))
+        for m in re.finditer(r"^\s+(\d)\. .+?\s{2,}(\d+)\s+(\d+)\s", summary, re.MULTILINE)
+    }
+    assert sorted(phases) == ["1", "2", "3", "4"], out
+    # Calls in every phase; none failed on the graceful path, before the crash, or after it.
+    assert all(calls > 0 for calls, _ in phases.values()), out
+    assert phases["1"][1] == phases["2"][1] == phases["4"][1] == 0, out
+    # Per-second lines are plain text, readable without a terminal.
+    assert re.search(r"^\s+\d+s\s+calls/s: ", out, re.MULTILINE)
+    # Nothing is left behind: etcd and every server are gone.
+    addresses = demo_addresses(out)
+    assert len(addresses) == 5
+    for address in addresses:
+        assert_closed(address)
+
+
+def test_demo_interrupted_cleans_up_and_exits_130() -> None:
+    with Process(cli_command("demo", "--phase-seconds", "30")) as demo:
+        demo.expect(r"^== 1\. steady", timeout=60)
+        demo.signal(signal.SIGINT)
+        assert demo.wait(20) == 130, demo.stderr
+    assert "interrupted" in demo.stdout
+    addresses = demo_addresses(demo.stdout)
+    assert len(addresses) == 4
+    for address in addresses:
+        assert_closed(address)
