@@ -37,6 +37,7 @@ import anyio
 import grpc
 from aetcd import rpc
 
+from ._auth import parse_user
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, parse_target
 from ._etcd import (
     DEFAULT_TIMEOUT,
@@ -44,7 +45,6 @@ from ._etcd import (
     EtcdClient,
     connect,
     list_prefix,
-    parse_user,
     request_timeout,
     translate_error,
 )

@@ -22,12 +22,10 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import wraps
-from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -36,34 +34,38 @@ import grpc
 from aetcd import rpc
 from anyio.lowlevel import checkpoint
 
+from ._auth import (
+    TOKEN_KEY,
+    AuthInterceptor,
+    LiveMetadata,
+    TokenAuth,
+    is_auth_cancel,
+    is_token_error,
+)
 from ._exceptions import (
     AuthenticationError,
     EtcdError,
     EtcdUnavailableError,
     LeaseNotFoundError,
 )
+from ._tls import PemSource, diagnose, tls_config
 
 __all__ = [
     "DEFAULT_URL",
     "EtcdClient",
     "KeyValue",
-    "PemSource",
     "connect",
     "etcd_errors",
-    "is_auth_cancel",
-    "is_token_error",
     "list_prefix",
     "parse_urls",
-    "parse_user",
     "reauthenticate",
     "request_timeout",
+    "rpc_step",
+    "translate_error",
 ]
 
 logger = logging.getLogger("aiodiscovery")
 
-#: A PEM certificate or key: a file path, or the PEM data itself (``bytes``, or a ``str`` that
-#: starts with ``-----BEGIN``).
-PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
 
 DEFAULT_URL = "http://127.0.0.1:2379"
 DEFAULT_TIMEOUT = 5.0
@@ -163,349 +165,6 @@ def _channel_options(extra: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# TLS
-
-
-def _read_pem(value: PemSource, what: str) -> bytes:
-    """Load a PEM certificate or key given as a path or as data; errors name the file only."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        data, origin = bytes(value), "given as bytes"
-    elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
-        data, origin = value.encode(), "given as a PEM string"
-    elif isinstance(value, str | os.PathLike):
-        path = os.fspath(value)
-        try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except OSError as exc:
-            # Same exception type (FileNotFoundError, PermissionError, ...), clearer message.
-            raise type(exc)(
-                exc.errno, f"cannot read the etcd {what} file {path!r}: {exc.strerror}"
-            ) from None
-        origin = f"file {path!r}"
-    else:
-        raise TypeError(f"the etcd {what} must be a file path or PEM bytes, not {type(value)}")
-    if b"-----BEGIN" not in data:
-        raise ValueError(f"the etcd {what} ({origin}) is not in PEM format")
-    return data
-
-
-@dataclass(frozen=True, slots=True)
-class _TLSConfig:
-    """What a secure channel needs. The PEM data stays out of ``repr``."""
-
-    ca: bytes | None = field(repr=False)
-    cert: bytes | None = field(repr=False)
-    key: bytes | None = field(repr=False)
-    server_name: str | None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
-        )
-
-
-def _tls_config(
-    urls: Sequence[str],
-    ca: PemSource | None,
-    cert: PemSource | None,
-    key: PemSource | None,
-    server_name: str | None,
-) -> _TLSConfig | None:
-    if (cert is None) != (key is None):
-        missing, given = ("key", "cert") if key is None else ("cert", "key")
-        raise ValueError(
-            f"a client certificate needs both cert= and key=; {given}= was given without {missing}="
-        )
-    if not urls[0].startswith("https://"):
-        given_options = [n for n, v in (("ca", ca), ("cert", cert), ("key", key)) if v is not None]
-        if server_name is not None:
-            given_options.append("server_name")
-        if given_options:
-            raise ValueError(
-                f"TLS options ({', '.join(f'{n}=' for n in given_options)}) need https:// etcd "
-                f"URLs, got {', '.join(urls)}"
-            )
-        return None
-    if server_name is not None and not server_name.strip():
-        raise ValueError("server_name must not be empty")
-    return _TLSConfig(
-        ca=None if ca is None else _read_pem(ca, "CA certificate (ca=)"),
-        cert=None if cert is None else _read_pem(cert, "client certificate (cert=)"),
-        key=None if key is None else _read_pem(key, "client key (key=)"),
-        server_name=server_name,
-    )
-
-
-def _diagnosis(details: str, tls: bool) -> str:
-    """A hint for the usual misconfigurations, from gRPC's last connection error."""
-    text = details.lower()
-    if "certificate_verify_failed" in text:
-        return (
-            "the server's certificate is not signed by the trusted CA (pass the CA that signed "
-            "it as ca=)"
-        )
-    if "hostname verification" in text:
-        return (
-            "the server's certificate is not valid for the name dialled (pass the name it was "
-            "issued for as server_name=)"
-        )
-    if "bad_certificate" in text or "certificate_required" in text:
-        return (
-            "etcd refused the client certificate (it requires one signed by its trusted CA: "
-            "pass cert= and key=)"
-        )
-    if "security handshaker" in text or "private key" in text:
-        return "the client certificate and key do not match or cannot be loaded"
-    if tls and "handshake read failed" in text:
-        return "etcd does not speak TLS there (use http:// URLs)"
-    if not tls and ("socket closed" in text or "connection reset" in text):
-        return "etcd closed the connection: if it serves TLS, use https:// URLs (and ca=)"
-    return ""
-
-
-# ---------------------------------------------------------------------------------------------
-# Authentication
-
-_TOKEN_KEY = "token"
-_AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
-_WATCH = "/etcdserverpb.Watch/Watch"
-# etcd's messages for a token it will not take (rpctypes.ErrGRPCInvalidAuthToken,
-# ErrGRPCAuthOldRevision, ErrGRPCUserEmpty); the Go client re-authenticates on the same set.
-_TOKEN_ERRORS = (
-    "invalid auth token",
-    "revision of auth store is old",
-    "user name is empty",
-)
-
-
-def parse_user(value: str) -> tuple[str, str | None]:
-    """Split etcdctl's ``--user`` value ``name:password`` (or just ``name``) at the first colon."""
-    name, sep, password = value.partition(":")
-    if not name:
-        raise ValueError("the etcd user name must not be empty (expected name:password)")
-    return name, (password if sep else None)
-
-
-def is_token_error(error: grpc.aio.AioRpcError | EtcdError | str) -> bool:
-    """Whether etcd refused a call, or cancelled a watch, for the auth token.
-
-    Accepts a gRPC error, an :class:`EtcdError` or a watch response's ``cancel_reason``. True for
-    an expired or unknown token, a token from before an auth change, and a missing token; then
-    :meth:`EtcdClient.reauthenticate` and a retry (on a new stream) can help. A wrong password or
-    a permission error is not a token error.
-    """
-    if isinstance(error, grpc.aio.AioRpcError):
-        if error.code() == grpc.StatusCode.UNAUTHENTICATED:
-            return True
-        text = error.details() or ""
-    elif isinstance(error, EtcdError):
-        if error.code == "UNAUTHENTICATED":
-            return True
-        text = error.details or str(error)
-    else:
-        text = error
-    return any(marker in text for marker in _TOKEN_ERRORS)
-
-
-def is_auth_cancel(cancel_reason: str) -> bool:
-    """Whether etcd may have cancelled a watch for its auth token (``WatchResponse.cancel_reason``).
-
-    etcd 3.5.1 cancels a watch created with an expired or missing token with ``"rpc error: code =
-    PermissionDenied desc = etcdserver: permission denied"``, the same words as for a user who
-    may not read the range; later versions name the token. Renewing the token and watching again
-    settles it either way (a real denial is denied again).
-    """
-    return is_token_error(cancel_reason) or "permission denied" in cancel_reason
-
-
-def _is_token_rejection(code: grpc.StatusCode, details: str) -> bool:
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return True
-    return code == grpc.StatusCode.INVALID_ARGUMENT and any(m in details for m in _TOKEN_ERRORS)
-
-
-def _method_name(method: str | bytes) -> str:
-    return method.decode() if isinstance(method, bytes) else method
-
-
-class _TokenAuth:
-    """The user name, password and current token of one client; renews the token on demand.
-
-    ``generation`` counts tokens: a caller remembers the generation its call used, and a refresh
-    for an older generation than the current one is skipped, so that any number of calls
-    rejected for the same token share one Authenticate request.
-    """
-
-    def __init__(self, username: str, password: str) -> None:
-        self.username = username
-        self.__password = password
-        self.token: str | None = None
-        self.generation = 0
-        self.enabled_on_server = True
-        self.authentications = 0
-        self.token_rejections = 0
-        self.retried_calls = 0
-        self._lock: asyncio.Lock | None = None
-
-    def __repr__(self) -> str:
-        return f"<etcd credentials user={self.username!r}>"
-
-    def _get_lock(self) -> asyncio.Lock:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
-
-    async def settled(self) -> tuple[str | None, int]:
-        """The current token and its generation, after any refresh in progress."""
-        lock = self._get_lock()
-        if lock.locked():
-            async with lock:
-                pass
-        return self.token, self.generation
-
-    async def refresh(self, channel: grpc.aio.Channel, timeout: float, seen: int) -> None:
-        """Authenticate again, unless the token changed since generation ``seen``.
-
-        Raises :class:`AuthenticationError` when etcd rejects the user name or password, and
-        :class:`grpc.aio.AioRpcError` when etcd cannot be asked.
-        """
-        async with self._get_lock():
-            if self.generation != seen:
-                return
-            await self._authenticate(channel, timeout)
-
-    async def _authenticate(self, channel: grpc.aio.Channel, timeout: float) -> None:
-        request = rpc.AuthenticateRequest(name=self.username, password=self.__password)
-        try:
-            reply = await rpc.AuthStub(channel).Authenticate(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            details = exc.details() or ""
-            if "authentication is not enabled" in details:
-                # Like Go's client: no auth on the server, so no token; should auth be turned on
-                # later, the first call rejected for a missing token authenticates again.
-                if self.enabled_on_server:
-                    logger.info(
-                        "etcd authentication is not enabled; connected without a token "
-                        "(user %r unused)",
-                        self.username,
-                    )
-                self.enabled_on_server = False
-                self.token = None
-                self.generation += 1
-                return
-            if exc.code() in (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                grpc.StatusCode.UNAUTHENTICATED,
-                grpc.StatusCode.PERMISSION_DENIED,
-                grpc.StatusCode.FAILED_PRECONDITION,
-            ):
-                raise AuthenticationError(
-                    f"etcd rejected the credentials of user {self.username!r}: {details}",
-                    code=exc.code().name,
-                    details=details,
-                    username=self.username,
-                ) from None
-            raise
-        self.enabled_on_server = True
-        self.token = reply.token
-        self.generation += 1
-        self.authentications += 1
-        logger.debug("authenticated to etcd as user %r", self.username)
-
-
-def _with_token(
-    details: grpc.aio.ClientCallDetails, token: str | None
-) -> grpc.aio.ClientCallDetails:
-    if token is None:
-        return details
-    # A copy: the caller's Metadata object must not change under it.
-    metadata = grpc.aio.Metadata(*((k, v) for k, v in (details.metadata or ()) if k != _TOKEN_KEY))
-    metadata.add(_TOKEN_KEY, token)
-    return details._replace(metadata=metadata)
-
-
-class _AuthInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Puts the current token into every unary call; when etcd rejects it, renews it (once for
-    all calls rejected with the same token) and retries the call once.
-
-    Streams are deliberately not intercepted: grpc.aio wraps an intercepted stream in a call
-    object whose ``write()`` raises ``InvalidStateError`` instead of the RPC's error and whose
-    broken connection reads as ``INTERNAL``, which would change what every stream owner sees.
-    Streams get the current token from :attr:`EtcdClient.metadata` when they are opened.
-    """
-
-    def __init__(self, client: EtcdClient, auth: _TokenAuth) -> None:
-        self._client = client
-        self._auth = auth
-
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        if _method_name(details.method) == _AUTHENTICATE:
-            return await continuation(details, request)
-        auth = self._auth
-        started = time.monotonic()
-        token, seen = await auth.settled()
-        call = await continuation(_with_token(details, token), request)
-        try:
-            code = await call.code()
-            if code == grpc.StatusCode.OK:
-                return call
-            text = await call.details() or ""
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        # With a client certificate, etcd takes a call without a token as from the user named
-        # by the certificate: "permission denied" then means "no token" too.
-        no_token = token is None and code == grpc.StatusCode.PERMISSION_DENIED
-        if not (no_token or _is_token_rejection(code, text)):
-            return call
-        auth.token_rejections += 1
-        remaining = None
-        if details.timeout is not None:
-            remaining = details.timeout - (time.monotonic() - started)
-            if remaining <= 0:
-                return call
-        try:
-            await self._client._refresh_token(seen, remaining)
-        except grpc.aio.AioRpcError:
-            return call  # etcd could not be asked: report the call's own error
-        auth.retried_calls += 1
-        if details.timeout is not None:
-            remaining = max(0.0, details.timeout - (time.monotonic() - started))
-        retry = details._replace(timeout=remaining)
-        return await continuation(_with_token(retry, auth.token), request)
-
-
-class _LiveMetadata(Sequence[tuple[str, str]]):
-    """Call metadata that reads the client's current token whenever gRPC reads it.
-
-    For aetcd's own watcher, which keeps the metadata it was built with for every stream it
-    opens later.
-    """
-
-    def __init__(self, client: EtcdClient) -> None:
-        self._client = client
-
-    def _items(self) -> tuple[tuple[str, str], ...]:
-        return self._client.metadata or ()
-
-    def __len__(self) -> int:
-        return len(self._items())
-
-    @overload
-    def __getitem__(self, index: int) -> tuple[str, str]: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
-    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
-        return self._items()[index]
-
-    def __repr__(self) -> str:
-        return "<current etcd auth token>" if self._items() else "()"
-
-
-# ---------------------------------------------------------------------------------------------
 # The client
 
 
@@ -534,7 +193,7 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         self.urls = parse_urls(urls)
         members = _members(self.urls)
         self._target = _channel_target(members)
-        self._tls = _tls_config(self.urls, ca, cert, key, server_name)
+        self._tls = tls_config(self.urls, ca, cert, key, server_name)
         extra = list(options)
         if self._tls is not None:
             # Several IP literals make one target whose authority no certificate names: check
@@ -547,7 +206,7 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
             raise ValueError("etcd authentication needs both username= and password=")
         if username is not None and not username:
             raise ValueError("the etcd user name must not be empty")
-        self._auth = None if username is None else _TokenAuth(username, password or "")
+        self._auth = None if username is None else TokenAuth(username, password or "")
         # aetcd keeps its own (unused) copy of credentials only when given them: it is not.
         super().__init__(host=members[0].host, port=members[0].port, timeout=timeout)
 
@@ -562,7 +221,7 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         auth = self.__dict__.get("_auth")
         if auth is None or auth.token is None:
             return None
-        return ((_TOKEN_KEY, auth.token),)
+        return ((TOKEN_KEY, auth.token),)
 
     @metadata.setter
     def metadata(self, value: object) -> None:
@@ -584,7 +243,7 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         """Open the channel (once) and build aetcd's stubs on it."""
         if self._connected.is_set():
             return
-        interceptors = [] if self._auth is None else [_AuthInterceptor(self, self._auth)]
+        interceptors = [] if self._auth is None else [AuthInterceptor(self, self._auth)]
         if self._tls is not None:
             self.channel = grpc.aio.secure_channel(
                 self._target,
@@ -603,7 +262,7 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         self._watcher = aetcd.watcher.Watcher(
             rpc.WatchStub(self.channel),
             timeout=self._timeout,
-            metadata=None if self._auth is None else _LiveMetadata(self),
+            metadata=None if self._auth is None else LiveMetadata(self),
         )
         self._connected.set()
 
@@ -734,7 +393,7 @@ async def _unreachable(client: EtcdClient, timeout: float) -> EtcdUnavailableErr
     except grpc.aio.AioRpcError as exc:
         details = exc.details() or ""
     message = f"cannot reach etcd at {', '.join(client.urls)} within {timeout:g} s"
-    hint = _diagnosis(details, client.tls)
+    hint = diagnose(details, client.tls)
     if details:
         message += f": {details}"
     if hint:

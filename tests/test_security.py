@@ -24,13 +24,8 @@ from aiodiscovery import (
     Registrar,
     Watcher,
 )
-from aiodiscovery._etcd import (
-    is_auth_cancel,
-    is_token_error,
-    parse_user,
-    prefix_range_end,
-    reauthenticate,
-)
+from aiodiscovery._auth import is_auth_cancel, is_token_error, parse_user
+from aiodiscovery._etcd import prefix_range_end, reauthenticate
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy, TLSFiles, free_port
 
 from .helpers import eventually
