@@ -12,7 +12,7 @@ __all__ = ["Backoff"]
 
 @dataclass
 class Backoff:
-    """Exponential backoff with full jitter and a cap.
+    """Exponential backoff with "equal" jitter and a cap.
 
     Each :meth:`next_delay` doubles the ceiling (``initial * multiplier ** attempt``, at most
     ``cap``) and draws the delay uniformly between half the ceiling and the ceiling, so many

@@ -162,6 +162,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # Go's float64 cannot hold 1e400 either, and we could not write it back.
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
 def decode_endpoint(key: str, value: bytes) -> Endpoint:
     """Decode an etcd value the way Go's resolver does, or raise :class:`DecodeError`.
 
@@ -180,6 +188,11 @@ def decode_endpoint(key: str, value: bytes) -> Endpoint:
     for name, field_value in pairs:
         folded = name.casefold()
         if folded == "addr":
+            # Go fails the whole value on a mistyped field even if a later duplicate is fine.
+            if field_value is not None and not isinstance(field_value, str):
+                raise DecodeError(
+                    key, f'"Addr" must be a string, got {type(_plain(field_value)).__name__}'
+                )
             if field_value is not None:
                 addr = field_value
         elif folded == "metadata":
@@ -192,8 +205,6 @@ def decode_endpoint(key: str, value: bytes) -> Endpoint:
             raise DecodeError(key, f"Op must be an integer 0..{_MAX_OP}, got {field_value!r}")
     if addr is None:
         raise DecodeError(key, 'no "Addr" field')
-    if not isinstance(addr, str):
-        raise DecodeError(key, f'"Addr" must be a string, got {type(_plain(addr)).__name__}')
     if not addr:
         raise DecodeError(key, '"Addr" is empty')
     return Endpoint(addr, metadata)
@@ -213,7 +224,9 @@ def _plain(value: Any) -> Any:
 
 
 # Built once: json.loads with hooks would build a fresh decoder for every value.
-_DECODER = json.JSONDecoder(object_pairs_hook=_Object, parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_Object, parse_constant=_reject_constant, parse_float=_finite_float
+)
 
 _TARGET_HELP = "a valid target looks like 'etcd:///foo/bar/my-service' or 'foo/bar/my-service'"
 

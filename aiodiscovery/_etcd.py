@@ -22,7 +22,7 @@ import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -52,8 +52,10 @@ from ._tls import PemSource, diagnose, tls_config
 
 __all__ = [
     "DEFAULT_URL",
+    "REQUIRE_LEADER",
     "EtcdClient",
     "KeyValue",
+    "close_call",
     "connect",
     "etcd_errors",
     "list_prefix",
@@ -61,7 +63,9 @@ __all__ = [
     "reauthenticate",
     "request_timeout",
     "rpc_step",
+    "stream_metadata",
     "translate_error",
+    "watch_responses",
 ]
 
 logger = logging.getLogger("aiodiscovery")
@@ -153,12 +157,16 @@ def _channel_options(extra: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
         # A SIGSTOPped or partitioned member keeps its TCP connection open; only pings notice.
         # etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
         "grpc.keepalive_time_ms": 5_000,
+        # In grpcio's core only this bounds the wait for a ping's answer (keepalive_timeout_ms is
+        # not honoured); its 60 s default would leave a frozen member unnoticed for a minute.
+        "grpc.http2.ping_timeout_ms": 3_000,
         "grpc.keepalive_timeout_ms": 3_000,
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.http2.max_pings_without_data": 0,
+        # Reconnect soon after a member comes back. (Not min_reconnect_backoff_ms: that is the
+        # connect timeout, and a small one makes a slow TLS handshake fail forever.)
         "grpc.initial_reconnect_backoff_ms": 100,
         "grpc.max_reconnect_backoff_ms": 2_000,
-        "grpc.min_reconnect_backoff_ms": 100,
     }
     options.update(dict(extra))
     return list(options.items())
@@ -493,6 +501,59 @@ async def rpc_step(step: Awaitable[T]) -> T:
         # the cancelled scope deliver its own cancellation instead.
         await checkpoint()
         raise
+
+
+# Asks etcd to end a stream when its member loses the leader, as Go's WithRequireLeader does, so
+# that a member cut off from the quorum cannot keep a watch or keep-alive looking healthy.
+REQUIRE_LEADER = ("hasleader", "true")
+
+
+def stream_metadata(client: aetcd.Client) -> tuple[tuple[str, str], ...]:
+    """Metadata for a long-lived stream: the current auth token and the require-leader flag."""
+    return (*(client.metadata or ()), REQUIRE_LEADER)
+
+
+async def close_call(call: Any) -> None:
+    """Cancel a grpc.aio call and let grpc's own bookkeeping task for it finish."""
+    call.cancel()
+    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+        await call.code()
+
+
+async def watch_responses(
+    client: aetcd.Client, create: rpc.WatchCreateRequest
+) -> AsyncGenerator[rpc.WatchResponse, None]:
+    """Open one watch stream and yield its responses until it breaks.
+
+    Every way a stream can end (a gRPC error, etcd closing it, a write to a stream grpc already
+    ended, no answer to the create request within the request timeout) surfaces as an
+    :class:`EtcdError`; cancellation and progress handling are the caller's. The call is always
+    closed before this returns, so iterate it with ``contextlib.aclosing``.
+    """
+    await client.connect()
+    call = rpc.WatchStub(client.channel).Watch(metadata=stream_metadata(client))
+    try:
+        timeout = request_timeout(client)
+        try:
+            with anyio.fail_after(timeout):
+                await rpc_step(call.write(rpc.WatchRequest(create_request=create)))
+        except TimeoutError:
+            raise EtcdUnavailableError(
+                f"etcd did not take the watch request within {timeout:g} s", code="UNAVAILABLE"
+            ) from None
+        while True:
+            response = await rpc_step(call.read())
+            if response is grpc.aio.EOF:
+                raise EtcdUnavailableError("etcd closed the watch stream", code="UNAVAILABLE")
+            yield response
+    except grpc.aio.AioRpcError as exc:
+        raise translate_error(exc) from exc
+    except asyncio.InvalidStateError:
+        # A write to a stream that grpc already ended: its status says why.
+        code = await call.code()
+        raise EtcdUnavailableError(f"the watch stream ended ({code})", code="UNAVAILABLE") from None
+    finally:
+        await close_call(call)
 
 
 @dataclass(frozen=True, slots=True)

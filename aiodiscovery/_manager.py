@@ -126,7 +126,14 @@ class EndpointManager:
         one batch per etcd revision, so a multi-key :meth:`update` arrives together. The watch
         survives stream breaks, member failures and compaction: when it cannot resume it lists
         again and yields the difference as one batch, so no delete is ever lost. Bad values drop
-        their key (a delete if it was known) with one warning. Stop by leaving the ``async for``.
+        their key (a delete if it was known) with one warning.
+
+        Iterate it inside ``contextlib.aclosing`` so that leaving the loop early closes the etcd
+        stream at once, not whenever the garbage collector gets to it::
+
+            async with contextlib.aclosing(em.watch()) as batches:
+                async for batch in batches:
+                    ...
         """
         first = True
         async with contextlib.aclosing(PrefixWatch(self.client, self.target).batches()) as batches:

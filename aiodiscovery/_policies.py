@@ -121,12 +121,22 @@ class P2CPicker(Picker):
         return first if first.in_flight <= second.in_flight else second
 
 
-def endpoint_weight(metadata: object, address: str) -> int:
-    """The weight from metadata ``{"weight": n}``; 1 when absent or not a positive integer."""
+def endpoint_weight(
+    metadata: object, address: str, warned: set[tuple[str, str]] | None = None
+) -> int:
+    """The weight from metadata ``{"weight": n}``; 1 when absent or not a positive integer.
+
+    A bad weight is logged as a warning; pass ``warned`` to log each (address, weight) only once.
+    """
     if not isinstance(metadata, Mapping) or "weight" not in metadata:
         return 1
     weight = metadata["weight"]
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 1:
+        seen = (address, repr(weight))
+        if warned is not None:
+            if seen in warned:
+                return 1
+            warned.add(seen)
         logger.warning("endpoint %s has weight %r; using 1 (need a number >= 1)", address, weight)
         return 1
     return int(weight)
@@ -144,11 +154,14 @@ class WeightedPicker(Picker):
         self._weights: list[int] = []
         self._current: list[int] = []
         self._total = 0
+        # update() runs on every connectivity change: a bad weight is worth one warning, not
+        # one per flap. Only a new bad value (or address) warns again.
+        self._warned: set[tuple[str, str]] = set()
 
     def update(self, subchannels: Sequence[SubchannelView]) -> None:
         """Take the new usable list and re-read the weights."""
         self._subchannels = subchannels
-        self._weights = [endpoint_weight(s.metadata, s.address) for s in subchannels]
+        self._weights = [endpoint_weight(s.metadata, s.address, self._warned) for s in subchannels]
         self._current = [0] * len(subchannels)
         self._total = sum(self._weights)
 

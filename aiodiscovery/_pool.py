@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import logging
 import time
@@ -34,6 +35,8 @@ _State = grpc.ChannelConnectivity
 # Order of preference when no subchannel is READY: IDLE connects on demand, CONNECTING may make it.
 _FALLBACK_ORDER = (_State.IDLE, _State.CONNECTING, _State.TRANSIENT_FAILURE)
 DEFAULT_DRAIN_TIMEOUT = 30.0
+# What grpc.aio reports for a call stopped with cancel().
+_LOCALLY_CANCELLED = "Locally cancelled by application!"
 
 
 class _Kind(enum.Enum):
@@ -133,8 +136,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     Build it with :func:`resolve`. Calls go to a subchannel chosen by the policy among READY ones
     (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY). With no endpoint at all a
     call fails at once with ``UNAVAILABLE``, unless it asks ``wait_for_ready=True``: then it waits
-    for an endpoint until its deadline. A removed endpoint drains: it takes no new calls, its calls
-    in flight finish, then its channel closes.
+    for an endpoint until its deadline, :meth:`close` or its own ``cancel()``. A removed endpoint
+    drains: it takes no new calls, its calls in flight finish, then its channel closes.
     """
 
     def __init__(
@@ -163,10 +166,13 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._usable: list[_Subchannel] = []
         self._state = _State.IDLE
         self._state_changed = anyio.Event()
-        self._pickable = anyio.Event()
+        # Calls waiting for an endpoint (wait_for_ready), oldest first: a dict is an ordered set.
+        self._pending: dict[_PendingCall, None] = {}
         self._revision = 0
         self._no_endpoint_failures = 0
         self._closed = False
+        # Why the pool stopped following etcd, once its task has died without close().
+        self._stop_reason: str | None = None
         self._grace: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._host: asyncio.Task[None] | None = None
@@ -188,18 +194,34 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
                 failure.append(exc)
                 if not isinstance(exc, anyio.get_cancelled_exc_class()) and started.is_set():
                     logger.exception("%s: the pool stopped following etcd", self.target)
+                    self._stop_reason = (
+                        f"the pool of {self.target!r} stopped following etcd: {_cause(exc)!r}"
+                    )
                 raise
             finally:
                 started.set()
                 with anyio.CancelScope(shield=True):
                     await self._close_subchannels()
+                # Nothing will ever make a subchannel usable again: say so, and free the waiters.
+                self._set_state(_State.SHUTDOWN if self._closed else _State.TRANSIENT_FAILURE)
+                self._fail_pending(
+                    grpc.StatusCode.UNAVAILABLE,
+                    self._stop_reason or f"the pool of {self.target!r} stopped following etcd",
+                )
 
         # The channel is a plain object (closed from any task, like every grpc.aio channel), so
         # its task group needs a task of its own; close() cancels and joins it.
         self._host = asyncio.get_running_loop().create_task(
             host(), name=f"aiodiscovery pool {self.target}"
         )
-        await started.wait()
+        try:
+            await started.wait()
+        except BaseException:
+            # resolve() itself was cancelled: nobody will ever close this channel, so the task,
+            # the watcher and its etcd stream must go now.
+            self._host.cancel()
+            await self._join_host()
+            raise
         if failure:
             await self._join_host()
             raise failure[0]
@@ -217,11 +239,18 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
                 await host
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop following etcd and close every subchannel, letting calls run for ``grace`` s."""
+        """Stop following etcd and close every subchannel, letting calls run for ``grace`` s.
+
+        Calls in flight get ``grace`` seconds to finish, then grpc.aio cancels them, as on any
+        of its channels. A call still waiting for an endpoint (``wait_for_ready``) fails at once
+        with ``CANCELLED`` and details ``"channel closed"``: an error rather than
+        ``asyncio.CancelledError``, so that the task awaiting it is not taken for a cancelled one.
+        """
         if self._closed:
             return
         self._closed = True
         self._grace = grace
+        self._fail_pending(grpc.StatusCode.CANCELLED, "channel closed")
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         await self._join_host()
@@ -257,6 +286,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         """Bring the subchannels in line with ``snapshot``."""
         assert self._task_group is not None
         self._revision = snapshot.revision
+        metadata_changed = False
         wanted: dict[str, object] = {}
         for endpoint in snapshot.values():
             wanted.setdefault(endpoint.addr, endpoint.metadata)
@@ -274,7 +304,11 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
                     sub = self._new_subchannel(address, metadata)
                 self._subchannels[address] = sub
                 self._task_group.start_soon(self._monitor, sub)
-            sub.metadata = metadata
+            if sub.metadata != metadata:
+                # Pickers read metadata (the weight) only in update(); the list itself may not
+                # change, so a usable subchannel's new metadata must force one.
+                metadata_changed = metadata_changed or sub in self._usable
+                sub.metadata = metadata
         for address in [a for a in self._subchannels if a not in wanted]:
             sub = self._subchannels.pop(address)
             sub.draining = True
@@ -285,7 +319,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             sub.scope.cancel()
             sub.scope = anyio.CancelScope()
             self._task_group.start_soon(self._drain, sub)
-        self._rebuild()
+        self._rebuild(refresh=metadata_changed)
 
     async def _monitor(self, sub: _Subchannel) -> None:
         with sub.scope:
@@ -325,8 +359,11 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             for sub in subs:
                 tg.start_soon(sub.channel.close, self._grace)
 
-    def _rebuild(self) -> None:
-        """Recompute the usable list and the aggregate state after any change."""
+    def _rebuild(self, *, refresh: bool = False) -> None:
+        """Recompute the usable list and the aggregate state after any change.
+
+        ``refresh`` hands the picker the usable list even if it is the same one.
+        """
         subs = list(self._subchannels.values())
         usable = [s for s in subs if s.state is _State.READY]
         if not usable:
@@ -334,13 +371,13 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
                 usable = [s for s in subs if s.state is state]
                 if usable:
                     break
-        if usable != self._usable:
+        if usable != self._usable or (refresh and usable):
+            if usable:
+                # Before publishing the list: a picker that fails must not be picked from.
+                self._picker.update(usable)
             self._usable = usable
             if usable:
-                self._picker.update(usable)
-                self._pickable.set()
-            else:
-                self._pickable = anyio.Event()
+                self._start_pending()
         states = {s.state for s in subs}
         for state in (_State.READY, _State.CONNECTING, _State.IDLE, _State.TRANSIENT_FAILURE):
             if state in states:
@@ -355,12 +392,21 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             changed, self._state_changed = self._state_changed, anyio.Event()
             changed.set()
 
-    # -- picking ----------------------------------------------------------------------------
+    # -- calls waiting for an endpoint -------------------------------------------------------
 
-    async def _wait_pickable(self) -> _Subchannel:
-        while not self._usable:
-            await self._pickable.wait()
-        return self._picker.pick()  # type: ignore[return-value]
+    def _start_pending(self) -> None:
+        # One at a time, picking before dequeuing: if a picker fails, the calls not yet started
+        # stay pending and the host's exit fails them, instead of their being lost.
+        while self._pending:
+            sub: _Subchannel = self._picker.pick()  # type: ignore[assignment]
+            call = next(iter(self._pending))
+            del self._pending[call]
+            call._start(sub)
+
+    def _fail_pending(self, code: grpc.StatusCode, details: str) -> None:
+        pending, self._pending = self._pending, {}
+        for call in pending:
+            call._end(code, details)
 
     # -- grpc.aio.Channel -------------------------------------------------------------------
 
@@ -385,6 +431,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         while (state := self.get_state(try_to_connect=True)) is not _State.READY:
             if state is _State.SHUTDOWN:
                 raise RuntimeError("the channel is closed")
+            if self._stop_reason is not None:
+                raise RuntimeError(self._stop_reason)
             await self.wait_for_state_change(state)
 
     def unary_unary(
@@ -516,73 +564,114 @@ class _MultiCallable:
 class _PendingCall:
     """A call made while the pool has no usable endpoint.
 
-    It either fails with ``UNAVAILABLE`` (the default) or, for ``wait_for_ready=True``, waits for an
-    endpoint until its deadline and then becomes the real grpc.aio call, to which everything is
-    delegated from then on.
+    Without ``wait_for_ready`` it has already failed with ``UNAVAILABLE``. With it, it waits in
+    the channel's pending set until the channel starts it on the first usable subchannel (whether
+    or not anyone awaits it yet, as grpc.aio sends a call at once), and from then on everything is
+    delegated to that grpc.aio call. Before that it ends on its deadline (``DEADLINE_EXCEEDED``),
+    its own :meth:`cancel` (awaiting it raises ``asyncio.CancelledError``, as in grpc.aio), or
+    :meth:`BalancedChannel.close` (``CANCELLED``, ``"channel closed"``). Any number of tasks may
+    await it: one that gives up (its own timeout or cancellation) leaves the call to the others,
+    so stop it with :meth:`cancel` or bound it with a deadline.
     """
 
     def __init__(self, callable_: _MultiCallable, request: Any, kwargs: dict[str, Any]) -> None:
+        channel = callable_._channel
         self._callable = callable_
         self._request = request
         self._kwargs = kwargs
+        # The call starts from the channel's task: it must still see the caller's context
+        # variables (tracing interceptors read them), as a call started at once would.
+        self._context = contextvars.copy_context()
         timeout = kwargs.get("timeout")
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._real: grpc.aio.Call | None = None
-        self._error: grpc.aio.AioRpcError | None = None
-        self._cancelled = False
+        # Set when the call ended before it could start.
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._locally_cancelled = False
         self._callbacks: list[Callable[[Any], None]] = []
-        self._resolving: anyio.Event | None = None
+        # asyncio's, not anyio's: this runs in synchronous code, maybe outside any task (a done
+        # callback making a call), where anyio cannot tell which event loop library runs.
+        self._settled = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        if channel._stop_reason is not None:
+            self._end(grpc.StatusCode.UNAVAILABLE, channel._stop_reason)
+        elif not kwargs.get("wait_for_ready"):
+            channel._no_endpoint_failures += 1
+            self._end(grpc.StatusCode.UNAVAILABLE, f"no endpoint registered for {channel.target!r}")
+        else:
+            channel._pending[self] = None
+            if timeout is not None:
+                # A timer, not a task: the deadline must end the call even if nobody awaits it.
+                self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
 
-    async def _resolve(self) -> grpc.aio.Call:
-        if self._real is None and self._error is None and not self._cancelled:
-            if self._resolving is not None:
-                await self._resolving.wait()
-            else:
-                self._resolving = anyio.Event()
-                try:
-                    await self._connect()
-                finally:
-                    self._resolving.set()
-        if self._cancelled and self._real is None:
-            raise asyncio.CancelledError
-        if self._error is not None:
-            raise self._error
-        assert self._real is not None
+    # -- driven by the channel --------------------------------------------------------------
+
+    def _start(self, sub: _Subchannel) -> None:
+        """Start the real call on ``sub``; the channel has taken this call out of its set."""
+        if self._timer is not None:
+            self._timer.cancel()
+        kwargs = self._kwargs
+        if self._deadline is not None:
+            kwargs = {**kwargs, "timeout": max(0.0, self._deadline - time.monotonic())}
+        try:
+            real = self._context.run(self._callable.start_on, sub, self._request, kwargs)
+        except Exception as exc:
+            # This runs in the channel's task: the error belongs to the call, not to the pool.
+            self._end(grpc.StatusCode.INTERNAL, f"could not start the call: {exc!r}")
+            return
+        self._real = real
+        self._settled.set()
+        real.add_done_callback(self._real_done)
+
+    def _end(self, code: grpc.StatusCode, details: str, *, local: bool = False) -> bool:
+        """End the call before it started; False if it had started or ended already."""
+        if self._real is not None or self._code is not None:
+            return False
+        self._code, self._details, self._locally_cancelled = code, details, local
+        self._callable._channel._pending.pop(self, None)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._settled.set()
+        self._run_callbacks()
+        return True
+
+    def _expire(self) -> None:
+        self._end(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"deadline passed while waiting for an endpoint of {self._callable._channel.target!r}",
+        )
+
+    def _real_done(self, _real: object) -> None:
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            # One failing callback must neither skip the others nor escape from cancel().
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("done callback %r of a call failed", callback)
+
+    async def _started(self) -> grpc.aio.Call | None:
+        """The real call once started, or None if the call ended before it could start."""
+        await self._settled.wait()
         return self._real
 
-    async def _connect(self) -> None:
-        channel = self._callable._channel
-        if not self._kwargs.get("wait_for_ready"):
-            channel._no_endpoint_failures += 1
-            self._fail(
-                grpc.StatusCode.UNAVAILABLE, f"no endpoint registered for {channel.target!r}"
-            )
-            return
-        remaining = None if self._deadline is None else self._deadline - time.monotonic()
-        sub = None
-        with anyio.move_on_after(remaining if remaining is not None else float("inf")):
-            sub = await channel._wait_pickable()
-        if sub is None:
-            self._fail(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"deadline passed while waiting for an endpoint of {channel.target!r}",
-            )
-            return
-        kwargs = dict(self._kwargs)
-        if self._deadline is not None:
-            kwargs["timeout"] = max(0.0, self._deadline - time.monotonic())
-        self._real = self._callable.start_on(sub, self._request, kwargs)
-        for callback in self._callbacks:
-            self._real.add_done_callback(callback)
-
-    def _fail(self, code: grpc.StatusCode, details: str) -> None:
-        self._error = grpc.aio.AioRpcError(
-            code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
+    async def _resolve(self) -> grpc.aio.Call:
+        real = await self._started()
+        if real is not None:
+            return real
+        if self._locally_cancelled:
+            raise asyncio.CancelledError
+        # A fresh error per awaiter: a shared instance would pile up their tracebacks.
+        raise grpc.aio.AioRpcError(
+            self._code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=self._details
         )
-        for callback in self._callbacks:
-            callback(self)
 
-    # Call
+    # -- Call -------------------------------------------------------------------------------
+
     def __await__(self) -> Generator[Any, None, Any]:
         return self._await_response().__await__()
 
@@ -613,50 +702,43 @@ class _PendingCall:
         await (await self._resolve()).wait_for_connection()
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
-        """The server's initial metadata."""
-        try:
-            return await (await self._resolve()).initial_metadata()
-        except grpc.aio.AioRpcError as exc:
-            return exc.initial_metadata()
+        """The server's initial metadata (empty if the call never started)."""
+        real = await self._started()
+        return grpc.aio.Metadata() if real is None else await real.initial_metadata()
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
-        """The server's trailing metadata."""
-        try:
-            return await (await self._resolve()).trailing_metadata()
-        except grpc.aio.AioRpcError as exc:
-            return exc.trailing_metadata()
+        """The server's trailing metadata (empty if the call never started)."""
+        real = await self._started()
+        return grpc.aio.Metadata() if real is None else await real.trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
         """The call's status code."""
-        try:
-            return await (await self._resolve()).code()
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
+        real = await self._started()
+        return self._code if real is None else await real.code()
 
     async def details(self) -> str:
         """The call's status details."""
-        try:
-            return str(await (await self._resolve()).details())
-        except grpc.aio.AioRpcError as exc:
-            return str(exc.details() or "")
+        real = await self._started()
+        return self._details if real is None else str(await real.details())
 
     async def debug_error_string(self) -> str:
-        """gRPC's debug string of the error, if any."""
-        try:
-            return str(await (await self._resolve()).debug_error_string())
-        except grpc.aio.AioRpcError as exc:
-            return str(exc.debug_error_string())
+        """gRPC's debug string of the error (empty if the call never started)."""
+        real = await self._started()
+        return "" if real is None else str(await real.debug_error_string())
 
-    # RpcContext
+    # -- RpcContext -------------------------------------------------------------------------
+
     def cancelled(self) -> bool:
-        """Whether the call was cancelled."""
-        return bool(self._real.cancelled()) if self._real is not None else self._cancelled
+        """Whether the call ended with ``CANCELLED``: its own cancel(), or the channel's close()."""
+        if self._real is not None:
+            return bool(self._real.cancelled())
+        return self._code is grpc.StatusCode.CANCELLED
 
     def done(self) -> bool:
         """Whether the call has finished."""
         if self._real is not None:
             return bool(self._real.done())
-        return self._cancelled or self._error is not None
+        return self._code is not None
 
     def time_remaining(self) -> float | None:
         """Seconds before the deadline, or ``None`` without one."""
@@ -666,24 +748,27 @@ class _PendingCall:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def cancel(self) -> bool:
-        """Cancel the call; False if it had already finished."""
+        """Cancel the call; False if it had already finished.
+
+        A call still waiting for an endpoint ends here and is never sent.
+        """
         if self._real is not None:
             return bool(self._real.cancel())
-        if self.done():
-            return False
-        self._cancelled = True
-        for callback in self._callbacks:
-            callback(self)
-        return True
+        return self._end(grpc.StatusCode.CANCELLED, _LOCALLY_CANCELLED, local=True)
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Run ``callback(call)`` when the call finishes."""
-        if self._real is not None:
-            self._real.add_done_callback(callback)
-        elif self.done():
+        """Run ``callback(call)`` once when the call finishes, however it finishes."""
+        if self.done():
             callback(self)
         else:
             self._callbacks.append(callback)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The one error inside nested single-error groups, for a readable message."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def resolve(

@@ -10,6 +10,8 @@ from typing import Self
 import anyio
 import anyio.abc
 
+from ._taskgroup import exit_task_group
+
 __all__ = ["TcpProxy"]
 
 _CHUNK = 65536
@@ -29,6 +31,7 @@ class TcpProxy:
         self.port = 0
         self.connections = 0
         self._open = True
+        self._cuts = 0
         self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
         self._links: set[anyio.CancelScope] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -54,14 +57,15 @@ class TcpProxy:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._task_group is not None and self._listener is not None
-        self._task_group.cancel_scope.cancel()
-        result = await self._task_group.__aexit__(exc_type, exc, tb)
-        await self._listener.aclose()
-        return result
+        try:
+            return await exit_task_group(self._task_group, exc_type, exc, tb)
+        finally:
+            await self._listener.aclose()
 
     def cut(self) -> None:
         """Reset every proxied connection now and refuse new ones until :meth:`heal`."""
         self._open = False
+        self._cuts += 1
         for scope in list(self._links):
             scope.cancel()
 
@@ -74,10 +78,17 @@ class TcpProxy:
             if not self._open:
                 _reset(client)
                 return
+            cuts = self._cuts
             try:
                 upstream = await anyio.connect_tcp(self.target_host, self.target_port)
             except OSError:
                 _reset(client)
+                return
+            if self._cuts != cuts:
+                # cut() ran while we were connecting.
+                _reset(client)
+                _reset(upstream)
+                await upstream.aclose()
                 return
             self.connections += 1
             async with upstream:

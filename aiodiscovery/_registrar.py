@@ -15,6 +15,7 @@ once instead of one TTL later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -32,9 +33,19 @@ from anyio.lowlevel import checkpoint
 
 from ._backoff import Backoff
 from ._endpoint import Endpoint, encode_endpoint
-from ._etcd import etcd_errors, request_timeout, rpc_step, translate_error
+from ._etcd import (
+    close_call,
+    etcd_errors,
+    reauthenticate,
+    request_timeout,
+    rpc_step,
+    stream_metadata,
+    translate_error,
+    watch_responses,
+)
 from ._exceptions import EtcdError, EtcdUnavailableError, LeaseNotFoundError
 from ._manager import EndpointManager
+from ._taskgroup import exit_task_group
 
 __all__ = [
     "DEFAULT_REVOKE_TIMEOUT",
@@ -54,10 +65,6 @@ _RETRY_INITIAL = 0.05
 # Low enough that a registration is back within about a second of etcd answering again, and
 # jittered so that every service of a restarted cluster does not come back in the same instant.
 _RETRY_CAP = 1.0
-# etcd refuses a stream that carries this while its member has no leader, and cancels it when the
-# member loses its leader (Go's clientv3.WithRequireLeader): better than a stream left open on a
-# member that cannot serve it.
-_REQUIRE_LEADER = ("hasleader", "true")
 # Errors no retry can fix; at start they surface at once instead of after the whole timeout.
 _PERMANENT_CODES = frozenset(
     {"INVALID_ARGUMENT", "OUT_OF_RANGE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
@@ -320,17 +327,10 @@ class Registrar:
         try:
             if task_group is not None:
                 # Stop the background first: a keep-alive that saw the revoke would re-register.
-                task_group.cancel_scope.cancel()
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    # A cancellation must pass through the group so anyio can tell whose it is.
-                    suppress = await task_group.__aexit__(exc_type, exc, tb)
-                else:
-                    # The caller's own error must reach them as it is, not in an ExceptionGroup,
-                    # and the group swallowing its own cancellation must not swallow that error.
-                    await task_group.__aexit__(None, None, None)
+                suppress = await exit_task_group(task_group, exc_type, exc, tb)
         finally:
             await self._revoke_all()
-        return bool(suppress)
+        return suppress
 
     async def _first_registration(self) -> _Session:
         backoff = Backoff(initial=_RETRY_INITIAL, cap=_RETRY_CAP)
@@ -407,7 +407,11 @@ class Registrar:
     # -- grant, put, revoke ---------------------------------------------------------------------
 
     async def _register(self) -> _Session:
-        """Grant a lease and put the key under it, in one transaction."""
+        """Grant a lease, then put the key under it: two requests, not one transaction.
+
+        A lease that etcd drops between the two (it expired, someone revoked it) fails the put with
+        :class:`LeaseNotFoundError`; the caller then grants a new one.
+        """
         sent = anyio.current_time()
         lease, ttl = await self._grant()
         self._leases.add(lease)
@@ -446,10 +450,9 @@ class Registrar:
         if not lease:
             raise AssertionError("a registration is never written without a lease")
         self._counts.puts += 1
-        put = rpc.PutRequest(key=self._key_bytes, value=self._value, lease=lease)
         reply = await rpc_step(
-            self.client.kvstub.Txn(
-                rpc.TxnRequest(success=[rpc.RequestOp(request_put=put)]),
+            self.client.kvstub.Put(
+                rpc.PutRequest(key=self._key_bytes, value=self._value, lease=lease),
                 timeout=request_timeout(self.client),
                 metadata=self.client.metadata,
             )
@@ -548,9 +551,6 @@ class Registrar:
             reasons.append("the keep-alive and the watch were both cancelled")
         return reasons[0]
 
-    def _stream_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (*(self.client.metadata or ()), _REQUIRE_LEADER)
-
     async def _keep_alive(self, session: _Session) -> str:
         """Refresh the lease every TTL/3 on one stream; return once it is lost."""
         backoff = Backoff(initial=_RETRY_INITIAL, cap=max(_RETRY_INITIAL, session.ttl / 3))
@@ -562,10 +562,16 @@ class Registrar:
                 try:
                     return await self._keep_alive_stream(session, watchdog, backoff)
                 except (EtcdError, _StreamBroken) as exc:
-                    logger.debug(
-                        "keep-alive of lease %x: %s; opening a new stream", session.lease, exc
-                    )
+                    failure = exc
+                logger.debug(
+                    "keep-alive of lease %x: %s; opening a new stream", session.lease, failure
+                )
                 await backoff.sleep()
+                if isinstance(failure, EtcdError):
+                    # etcd 3.5.1 does not check the token of a LeaseKeepAlive stream; later
+                    # versions may. A stream refused for its token needs a new one (a no-op for
+                    # any other error, or without a user name).
+                    await reauthenticate(self.client, failure)
         return f"no successful keep-alive within the lease's {session.ttl} s TTL"
 
     async def _keep_alive_stream(
@@ -574,7 +580,7 @@ class Registrar:
         interval = session.ttl / 3
         # A reply that takes longer than a healthy etcd ever needs will not come in time to help.
         patience = min(interval, request_timeout(self.client))
-        call = self.client.leasestub.LeaseKeepAlive(metadata=self._stream_metadata())
+        call = self.client.leasestub.LeaseKeepAlive(metadata=stream_metadata(self.client))
         self._counts.keepalive_streams += 1
         request = rpc.LeaseKeepAliveRequest(ID=session.lease)
         try:
@@ -607,7 +613,7 @@ class Registrar:
             # grpc.aio refuses a write on a call that already ended; its status says why.
             raise _StreamBroken(f"keep-alive stream ended: {await _status(call)}") from None
         finally:
-            call.cancel()
+            await close_call(call)
 
     async def _watch_key(self, session: _Session) -> str:
         """Watch our key with a raw watch stream; return once someone deletes it."""
@@ -630,15 +636,15 @@ class Registrar:
             await backoff.sleep()
 
     async def _watch_stream(self, session: _Session, start: int, backoff: Backoff) -> str:
-        call = rpc.WatchStub(self.client.channel).Watch(metadata=self._stream_metadata())
+        """Watch our key from ``start`` on one stream; return once it is deleted.
+
+        Every way the stream itself can fail surfaces as an :class:`EtcdError`
+        (:func:`watch_responses`); etcd cancelling the watch as :class:`_StreamBroken`.
+        """
         self._counts.watch_streams += 1
         create = rpc.WatchCreateRequest(key=self._key_bytes, start_revision=start)
-        try:
-            await rpc_step(call.write(rpc.WatchRequest(create_request=create)))
-            while True:
-                reply = await rpc_step(call.read())
-                if reply is grpc.aio.EOF:
-                    raise _StreamBroken("etcd closed the watch stream")
+        async with contextlib.aclosing(watch_responses(self.client, create)) as replies:
+            async for reply in replies:
                 if reply.canceled:
                     raise _StreamBroken(
                         f"etcd cancelled the watch ({reply.cancel_reason or 'no reason given'}, "
@@ -650,12 +656,8 @@ class Registrar:
                     if event.type == rpc.Event.DELETE:
                         return "the key was deleted (by another client, or with its lease)"
                     self._note_overwrite(session, int(event.kv.lease))
-        except grpc.aio.AioRpcError as exc:
-            raise translate_error(exc) from exc
-        except asyncio.InvalidStateError:
-            raise _StreamBroken(f"watch stream ended: {await _status(call)}") from None
-        finally:
-            call.cancel()
+        # watch_responses ends only by raising; this keeps a future change from ending silently.
+        raise _StreamBroken("the watch stream ended")
 
     @etcd_errors
     async def _read_key(self, session: _Session) -> int | None:

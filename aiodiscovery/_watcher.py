@@ -11,7 +11,6 @@ coalesced to the latest state.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
@@ -33,18 +32,15 @@ from ._etcd import (
     prefix_range_end,
     reauthenticate,
     request_timeout,
-    rpc_step,
     translate_error,
+    watch_responses,
 )
 from ._exceptions import DecodeError, EtcdError, EtcdUnavailableError
+from ._taskgroup import exit_task_group
 
 __all__ = ["EndpointSet", "PrefixWatch", "WatchBatch", "Watcher", "WatcherStatistics"]
 
 logger = logging.getLogger("aiodiscovery")
-
-# Asks etcd to end the stream when the member loses its leader, as Go's WithRequireLeader does, so a
-# member cut off from the quorum cannot keep feeding us a frozen view.
-_REQUIRE_LEADER = (("hasleader", "true"),)
 
 
 class EndpointSet(Mapping[str, Endpoint]):
@@ -115,7 +111,9 @@ class PrefixWatch:
 
     Iterate :meth:`batches`: the first batch is the full current state (``relist=True``, possibly
     empty), then one batch per etcd revision, and a ``relist`` batch with the difference whenever
-    the watch had to start over. ``endpoints`` and ``statistics`` are kept up to date as it goes.
+    the watch had to start over. An empty batch means etcd vouched that nothing changed under the
+    prefix up to its revision (a progress notification). ``endpoints`` and ``statistics`` are
+    kept up to date as it goes.
     """
 
     def __init__(self, client: aetcd.Client, target: str, *, backoff_cap: float = 3.0) -> None:
@@ -148,8 +146,7 @@ class PrefixWatch:
                         yield batch
             except _Resync:
                 listed = False
-            except (grpc.aio.AioRpcError, EtcdError, asyncio.InvalidStateError) as exc:
-                # InvalidStateError: a write to a stream that grpc already ended.
+            except (grpc.aio.AioRpcError, EtcdError) as exc:
                 failure = exc
                 error = translate_error(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
                 self.statistics.reconnects += 1
@@ -167,6 +164,16 @@ class PrefixWatch:
         revision, kvs = await list_prefix(self.client, self.prefix)
         if self.revision:
             self.statistics.relists += 1
+            if revision < self.revision:
+                logger.warning(
+                    "watch of %r: etcd's revision went back from %d to %d (restored from a "
+                    "snapshot?); following etcd",
+                    self.prefix,
+                    self.revision,
+                    revision,
+                )
+        # A key bad before and still bad is warned about once; one gone since is forgotten.
+        self._bad_keys &= {kv.key for kv in kvs}
         fresh: dict[str, Endpoint] = {}
         for kv in kvs:
             endpoint = self._decode(kv)
@@ -179,26 +186,19 @@ class PrefixWatch:
             if kv.key in fresh and self.endpoints.get(kv.key) != fresh[kv.key]
         ]
         self.endpoints = fresh
+        # A list is authoritative, even about a revision lower than the one we had.
+        self.revision = revision
         return self._commit(revision, updates, relist=True)
 
     async def _watch(self) -> AsyncGenerator[WatchBatch, None]:
-        await self.client.connect()
-        call = rpc.WatchStub(self.client.channel).Watch(
-            metadata=tuple(self.client.metadata or ()) + _REQUIRE_LEADER
+        create = rpc.WatchCreateRequest(
+            key=self.prefix.encode(),
+            range_end=prefix_range_end(self.prefix.encode()),
+            start_revision=self.revision + 1,
+            progress_notify=True,
         )
-        try:
-            start = rpc.WatchCreateRequest(
-                key=self.prefix.encode(),
-                range_end=prefix_range_end(self.prefix.encode()),
-                start_revision=self.revision + 1,
-                progress_notify=True,
-            )
-            with anyio.fail_after(request_timeout(self.client)):
-                await rpc_step(call.write(rpc.WatchRequest(create_request=start)))
-            while True:
-                response = await rpc_step(call.read())
-                if response is grpc.aio.EOF:
-                    raise EtcdUnavailableError("etcd closed the watch stream", code="UNAVAILABLE")
+        async with contextlib.aclosing(watch_responses(self.client, create)) as responses:
+            async for response in responses:
                 if response.compact_revision:
                     self.statistics.compactions += 1
                     logger.info(
@@ -219,18 +219,15 @@ class PrefixWatch:
                     self._backoff.reset()
                     continue
                 if not response.events:
-                    # A progress notification: nothing under our prefix changed up to here.
-                    self.revision = max(self.revision, response.header.revision)
+                    # A progress notification: nothing under our prefix changed up to here. An
+                    # empty batch carries that on, so a resume after a break starts past it.
+                    if response.header.revision > self.revision:
+                        yield self._commit(response.header.revision, [], relist=False)
                     continue
                 for revision, events in itertools.groupby(
                     response.events, key=lambda e: e.kv.mod_revision
                 ):
                     yield self._apply(revision, list(events))
-        finally:
-            call.cancel()
-            # Let grpc's own bookkeeping task for the call finish, so that nothing outlives us.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await call.code()
 
     def _apply(self, revision: int, events: list[rpc.Event]) -> WatchBatch:
         updates: list[Update] = []
@@ -296,7 +293,6 @@ class Watcher:
         self._revision = 0
         self._stale = False
         self._changed = anyio.Event()
-        self._ready = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
     @property
@@ -322,16 +318,21 @@ class Watcher:
         if self._task_group is not None:
             raise RuntimeError("a Watcher can be entered only once")
         timeout = self.start_timeout or 2 * request_timeout(self._watch.client)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._run, name=f"aiodiscovery watcher {self.prefix}")
-        with anyio.move_on_after(timeout):
-            await self._ready.wait()
-        if not self._ready.is_set():
-            await self.__aexit__(None, None, None)
-            raise EtcdUnavailableError(
-                f"could not list {self.prefix!r} from etcd within {timeout:g} s", code="UNAVAILABLE"
-            )
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            with anyio.fail_after(timeout):
+                await task_group.start(self._run, name=f"aiodiscovery watcher {self.prefix}")
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+            if isinstance(exc, TimeoutError):
+                raise EtcdUnavailableError(
+                    f"could not list {self.prefix!r} from etcd within {timeout:g} s",
+                    code="UNAVAILABLE",
+                ) from None
+            raise
+        self._task_group = task_group
         return self
 
     async def __aexit__(
@@ -339,17 +340,19 @@ class Watcher:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> bool:
         assert self._task_group is not None
-        self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        return await exit_task_group(self._task_group, exc_type, exc, tb)
 
-    async def _run(self) -> None:
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        first = True
         async for batch in self._watch.batches():
             if batch.updates:
                 self._stale = True
             self._revision = batch.revision
-            self._ready.set()
+            if first:
+                first = False
+                task_status.started()
             # Waiters hold the old event; a fresh one makes the next change a new wake-up.
             changed, self._changed = self._changed, anyio.Event()
             changed.set()

@@ -84,6 +84,8 @@ def test_decode_accepts_what_go_accepts(value: bytes, expected: Endpoint) -> Non
         (b'{"Op":256,"Addr":"a:1"}', "Op must be an integer"),
         (b'{"Op":1.5,"Addr":"a:1"}', "Op must be an integer"),
         (b'{"Addr":"a:1","Metadata":NaN}', "not JSON"),
+        (b'{"Addr":"a:1","Metadata":1e400}', "out of range"),
+        (b'{"Addr":5,"Addr":"a:1"}', '"Addr" must be a string, got int'),
         (b"\xff\xfe", "not JSON"),
     ],
 )

@@ -140,7 +140,11 @@ async def test_list_skips_bad_values_with_one_warning_each(
     assert f"{service}/c-bad" in warnings[1] and "empty" in warnings[1]
 
 
-async def test_list_reads_past_one_page(client: EtcdClient, service: str) -> None:
+async def test_list_reads_past_one_page(
+    client: EtcdClient, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small pages, so that 2,500 keys take many of them, all read at one revision.
+    monkeypatch.setattr(aiodiscovery._etcd, "_PAGE_SIZE", 100)
     em = EndpointManager(client, service)
     for start in range(0, 2500, 125):
         await em.update(

@@ -264,3 +264,65 @@ async def test_cancelling_the_owner_leaves_no_task_behind(client: EtcdClient, se
 
     # grpc finishes a cancelled call's bookkeeping task a loop iteration or two later.
     await until(lambda: not leftovers(), timeout=2)
+
+
+async def test_progress_notifications_let_a_quiet_watch_resume_past_compaction(
+    service: str,
+) -> None:
+    interval = "--experimental-watch-progress-notify-interval=100ms"
+    async with EtcdServer(extra_args=[interval]) as etcd, TcpProxy(etcd.client_port) as proxy:
+        direct = await aiodiscovery.connect(etcd.url)
+        through_proxy = await aiodiscovery.connect(proxy.url)
+        try:
+            em = EndpointManager(direct, service)
+            await em.add_endpoint(f"{service}/a", Endpoint("a:1"))
+            async with Watcher(through_proxy, service, backoff_cap=0.5) as watcher:
+                for i in range(20):
+                    await direct.put(b"elsewhere", str(i).encode())
+                latest = (await direct.get(b"elsewhere")).mod_revision
+                # Only a progress notification can tell a watch of our quiet prefix about it.
+                with anyio.fail_after(10):
+                    while watcher.statistics().revision < latest:
+                        await watcher.wait_for_change(watcher.statistics().revision)
+                proxy.cut()
+                await direct.compact(latest)
+                await em.add_endpoint(f"{service}/b", Endpoint("b:1"))
+                proxy.heal()
+                await converges(watcher, await em.list_endpoints())
+                stats = watcher.statistics()
+                assert stats.reconnects >= 1
+                assert (stats.compactions, stats.relists) == (0, 0)
+        finally:
+            await direct.close()
+            await through_proxy.close()
+
+
+async def test_a_frozen_member_is_left_within_seconds(service: str) -> None:
+    async with EtcdCluster(3) as cluster:
+        watching = await aiodiscovery.connect(cluster.urls)  # pick_first: members[0]
+        writing = await aiodiscovery.connect([m.url for m in cluster.members[1:]])
+        frozen = cluster.members[0]
+        try:
+            em = EndpointManager(writing, service)
+            async with Watcher(watching, service, backoff_cap=0.5) as watcher:
+                frozen.stop()
+                with anyio.fail_after(30):
+                    while True:
+                        try:
+                            await em.add_endpoint(f"{service}/while-frozen", Endpoint("f:1"))
+                            break
+                        except EtcdUnavailableError:
+                            continue
+                # Keep-alive pings (5 s, answered within 3 s) notice the silent member.
+                await converges(watcher, await em.list_endpoints(), timeout=20)
+                assert watcher.statistics().reconnects >= 1
+        finally:
+            frozen.resume()
+            await watching.close()
+            await writing.close()
+
+
+async def test_errors_in_the_block_come_out_unwrapped(client: EtcdClient, service: str) -> None:
+    with pytest.raises(ValueError, match="mine"):
+        async with Watcher(client, service):
+            raise ValueError("mine")
