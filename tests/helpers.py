@@ -7,6 +7,7 @@ from typing import TypeVar
 
 import anyio
 
+from aiodiscovery import EtcdUnavailableError
 from aiodiscovery._backoff import Backoff
 
 T = TypeVar("T")
@@ -40,3 +41,15 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
                 await backoff.sleep()
     except TimeoutError:
         raise AssertionError(f"condition not met within {timeout} s") from None
+
+
+async def until_accepted(write: Callable[[], Awaitable[object]], timeout: float = 30.0) -> None:
+    """Retry ``write`` until etcd takes it: a request caught by a member's death or an election
+    may time out (as in Go's client), a retry on the surviving members must land."""
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                await write()
+            except EtcdUnavailableError:
+                continue
+            return

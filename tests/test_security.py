@@ -28,7 +28,7 @@ from aiodiscovery._auth import is_auth_cancel, is_token_error, parse_user
 from aiodiscovery._etcd import prefix_range_end, reauthenticate
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy, TLSFiles, free_port
 
-from .helpers import eventually
+from .helpers import eventually, until_accepted
 
 pytestmark = pytest.mark.anyio
 
@@ -289,13 +289,9 @@ async def test_tls_cluster_with_client_certificates(service: str) -> None:
             em = EndpointManager(client, service)
             await em.add_endpoint(f"{service}/before", Endpoint("a:1"))
             cluster.members[0].kill()
-            with anyio.fail_after(20):
-                while True:
-                    try:
-                        await em.add_endpoint(f"{service}/after", Endpoint("b:1"))
-                        break
-                    except EtcdUnavailableError:
-                        continue
+            await until_accepted(
+                lambda: em.add_endpoint(f"{service}/after", Endpoint("b:1")), timeout=20
+            )
             assert set(await em.list_endpoints()) == {f"{service}/before", f"{service}/after"}
         finally:
             await client.close()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 
 import anyio
 import pytest
@@ -23,7 +24,7 @@ from aiodiscovery import (
 )
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy
 
-from .helpers import until
+from .helpers import until, until_accepted
 
 pytestmark = pytest.mark.anyio
 
@@ -178,13 +179,9 @@ async def test_watch_resumes_after_etcd_restart_without_relisting(service: str) 
             async with Watcher(client, service, backoff_cap=0.5) as watcher:
                 etcd.kill()
                 await etcd.restart()
-                with anyio.fail_after(20):
-                    while True:
-                        try:
-                            await em.add_endpoint(f"{service}/after", Endpoint("a:1"))
-                            break
-                        except EtcdUnavailableError:
-                            await anyio.sleep(0.1)
+                await until_accepted(
+                    lambda: em.add_endpoint(f"{service}/after", Endpoint("a:1")), timeout=20
+                )
                 await converges(watcher, await em.list_endpoints())
                 stats = watcher.statistics()
                 assert stats.reconnects >= 1
@@ -208,13 +205,10 @@ async def test_member_in_use_killed_loses_no_event(service: str) -> None:
                     for i in range(60):
                         if i == 20:
                             cluster.members[0].kill()
-                        with anyio.fail_after(30):
-                            while True:
-                                try:
-                                    await em.add_endpoint(f"{service}/{i:03}", Endpoint(f"h:{i}"))
-                                    break
-                                except EtcdUnavailableError:
-                                    continue
+                        await until_accepted(
+                            partial(em.add_endpoint, f"{service}/{i:03}", Endpoint(f"h:{i}")),
+                            timeout=30,
+                        )
                     expected = await em.list_endpoints()
                     assert len(expected) == 60
                     with anyio.fail_after(30):
@@ -306,13 +300,9 @@ async def test_a_frozen_member_is_left_within_seconds(service: str) -> None:
             em = EndpointManager(writing, service)
             async with Watcher(watching, service, backoff_cap=0.5) as watcher:
                 frozen.stop()
-                with anyio.fail_after(30):
-                    while True:
-                        try:
-                            await em.add_endpoint(f"{service}/while-frozen", Endpoint("f:1"))
-                            break
-                        except EtcdUnavailableError:
-                            continue
+                await until_accepted(
+                    lambda: em.add_endpoint(f"{service}/while-frozen", Endpoint("f:1")), timeout=30
+                )
                 # Keep-alive pings (5 s, answered within 3 s) notice the silent member.
                 await converges(watcher, await em.list_endpoints(), timeout=20)
                 assert watcher.statistics().reconnects >= 1
