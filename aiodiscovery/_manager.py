@@ -66,9 +66,12 @@ class EndpointManager:
         """Put ``endpoint`` at ``key``; with ``lease``, the key goes when the lease does."""
         await self.update([Update.add(key, endpoint, lease=lease)])
 
-    async def delete_endpoint(self, key: str) -> None:
-        """Delete the endpoint at ``key`` (a missing key is not an error)."""
-        await self.update([Update.delete(key)])
+    async def delete_endpoint(self, key: str) -> int:
+        """Delete the endpoint at ``key``; return how many keys went (0 for a missing key, which
+        is not an error)."""
+        self.check_key(key)
+        response = await self._commit([_request_op(Update.delete(key))])
+        return int(response.responses[0].response_delete_range.deleted)
 
     async def update(self, updates: Iterable[Update]) -> None:
         """Apply ``updates`` in one etcd transaction: all of them take effect, or none.
@@ -95,9 +98,9 @@ class EndpointManager:
         await self._commit([_request_op(u) for u in last.values()])
 
     @etcd_errors
-    async def _commit(self, operations: list[rpc.RequestOp]) -> None:
+    async def _commit(self, operations: list[rpc.RequestOp]) -> rpc.TxnResponse:
         await self.client.connect()
-        await rpc_step(
+        return await rpc_step(
             self.client.kvstub.Txn(
                 rpc.TxnRequest(success=operations),
                 timeout=request_timeout(self.client),

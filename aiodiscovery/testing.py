@@ -52,7 +52,15 @@ import anyio
 from ._backoff import Backoff
 from ._proxy import TcpProxy
 
-__all__ = ["EtcdCluster", "EtcdServer", "TLSFiles", "TcpProxy", "etcd_binary", "free_port"]
+__all__ = [
+    "EtcdCluster",
+    "EtcdServer",
+    "PortInUseError",
+    "TLSFiles",
+    "TcpProxy",
+    "etcd_binary",
+    "free_port",
+]
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
 _PR_SET_PDEATHSIG = 1
@@ -254,6 +262,15 @@ class TLSFiles:
         return all(p.exists() for p in (*paths, self.client_cert_path, self.client_key_path))
 
 
+class PortInUseError(RuntimeError):
+    """A port chosen for etcd was taken by someone else before etcd could bind it."""
+
+
+# A port picked free can be taken by another process before etcd binds it; picking again is
+# safe for a first start on ports we chose.
+_START_ATTEMPTS = 3
+
+
 class EtcdServer:
     """One real etcd member on loopback ports.
 
@@ -285,6 +302,7 @@ class EtcdServer:
         tls_files: TLSFiles | None = None,
     ) -> None:
         self.name = name
+        self._chose_ports = client_port is None and peer_port is None
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         # A member we made the directory for removes it on close; a given data_dir is the caller's.
@@ -421,7 +439,7 @@ class EtcdServer:
         for port in (self.client_port, self.peer_port):
             # Otherwise the health probe could be answered by whatever holds the port.
             if not _port_free(port):
-                raise RuntimeError(f"etcd member {self.name!r}: port {port} is already in use")
+                raise PortInUseError(f"etcd member {self.name!r}: port {port} is already in use")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.tls_files is not None and not self.tls_files.exists():
             TLSFiles.generate(self.tls_files.directory)
@@ -451,7 +469,9 @@ class EtcdServer:
 
     def _health(self) -> bool:
         if not self.running:
-            raise RuntimeError(f"etcd member {self.name!r} exited:\n{self.log_excerpt()}")
+            log = self.log_excerpt()
+            error = PortInUseError if "address already in use" in log else RuntimeError
+            raise error(f"etcd member {self.name!r} exited:\n{log}")
         try:
             with urllib.request.urlopen(
                 f"{self.url}/health", timeout=1, context=self._ssl_context
@@ -544,25 +564,50 @@ class EtcdServer:
         if self._base is not None:
             shutil.rmtree(self._base, ignore_errors=True)
 
+    def _choose_new_ports(self) -> None:
+        """Pick fresh ports after a first start lost its ports; the data directory it began
+        (which records the old peer URL) goes too."""
+        self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        alone = self.initial_cluster == f"{self.name}={self.peer_url}"
+        self.client_port, self.peer_port = free_port(), free_port()
+        if alone:
+            self.initial_cluster = f"{self.name}={self.peer_url}"
+
+    def _retry_start(self, attempt: int, error: BaseException) -> bool:
+        # Only with ports and a data directory of our own: a caller's data must never be wiped.
+        ours = self._chose_ports and self._base is not None
+        if isinstance(error, PortInUseError) and ours and attempt < _START_ATTEMPTS:
+            self._choose_new_ports()
+            return True
+        self.close()
+        return False
+
     def __enter__(self) -> Self:
-        self.launch()
-        try:
-            self.wait_ready_sync()
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self.launch()
+                self.wait_ready_sync()
+            except BaseException as exc:
+                if self._retry_start(attempt, exc):
+                    continue
+                raise
+            break
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     async def __aenter__(self) -> Self:
-        self.launch()
-        try:
-            await self.wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self.launch()
+                await self.wait_ready()
+            except BaseException as exc:
+                if self._retry_start(attempt, exc):
+                    continue
+                raise
+            break
         return self
 
     async def __aexit__(
@@ -647,9 +692,21 @@ class EtcdCluster:
             )
             for i in range(size)
         ]
+        self._share_initial_cluster()
+
+    def _share_initial_cluster(self) -> None:
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial
+
+    def _retry_start(self, attempt: int, error: BaseException) -> bool:
+        if isinstance(error, PortInUseError) and attempt < _START_ATTEMPTS:
+            for member in self.members:
+                member._choose_new_ports()
+            self._share_initial_cluster()
+            return True
+        self.close()
+        return False
 
     @property
     def urls(self) -> str:
@@ -701,26 +758,32 @@ class EtcdCluster:
             member.launch()
 
     def __enter__(self) -> Self:
-        try:
-            self._launch_all()
-            for member in self.members:
-                member.wait_ready_sync()
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._launch_all()
+                for member in self.members:
+                    member.wait_ready_sync()
+            except BaseException as exc:
+                if self._retry_start(attempt, exc):
+                    continue
+                raise
+            break
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     async def __aenter__(self) -> Self:
-        try:
-            self._launch_all()
-            for member in self.members:
-                await member.wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._launch_all()
+                for member in self.members:
+                    await member.wait_ready()
+            except BaseException as exc:
+                if self._retry_start(attempt, exc):
+                    continue
+                raise
+            break
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -30,8 +30,8 @@ async def test_add_list_delete(client: EtcdClient, service: str) -> None:
         f"{service}/e1": Endpoint("1.2.3.4:50051"),
         f"{service}/e2": Endpoint("1.2.3.5:50051", {"weight": 2}),
     }
-    await em.delete_endpoint(f"{service}/e1")
-    await em.delete_endpoint(f"{service}/never-existed")
+    assert await em.delete_endpoint(f"{service}/e1") == 1
+    assert await em.delete_endpoint(f"{service}/never-existed") == 0
     assert list(await em.list_endpoints()) == [f"{service}/e2"]
 
 

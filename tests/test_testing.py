@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import anyio
 import pytest
 
 import aiodiscovery
-from aiodiscovery.testing import EtcdCluster, EtcdServer
+from aiodiscovery.testing import EtcdCluster, EtcdServer, PortInUseError
 
 from .helpers import eventually
 
@@ -113,3 +114,37 @@ async def test_signal_on_a_dead_member_is_an_error() -> None:
         etcd.kill()
         with pytest.raises(RuntimeError, match="not running"):
             etcd.stop()
+
+
+async def test_ports_taken_before_etcd_binds_them_are_chosen_again() -> None:
+    server = EtcdServer()
+    taken = server.client_port
+    with socket.socket() as squatter:
+        # Another process grabbing the port between free_port() and etcd's bind.
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        async with server:
+            assert server.client_port != taken
+            server.etcdctl("put", "k", "v")
+
+
+async def test_a_cluster_whose_peer_port_was_taken_starts_on_new_ports() -> None:
+    cluster = EtcdCluster(3)
+    taken = cluster.members[1].peer_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        async with cluster:
+            assert taken not in {m.peer_port for m in cluster.members}
+            cluster.etcdctl("put", "k", "v")
+            assert len(cluster.etcdctl("member", "list").strip().splitlines()) == 3
+
+
+async def test_a_given_port_in_use_is_not_silently_replaced() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port} is already in use"):
+            async with EtcdServer(client_port=port):
+                pytest.fail("must not start")
