@@ -14,7 +14,8 @@ Global options (``--endpoints``, ``--dial-timeout``, ``--cacert``, ``--cert``, `
 command. Exit codes: 0 success, 1 operational error (etcd unreachable, refused credentials, ...),
 2 usage error (bad option, target, key or JSON), and 128 + the signal number (130 for Ctrl-C, 143
 for SIGTERM) when a signal stopped the command, after it cleaned up; a shell reports ``etcdctl``
-killed by the same signal with the same number.
+killed by the same signal with the same number. Output into a closed pipe (``| head``) ends the
+command quietly with 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -29,25 +30,15 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
 
 import anyio
-import grpc
-from aetcd import rpc
 
 from ._auth import parse_user
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, parse_target
-from ._etcd import (
-    DEFAULT_TIMEOUT,
-    DEFAULT_URL,
-    EtcdClient,
-    connect,
-    list_prefix,
-    request_timeout,
-    translate_error,
-)
+from ._etcd import DEFAULT_TIMEOUT, DEFAULT_URL, EtcdClient, connect, list_prefix
 from ._exceptions import DecodeError, EtcdError
 from ._manager import EndpointManager
 from ._registrar import Registrar
@@ -222,7 +213,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) ->
 _EPILOG = """\
 exit status: 0 success, 1 operational error (etcd unreachable, credentials refused, ...),
 2 usage error (bad option, target, key or JSON), 130 after Ctrl-C and 143 after SIGTERM
-(128 + the signal number, once the command has cleaned up).
+(128 + the signal number, once the command has cleaned up), 141 when the reader of its output
+went away (| head).
 """
 
 
@@ -508,9 +500,11 @@ async def _cmd_list(args: argparse.Namespace, settings: ConnectSettings) -> int:
     prefix = _target(args.target)
     client = await settings.connect()
     try:
+        # Not EndpointManager.list_endpoints(): it drops the lease, which the table shows.
         _, kvs = await list_prefix(client, prefix)
     finally:
-        await client.close()
+        with anyio.CancelScope(shield=True):
+            await client.close()
     rows: list[tuple[str, Endpoint, int]] = []
     for kv in kvs:
         try:
@@ -618,14 +612,16 @@ async def _cmd_add(args: argparse.Namespace, settings: ConnectSettings) -> int:
             _fail(str(exc))
         async with registrar:
             stats = registrar.statistics()
-            lease = _lease_hex(stats.lease_id or 0)
             _print(
-                f"registered {args.key} -> {endpoint.addr} with lease {lease} "
-                f"(TTL {stats.ttl} s); keeping it alive until Ctrl-C"
+                f"registered {args.key} -> {endpoint.addr} with lease "
+                f"{_lease_hex(stats.lease_id or 0)} (TTL {stats.ttl} s); keeping it alive until "
+                "Ctrl-C"
             )
             try:
                 await anyio.sleep_forever()
             finally:
+                # Read again: a lost lease was replaced by a new one meanwhile.
+                lease = _lease_hex(registrar.lease_id or 0)
                 _print(f"stopping: revoking lease {lease}, which deletes {args.key}")
         return EXIT_OK  # not reached
     finally:
@@ -637,19 +633,12 @@ async def _cmd_del(args: argparse.Namespace, settings: ConnectSettings) -> int:
     service = service_of(args.key)
     client = await settings.connect()
     try:
-        EndpointManager(client, service).check_key(args.key)
-        try:
-            reply = await client.kvstub.DeleteRange(
-                rpc.DeleteRangeRequest(key=args.key.encode()),
-                timeout=request_timeout(client),
-                metadata=client.metadata,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate_error(exc) from exc
+        deleted = await EndpointManager(client, service).delete_endpoint(args.key)
     finally:
-        await client.close()
+        with anyio.CancelScope(shield=True):
+            await client.close()
     # etcdctl del prints the number of keys deleted.
-    _print(str(reply.deleted))
+    _print(str(deleted))
     return EXIT_OK
 
 
@@ -734,9 +723,13 @@ class _RegistrationNews(logging.Filter):
         return record.getMessage().startswith(("re-registered ", "unregistered "))
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """Our log lines on stderr for one main() call; the logger is as before afterwards, so that
+    main() can run again in one process (tests) without doubling every line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
     if args.debug:
@@ -746,6 +739,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
         handler.addFilter(_RegistrationNews())
     else:
         logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _error(message: str, debug: bool) -> None:
@@ -759,12 +758,26 @@ def _error(message: str, debug: bool) -> None:
     sys.stderr.flush()
 
 
+_OPERATIONAL = CommandError | EtcdError | RuntimeError | TimeoutError | OSError
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The errors inside ``error``: task groups wrap what their tasks raise in groups."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for member in error.exceptions for leaf in _leaves(member)]
+    return [error]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with usage on a bad command line
+    with _logging_to_stderr(args):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     debug = bool(args.debug)
-    _configure_logging(args)
     try:
         _check_demo_args(args)
         settings = settings_from_args(args)
@@ -777,21 +790,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGINT
     if outcome.signum is not None:
         return 128 + outcome.signum
-    if outcome.error is not None:
-        error = outcome.error
-        if isinstance(error, BrokenPipeError):
-            # `aiodiscovery watch svc | head -3`: the reader is gone; stop quietly, as cat does.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return 128 + signal.SIGPIPE
-        if isinstance(error, UsageError):
-            _error(str(error), debug)
-            return EXIT_USAGE
-        if isinstance(error, CommandError | EtcdError | RuntimeError | TimeoutError | OSError):
-            if debug:
-                logger.debug("failure", exc_info=error)
-            _error(str(error), debug)
-            return EXIT_ERROR
-        raise error
-    assert outcome.code is not None
-    return outcome.code
+    if outcome.error is None:
+        assert outcome.code is not None
+        return outcome.code
+    errors = _leaves(outcome.error)
+    if any(isinstance(error, BrokenPipeError) for error in errors):
+        # `aiodiscovery watch svc | head -3`: the reader is gone; stop quietly, as cat does. (Other
+        # errors beside it are tasks that saw the same ending.) No flush at exit may fail either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    if not all(isinstance(error, UsageError | _OPERATIONAL) for error in errors):
+        raise outcome.error  # a bug: show the whole traceback
+    # Several errors are several tasks failing alike (three servers that cannot register): the
+    # first one tells the story.
+    error = errors[0]
+    if debug:
+        logger.debug("failure", exc_info=outcome.error)
+    _error(str(error), debug)
+    return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR

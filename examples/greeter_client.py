@@ -5,7 +5,8 @@
 ``aiodiscovery.resolve`` returns a ``grpc.aio.Channel`` that follows the service's endpoints in
 etcd and balances each call (round robin by default) over the live ones; use it like any channel,
 with generated stubs or, as here, a bare method (``/demo.Greeter/SayHello``, bytes in and out).
-Exits 0 when every call succeeded.
+Exits 0 when every call succeeded, 1 when one failed; an unreachable etcd or an unknown
+``--policy`` is reported in one line and exit status 1 as well.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections import Counter
 
 import grpc
@@ -77,7 +79,14 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    raise SystemExit(asyncio.run(run(parse_args())))
+    args = parse_args()
+    try:
+        code = asyncio.run(run(args))
+    except (aiodiscovery.AiodiscoveryError, OSError, ValueError) as exc:
+        # etcd unreachable, or resolve() refusing the --policy: one line, not a traceback.
+        print(f"greeter_client: error: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

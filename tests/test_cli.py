@@ -10,6 +10,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ import pytest
 
 from aiodiscovery.testing import EtcdServer, free_port
 
-from .processes import Process, clean_env, cli_command, run, run_cli
+from .processes import ROOT, Process, clean_env, cli_command, run, run_cli
 
 SEED = '{"Addr":"1.2.3.4","Metadata":"..."}'
 
@@ -397,3 +398,99 @@ def test_demo_interrupted_cleans_up_and_exits_130() -> None:
     assert len(addresses) == 4
     for address in addresses:
         assert_closed(address)
+
+
+@pytest.fixture(scope="module")
+def read_only_etcd() -> Iterator[EtcdServer]:
+    """An etcd where user ``viewer`` may read ``demo/`` but not write it."""
+    with EtcdServer() as server:
+        server.enable_auth(password="secret")
+        server.etcdctl("role", "add", "reader")
+        server.etcdctl("role", "grant-permission", "reader", "read", "demo/", "--prefix=true")
+        server.etcdctl("user", "add", "viewer:pw")
+        server.etcdctl("user", "grant-role", "viewer", "reader")
+        yield server
+
+
+def test_demo_servers_that_cannot_register_fail_in_one_line(read_only_etcd: EtcdServer) -> None:
+    # The demo connects (reading is allowed), but its servers' Registrars cannot write.
+    args = ("demo", "--endpoints", read_only_etcd.url, "--user", "viewer:pw")
+    result = run_cli(*args, "--service", "demo/ro", timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(r"aiodiscovery: error: demo server s\d failed: .*permission denied", line)
+
+
+def test_demo_fails_when_a_stranger_takes_calls(etcd: EtcdServer, service: str) -> None:
+    # Someone else's server registered under the demo's service takes phase 1 calls: the script
+    # runs on, and the summary and one "demo FAILED" line say what went wrong.
+    stranger = [
+        sys.executable,
+        str(ROOT / "examples" / "greeter_server.py"),
+        "--endpoints",
+        etcd.url,
+        "--service",
+        service,
+        "--name",
+        "stranger",
+    ]
+    with Process(stranger) as server:
+        server.expect(r"^stranger: serving on ")
+        args = ("demo", "--endpoints", etcd.url, "--service", service, "--phase-seconds", "1")
+        result = run_cli(*args, timeout=90)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "== summary ==" in result.stdout
+    failed = result.stdout.splitlines()[-1]
+    assert failed.startswith("demo FAILED: phase 1 reached ['s1', 's2', 's3', 'stranger']")
+    assert result.stderr == ""
+
+
+def read_until_then_close(process: subprocess.Popen[str], marker: str) -> list[str]:
+    """Read stdout until a line holds ``marker``, then close it, as ``head`` does."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while marker not in (line := process.stdout.readline()):
+        assert line, "\n".join(lines)
+        lines.append(line)
+    process.stdout.close()
+    return lines
+
+
+def test_demo_into_a_closed_pipe_exits_141_quietly() -> None:
+    # `aiodiscovery demo | head`: the next line written hits the closed pipe.
+    with subprocess.Popen(
+        cli_command("demo", "--phase-seconds", "30"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    ) as demo:
+        try:
+            lines = read_until_then_close(demo, "== 1. steady")
+            _, stderr = demo.communicate(timeout=30)
+        finally:
+            demo.kill()
+    assert demo.returncode == 141, stderr
+    assert stderr == ""
+    addresses = demo_addresses("".join(lines))
+    assert len(addresses) == 4
+    for address in addresses:
+        assert_closed(address)
+
+
+def test_watch_into_a_closed_pipe_exits_141_quietly(etcd: EtcdServer, service: str) -> None:
+    with subprocess.Popen(
+        cli_command("--endpoints", etcd.url, "watch", service),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    ) as watcher:
+        try:
+            read_until_then_close(watcher, "watching for changes")
+            etcd.etcdctl("put", f"{service}/e1", SEED)
+            _, stderr = watcher.communicate(timeout=15)
+        finally:
+            watcher.kill()
+    assert watcher.returncode == 141, stderr
+    assert stderr == ""
