@@ -76,6 +76,7 @@ from typing import Any
 import anyio
 import grpc
 import grpc.aio
+from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
 
 from aiodiscovery import BalancedChannel, Endpoint, EndpointManager, Registrar, connect, resolve
 from aiodiscovery.testing import EtcdServer
@@ -348,20 +349,6 @@ async def time_call_start(
 # ---------------------------------------------------------------------------------------------
 
 
-def render(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(rows[0]), rule, *(line(cells) for cells in rows[1:])])
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
@@ -547,14 +534,14 @@ async def main(args: argparse.Namespace) -> None:
         "the baseline, CPU/call below 1 is better. CPU is this client process's only."
     )
     print()
-    print(render(rows))
+    print(markdown_table(rows))
     print()
     print(
         "synchronous part of a call, `multicallable(request)` until the call object is returned "
         f"(median of about {args.start_calls} calls per cell); vs = difference to the baseline"
     )
     print()
-    print(render(start_rows))
+    print(markdown_table(start_rows))
 
 
 def parse_args() -> argparse.Namespace:

@@ -66,6 +66,7 @@ from importlib.metadata import version
 from typing import Any, cast
 
 import anyio
+from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
 
 from aiodiscovery import (
     Endpoint,
@@ -493,18 +494,9 @@ async def measure_memory(
 
 
 def render(rows: Sequence[Row], header: Sequence[str]) -> str:
-    table = [list(header), *([r.measurement, r.ours, r.baseline, r.ratio] for r in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(table[0]), rule, *(line(cells) for cells in table[1:])])
+    return markdown_table(
+        [list(header), *([r.measurement, r.ours, r.baseline, r.ratio] for r in rows)]
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
