@@ -15,6 +15,7 @@ import pytest
 import aiodiscovery
 from aiodiscovery.testing import EtcdServer, etcd_binary, free_port
 
+from .helpers import until
 from .processes import ROOT, Process, clean_env, run, wait_for
 
 EXAMPLES = ROOT / "examples"
@@ -113,15 +114,15 @@ async def test_greeter_server_sigterm_drops_no_call(etcd: EtcdServer, service: s
         try:
             channel = await aiodiscovery.resolve(client, f"etcd:///{service}")
             async with channel:
-                with anyio.fail_after(10):
-                    while True:
-                        subchannels = channel.statistics().subchannels
-                        if all(
-                            address in subchannels and subchannels[address].state == "READY"
-                            for address in addresses
-                        ):
-                            break
-                        await anyio.sleep(0.02)
+
+                def both_ready() -> bool:
+                    subchannels = channel.statistics().subchannels
+                    return all(
+                        address in subchannels and subchannels[address].state == "READY"
+                        for address in addresses
+                    )
+
+                await until(both_ready)
                 say_hello = channel.unary_unary("/demo.Greeter/SayHello")
                 replies: Counter[str] = Counter()
                 failures: list[str] = []
@@ -139,10 +140,12 @@ async def test_greeter_server_sigterm_drops_no_call(etcd: EtcdServer, service: s
                 async with anyio.create_task_group() as group:
                     for _ in range(16):
                         group.start_soon(caller)
-                    await anyio.sleep(0.3)
+                    # Load on both servers first, and still after a has gone.
+                    await until(lambda: replies["a"] >= 20 and replies["b"] >= 20)
                     a.signal(signal.SIGTERM)
                     code = await anyio.to_thread.run_sync(a.wait, 15)
-                    await anyio.sleep(0.3)
+                    after_exit = replies["b"] + 100
+                    await until(lambda: replies["b"] >= after_exit)
                     done.set()
         finally:
             await client.close()
