@@ -46,13 +46,21 @@ logger = logging.getLogger("aiodiscovery")
 class EndpointSet(Mapping[str, Endpoint]):
     """An immutable snapshot of a service's endpoints (etcd key -> :class:`Endpoint`).
 
-    ``revision`` is the etcd revision the snapshot reflects. Equality compares the endpoints only.
+    ``revision`` is the etcd revision the snapshot reflects; :meth:`mod_revision` tells when each
+    key was last written, so a re-registration with an unchanged value is still visible. Equality
+    compares the endpoints only.
     """
 
-    __slots__ = ("_endpoints", "revision")
+    __slots__ = ("_endpoints", "_mod_revisions", "revision")
 
-    def __init__(self, endpoints: Mapping[str, Endpoint] | None = None, revision: int = 0) -> None:
+    def __init__(
+        self,
+        endpoints: Mapping[str, Endpoint] | None = None,
+        revision: int = 0,
+        mod_revisions: Mapping[str, int] | None = None,
+    ) -> None:
         self._endpoints = dict(endpoints or {})
+        self._mod_revisions = dict(mod_revisions or {})
         self.revision = revision
 
     def __getitem__(self, key: str) -> Endpoint:
@@ -68,8 +76,13 @@ class EndpointSet(Mapping[str, Endpoint]):
         """The same endpoints, stamped with a newer ``revision`` (shares the storage, no copy)."""
         clone = EndpointSet.__new__(EndpointSet)
         clone._endpoints = self._endpoints
+        clone._mod_revisions = self._mod_revisions
         clone.revision = revision
         return clone
+
+    def mod_revision(self, key: str) -> int:
+        """The etcd revision of the last write of ``key`` (0 if unknown or absent)."""
+        return self._mod_revisions.get(key, 0)
 
     def addresses(self) -> list[str]:
         """The distinct addresses, in key order (several keys may name one address)."""
@@ -120,6 +133,9 @@ class PrefixWatch:
         self.client = client
         self.prefix = parse_target(target)
         self.endpoints: dict[str, Endpoint] = {}
+        # key -> mod revision of its last put: a re-put of the same value is news too (a server
+        # back on its old address).
+        self.mod_revisions: dict[str, int] = {}
         self.revision = 0
         self.statistics = WatcherStatistics()
         self._backoff = Backoff(initial=0.05, cap=backoff_cap)
@@ -183,9 +199,14 @@ class PrefixWatch:
         updates += [
             Update.add(kv.key, fresh[kv.key], lease=kv.lease)
             for kv in kvs
-            if kv.key in fresh and self.endpoints.get(kv.key) != fresh[kv.key]
+            if kv.key in fresh
+            and (
+                self.endpoints.get(kv.key) != fresh[kv.key]
+                or self.mod_revisions.get(kv.key) != kv.mod_revision
+            )
         ]
         self.endpoints = fresh
+        self.mod_revisions = {kv.key: kv.mod_revision for kv in kvs if kv.key in fresh}
         # A list is authoritative, even about a revision lower than the one we had.
         self.revision = revision
         return self._commit(revision, updates, relist=True)
@@ -241,9 +262,11 @@ class PrefixWatch:
                 self._bad_keys.discard(key)
             if endpoint is not None:
                 self.endpoints[key] = endpoint
+                self.mod_revisions[key] = event.kv.mod_revision
                 updates.append(Update.add(key, endpoint, lease=event.kv.lease))
             elif self.endpoints.pop(key, None) is not None:
                 # A deleted key, or one whose new value no longer names an endpoint.
+                del self.mod_revisions[key]
                 updates.append(Update.delete(key))
         self.statistics.events += len(events)
         return self._commit(revision, updates, relist=False)
@@ -308,7 +331,8 @@ class Watcher:
         no copies, and a reader that falls behind skips straight to the latest state.
         """
         if self._stale:
-            self._snapshot = EndpointSet(self._watch.endpoints, self._revision)
+            watch = self._watch
+            self._snapshot = EndpointSet(watch.endpoints, self._revision, watch.mod_revisions)
             self._stale = False
         elif self._snapshot.revision != self._revision:
             self._snapshot = self._snapshot.at_revision(self._revision)

@@ -316,3 +316,26 @@ async def test_errors_in_the_block_come_out_unwrapped(client: EtcdClient, servic
     with pytest.raises(ValueError, match="mine"):
         async with Watcher(client, service):
             raise ValueError("mine")
+
+
+async def test_snapshot_tells_when_each_key_was_written(client: EtcdClient, service: str) -> None:
+    # A server back on its old address writes the same value again: only the key's mod revision
+    # says so, and the pool needs it to reconnect at once.
+    em = EndpointManager(client, service)
+    key = f"{service}/e1"
+    await em.add_endpoint(key, Endpoint("a:1"))
+    async with Watcher(client, service) as watcher:
+        first = watcher.snapshot.mod_revision(key)
+        assert first > 0
+        assert watcher.snapshot.mod_revision(f"{service}/missing") == 0
+        await em.add_endpoint(key, Endpoint("a:1"))
+        with anyio.fail_after(10):
+            while watcher.snapshot.mod_revision(key) == first:
+                await watcher.wait_for_change()
+        assert watcher.snapshot.mod_revision(key) > first
+        assert dict(watcher.snapshot) == {key: Endpoint("a:1")}
+        await em.delete_endpoint(key)
+        with anyio.fail_after(10):
+            while key in watcher.snapshot:
+                await watcher.wait_for_change()
+        assert watcher.snapshot.mod_revision(key) == 0
