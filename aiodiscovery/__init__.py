@@ -6,8 +6,9 @@ and Python services share one registry.
 
 from __future__ import annotations
 
+from ._client import ClientStatistics, EtcdClient, connect, reauthenticate
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
-from ._etcd import EtcdClient, connect, reauthenticate
+from ._endpointset import EndpointSet
 from ._exceptions import (
     AiodiscoveryError,
     AuthenticationError,
@@ -18,6 +19,7 @@ from ._exceptions import (
     TransactionTooLargeError,
 )
 from ._manager import EndpointManager
+from ._members import MemberStatistics
 from ._policies import (
     P2CPicker,
     Picker,
@@ -27,13 +29,15 @@ from ._policies import (
     WeightedPicker,
 )
 from ._pool import BalancedChannel, PoolStatistics, SubchannelStatistics, resolve
+from ._prefixwatch import PermissionDeniedError, WatchBatch, WatcherStatistics
 from ._registrar import Registrar, RegistrarState, RegistrarStatistics
-from ._watcher import EndpointSet, WatchBatch, Watcher, WatcherStatistics
+from ._watcher import Watcher
 
 __all__ = [
     "AiodiscoveryError",
     "AuthenticationError",
     "BalancedChannel",
+    "ClientStatistics",
     "DecodeError",
     "Endpoint",
     "EndpointManager",
@@ -42,8 +46,10 @@ __all__ = [
     "EtcdError",
     "EtcdUnavailableError",
     "LeaseNotFoundError",
+    "MemberStatistics",
     "Operation",
     "P2CPicker",
+    "PermissionDeniedError",
     "PickFirstPicker",
     "Picker",
     "PoolStatistics",

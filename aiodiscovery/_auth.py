@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, overload
 
 import grpc
 from aetcd import rpc
 
 from ._exceptions import AuthenticationError, EtcdError
-
-if TYPE_CHECKING:
-    from ._etcd import EtcdClient
 
 __all__ = [
     "TOKEN_KEY",
@@ -202,9 +199,12 @@ class AuthInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
     Streams get the current token from :attr:`EtcdClient.metadata` when they are opened.
     """
 
-    def __init__(self, client: EtcdClient, auth: TokenAuth) -> None:
-        self._client = client
+    def __init__(
+        self, auth: TokenAuth, refresh: Callable[[int, float | None], Awaitable[None]]
+    ) -> None:
         self._auth = auth
+        # refresh(seen_generation, timeout): renew the token unless someone already did.
+        self._refresh = refresh
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
@@ -235,7 +235,7 @@ class AuthInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
             if remaining <= 0:
                 return call
         try:
-            await self._client._refresh_token(seen, remaining)
+            await self._refresh(seen, remaining)
         except grpc.aio.AioRpcError:
             return call  # etcd could not be asked: report the call's own error
         auth.retried_calls += 1
@@ -246,17 +246,17 @@ class AuthInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
 
 
 class LiveMetadata(Sequence[tuple[str, str]]):
-    """Call metadata that reads the client's current token whenever gRPC reads it.
+    """Call metadata that reads the current token whenever gRPC reads it.
 
     For aetcd's own watcher, which keeps the metadata it was built with for every stream it
-    opens later.
+    opens later. ``current`` returns the metadata of the moment (``None`` without a token).
     """
 
-    def __init__(self, client: EtcdClient) -> None:
-        self._client = client
+    def __init__(self, current: Callable[[], tuple[tuple[str, str], ...] | None]) -> None:
+        self._current = current
 
     def _items(self) -> tuple[tuple[str, str], ...]:
-        return self._client.metadata or ()
+        return self._current() or ()
 
     def __len__(self) -> int:
         return len(self._items())

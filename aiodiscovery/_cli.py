@@ -30,6 +30,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO
@@ -37,12 +38,14 @@ from typing import Any, NoReturn, TextIO
 import anyio
 
 from ._auth import parse_user
-from ._endpoint import Endpoint, Operation, Update, decode_endpoint, parse_target
-from ._etcd import DEFAULT_TIMEOUT, DEFAULT_URL, EtcdClient, connect, list_prefix
-from ._exceptions import DecodeError, EtcdError
+from ._client import DEFAULT_TIMEOUT, EtcdClient, connect
+from ._endpoint import Endpoint, Operation, Update, parse_target
+from ._exceptions import EtcdError
+from ._keys import MAX_TTL
 from ._manager import EndpointManager
+from ._prefixwatch import WatchBatch
 from ._registrar import Registrar
-from ._watcher import PrefixWatch, WatchBatch
+from ._urls import DEFAULT_URL
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -52,7 +55,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_MAX_TTL = 9_000_000_000
 
 logger = logging.getLogger("aiodiscovery")
 
@@ -112,8 +114,8 @@ def _ttl(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if not 1 <= value <= _MAX_TTL:
-        raise argparse.ArgumentTypeError(f"the TTL must be 1 to {_MAX_TTL} seconds, got {value}")
+    if not 1 <= value <= MAX_TTL:
+        raise argparse.ArgumentTypeError(f"the TTL must be 1 to {MAX_TTL} seconds, got {value}")
     return value
 
 
@@ -500,17 +502,15 @@ async def _cmd_list(args: argparse.Namespace, settings: ConnectSettings) -> int:
     prefix = _target(args.target)
     client = await settings.connect()
     try:
-        # Not EndpointManager.list_endpoints(): it drops the lease, which the table shows.
-        _, kvs = await list_prefix(client, prefix)
+        # Not list_endpoints(): it drops the lease, which the table shows.
+        batch = await EndpointManager(client, args.target).list_batch()
     finally:
         with anyio.CancelScope(shield=True):
             await client.close()
     rows: list[tuple[str, Endpoint, int]] = []
-    for kv in kvs:
-        try:
-            rows.append((kv.key, decode_endpoint(kv.key, kv.value), kv.lease))
-        except DecodeError as exc:
-            logger.warning("%s; skipped", exc)
+    for update in batch.updates:
+        assert update.endpoint is not None  # a listing holds adds only
+        rows.append((update.key, update.endpoint, update.lease))
     if args.json:
         doc = [
             {"key": key, "addr": ep.addr, "metadata": ep.metadata, "lease": _lease_hex(lease)}
@@ -560,12 +560,11 @@ async def _cmd_watch(args: argparse.Namespace, settings: ConnectSettings) -> int
     prefix = _target(args.target)
     client = await settings.connect()
     try:
-        batches = PrefixWatch(client, args.target).batches()
+        batches = EndpointManager(client, args.target).watch_batches()
         async with contextlib.aclosing(batches):
             first = True
             async for batch in batches:
-                if batch.updates or first:
-                    _print(*_batch_lines(batch, prefix, first=first, as_json=args.json))
+                _print(*_batch_lines(batch, prefix, first=first, as_json=args.json))
                 first = False
     finally:
         with anyio.CancelScope(shield=True):
@@ -739,8 +738,16 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
         handler.addFilter(_RegistrationNews())
     else:
         logger.setLevel(logging.WARNING)
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        # The library's warnings (a password over plaintext) in the command line's own format.
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = show
+            yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])

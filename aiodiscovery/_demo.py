@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ._cli import _table
+from ._client import connect
 from ._endpoint import Endpoint, parse_target
-from ._etcd import connect
 from ._pool import BalancedChannel, resolve
 from ._registrar import Registrar
 
@@ -119,7 +120,10 @@ async def _serve(reader: asyncio.StreamReader, config: dict[str, Any]) -> None:
     )
     await server.start()
     address = f"127.0.0.1:{port}"
-    client = await connect(config["urls"], **config["connect"])
+    with warnings.catch_warnings():
+        # The command that started us has said it already (a password over plaintext).
+        warnings.simplefilter("ignore", UserWarning)
+        client = await connect(config["urls"], **config["connect"])
     try:
         endpoint = Endpoint(address, {"server": name})
         async with Registrar(client, config["service"], endpoint, ttl=config["ttl"]) as registrar:

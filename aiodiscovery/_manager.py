@@ -6,9 +6,9 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Iterable
 
-import aetcd
 from aetcd import rpc
 
+from ._client import EtcdClient
 from ._endpoint import (
     Endpoint,
     LeaseLike,
@@ -18,13 +18,15 @@ from ._endpoint import (
     encode_endpoint,
     parse_target,
 )
-from ._etcd import etcd_errors, list_prefix, request_timeout, rpc_step
-from ._exceptions import DecodeError, TransactionTooLargeError
-from ._watcher import PrefixWatch
+from ._exceptions import TransactionTooLargeError
+from ._keys import check_key
+from ._kv import list_prefix, valid_key
+from ._logsafe import safe
+from ._prefixwatch import WatchBatch
 
 __all__ = ["DEFAULT_MAX_TXN_OPS", "EndpointManager"]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.manager")
 
 # etcd's default --max-txn-ops.
 DEFAULT_MAX_TXN_OPS = 128
@@ -39,8 +41,13 @@ class EndpointManager:
     """
 
     def __init__(
-        self, client: aetcd.Client, target: str, *, max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+        self, client: EtcdClient, target: str, *, max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     ) -> None:
+        if not isinstance(client, EtcdClient):
+            raise TypeError(
+                f"EndpointManager needs the client aiodiscovery.connect() returns, got "
+                f"{type(client).__name__}"
+            )
         self.client = client
         self.target = target
         self.prefix = parse_target(target)
@@ -51,14 +58,7 @@ class EndpointManager:
 
     def check_key(self, key: str) -> str:
         """Return ``key`` if it names an endpoint of this service, else raise ValueError."""
-        if not isinstance(key, str):
-            raise TypeError(f"an endpoint key must be a string, got {type(key).__name__}")
-        if not key.startswith(self.prefix) or key == self.prefix:
-            raise ValueError(
-                f"key {key!r} is outside the service prefix {self.prefix!r}; endpoint keys look "
-                f"like {self.prefix + '<id>'!r}"
-            )
-        return key
+        return check_key(self.prefix, key)
 
     async def add_endpoint(
         self, key: str, endpoint: Endpoint, *, lease: int | LeaseLike | None = None
@@ -97,30 +97,41 @@ class EndpointManager:
             raise TransactionTooLargeError(len(last), self.max_txn_ops)
         await self._commit([_request_op(u) for u in last.values()])
 
-    @etcd_errors
     async def _commit(self, operations: list[rpc.RequestOp]) -> rpc.TxnResponse:
-        await self.client.connect()
-        return await rpc_step(
-            self.client.kvstub.Txn(
-                rpc.TxnRequest(success=operations),
-                timeout=request_timeout(self.client),
-                metadata=self.client.metadata,
-            )
-        )
+        return await self.client.unary(lambda m: m.kv.Txn, rpc.TxnRequest(success=operations))
 
     async def list_endpoints(self) -> dict[str, Endpoint]:
         """Return every decodable endpoint of the service, keyed by etcd key.
 
         A value that is not a valid endpoint record is skipped with a warning naming its key.
         """
-        _, kvs = await list_prefix(self.client, self.prefix)
+        batch = await self.list_batch()
         endpoints: dict[str, Endpoint] = {}
-        for kv in kvs:
-            try:
-                endpoints[kv.key] = decode_endpoint(kv.key, kv.value)
-            except DecodeError as exc:
-                logger.warning("skipping endpoint: %s", exc)
+        for update in batch.updates:
+            assert update.endpoint is not None  # list_batch yields adds only
+            endpoints[update.key] = update.endpoint
         return endpoints
+
+    async def list_batch(self) -> WatchBatch:
+        """The service's endpoints as one batch of ADD updates (with their leases), in key order,
+        at one etcd revision: what :meth:`watch_batches` yields first.
+
+        A value that is not a valid endpoint record is skipped with a warning naming its key.
+        """
+        revision, kvs = await list_prefix(self.client, self.prefix)
+        updates: list[Update] = []
+        for kv in kvs:
+            if not valid_key(kv.key):
+                logger.warning("skipping endpoint: key %s is not valid UTF-8", safe(kv.key))
+                continue
+            try:
+                endpoint = decode_endpoint(kv.key, kv.value)
+            except Exception as exc:
+                # One key's bad value (or a decoder bug) costs that key, never the listing.
+                logger.warning("skipping endpoint: %s", safe(exc))
+                continue
+            updates.append(Update.add(kv.key, endpoint, lease=kv.lease))
+        return WatchBatch(revision, updates, relist=True)
 
     async def watch(self) -> AsyncGenerator[list[Update], None]:
         """Yield the service's changes as batches of :class:`Update`, forever.
@@ -138,12 +149,27 @@ class EndpointManager:
                 async for batch in batches:
                     ...
         """
-        first = True
-        async with contextlib.aclosing(PrefixWatch(self.client, self.target).batches()) as batches:
+        async with contextlib.aclosing(self.watch_batches()) as batches:
             async for batch in batches:
-                if batch.updates or first:
-                    first = False
-                    yield batch.updates
+                yield batch.updates
+
+    async def watch_batches(self) -> AsyncGenerator[WatchBatch, None]:
+        """Like :meth:`watch`, with each batch's etcd revision and whether it comes from a full
+        re-read (``relist``: the first batch, or the difference after etcd compacted past the
+        watch). A reader that falls behind gets what it missed merged into one batch, key by key;
+        a multi-key update is never split. It shares the client's one watch of the prefix with
+        every other reader. Raises the watch's error if etcd stops letting this client read the
+        prefix.
+        """
+        watches = self.client.watches
+        shared = await watches.join(self.prefix)
+        reader = shared.reader()
+        try:
+            while True:
+                yield await reader.get()
+        finally:
+            shared.drop_reader(reader)
+            watches.leave(shared)
 
 
 def _request_op(update: Update) -> rpc.RequestOp:

@@ -24,8 +24,9 @@ import anyio.abc
 import grpc
 import grpc.aio
 
+from ._endpointset import EndpointSet
 from ._policies import Picker, make_picker
-from ._watcher import EndpointSet, Watcher
+from ._watcher import Watcher
 
 __all__ = ["BalancedChannel", "PoolStatistics", "SubchannelStatistics", "resolve"]
 

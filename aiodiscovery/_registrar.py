@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import aetcd
 import anyio
 import grpc
 from aetcd import rpc
@@ -32,20 +31,13 @@ from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint
 
 from ._backoff import Backoff
-from ._endpoint import Endpoint, encode_endpoint
-from ._etcd import (
-    close_call,
-    etcd_errors,
-    reauthenticate,
-    request_timeout,
-    rpc_step,
-    stream_metadata,
-    translate_error,
-    watch_responses,
-)
+from ._client import EtcdClient
+from ._endpoint import Endpoint, encode_endpoint, parse_target
 from ._exceptions import EtcdError, EtcdUnavailableError, LeaseNotFoundError
-from ._manager import EndpointManager
+from ._keys import check_key, check_ttl
+from ._rpc import close_call, rpc_step, translate_error
 from ._taskgroup import exit_task_group
+from ._watchstream import run_watch
 
 __all__ = [
     "DEFAULT_REVOKE_TIMEOUT",
@@ -55,7 +47,7 @@ __all__ = [
     "RegistrarStatistics",
 ]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.registrar")
 
 T = TypeVar("T")
 
@@ -69,8 +61,9 @@ _RETRY_CAP = 1.0
 _PERMANENT_CODES = frozenset(
     {"INVALID_ARGUMENT", "OUT_OF_RANGE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 )
-# etcd's MaxLeaseTTL: it refuses a longer lease.
-_MAX_TTL = 9_000_000_000
+# A request that takes longer than this cannot help keep a lease of the given TTL alive: the next
+# one goes to another member instead (see _members).
+_MIN_ATTEMPT = 0.5
 
 
 class RegistrarState(enum.Enum):
@@ -162,6 +155,10 @@ class _StreamBroken(Exception):
     """A keep-alive or watch stream stopped serving; a fresh one is needed."""
 
 
+class _KeyDeleted(Exception):
+    """The watch saw our key deleted."""
+
+
 class Registrar:
     """Keeps ``endpoint`` registered under ``target`` in etcd while an ``async with`` block runs.
 
@@ -182,7 +179,7 @@ class Registrar:
 
     def __init__(
         self,
-        client: aetcd.Client,
+        client: EtcdClient,
         target: str,
         endpoint: Endpoint | str,
         *,
@@ -192,20 +189,26 @@ class Registrar:
         start_timeout: float | None = None,
         revoke_timeout: float = DEFAULT_REVOKE_TIMEOUT,
     ) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= _MAX_TTL:
-            raise ValueError(f"ttl must be a whole number of seconds, 1 to {_MAX_TTL}, got {ttl!r}")
+        check_ttl(ttl)
         if start_timeout is not None and start_timeout <= 0:
             raise ValueError(f"start_timeout must be positive, got {start_timeout!r}")
         if revoke_timeout <= 0:
             raise ValueError(f"revoke_timeout must be positive, got {revoke_timeout!r}")
+        if not isinstance(client, EtcdClient):
+            raise TypeError(
+                f"Registrar needs the client aiodiscovery.connect() returns, got "
+                f"{type(client).__name__}"
+            )
         self.client = client
         self.target = target
-        manager = EndpointManager(client, target)
-        self.prefix = manager.prefix
+        self.prefix = parse_target(target)
         self.endpoint = _as_endpoint(endpoint, metadata)
-        self.key = manager.check_key(self.prefix + self.endpoint.addr if key is None else key)
+        self.key = check_key(self.prefix, self.prefix + self.endpoint.addr if key is None else key)
         self.ttl = ttl
-        self.start_timeout = request_timeout(client) if start_timeout is None else start_timeout
+        self.start_timeout = client.timeout if start_timeout is None else start_timeout
+        # Each request of a registration gets a share of the TTL, so that a member that does not
+        # answer is left while the lease can still be saved on another one.
+        self._attempt_timeout = min(client.timeout, max(_MIN_ATTEMPT, ttl / 3))
         self.revoke_timeout = revoke_timeout
         # Encoding now makes metadata that JSON cannot hold fail here, not in the background.
         self._value = encode_endpoint(self.endpoint)
@@ -348,7 +351,7 @@ class Registrar:
                     last = exc
                     logger.debug("registering %s: %s; retrying", self.key, exc)
                 await backoff.sleep()
-        urls = ", ".join(getattr(self.client, "urls", ())) or "the configured endpoint"
+        urls = ", ".join(self.client.urls)
         raise EtcdUnavailableError(
             f"could not register {self.key!r}: etcd at {urls} did not grant a lease and accept "
             f"the put within {self.start_timeout:g} s (last error: {last or 'none, no answer'})",
@@ -431,46 +434,34 @@ class Registrar:
             expires=sent + ttl,
         )
 
-    @etcd_errors
     async def _grant(self) -> tuple[int, int]:
         self._counts.grants += 1
-        reply = await rpc_step(
-            self.client.leasestub.LeaseGrant(
-                rpc.LeaseGrantRequest(TTL=self.ttl),
-                timeout=request_timeout(self.client),
-                metadata=self.client.metadata,
-            )
+        reply = await self.client.unary(
+            lambda m: m.lease.LeaseGrant,
+            rpc.LeaseGrantRequest(TTL=self.ttl),
+            timeout=self._attempt_timeout,
         )
         if reply.error:
             raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
         return int(reply.ID), int(reply.TTL)
 
-    @etcd_errors
     async def _put(self, lease: int) -> int:
         if not lease:
             raise AssertionError("a registration is never written without a lease")
         self._counts.puts += 1
-        reply = await rpc_step(
-            self.client.kvstub.Put(
-                rpc.PutRequest(key=self._key_bytes, value=self._value, lease=lease),
-                timeout=request_timeout(self.client),
-                metadata=self.client.metadata,
-            )
+        reply = await self.client.unary(
+            lambda m: m.kv.Put,
+            rpc.PutRequest(key=self._key_bytes, value=self._value, lease=lease),
+            timeout=self._attempt_timeout,
         )
         return int(reply.header.revision)
 
     async def _revoke(self, lease: int, timeout: float) -> None:
         self._counts.revokes += 1
-        try:
-            await rpc_step(
-                self.client.leasestub.LeaseRevoke(
-                    rpc.LeaseRevokeRequest(ID=lease), timeout=timeout, metadata=self.client.metadata
-                )
+        with contextlib.suppress(LeaseNotFoundError):
+            await self.client.unary(
+                lambda m: m.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease), timeout=timeout
             )
-        except grpc.aio.AioRpcError as exc:
-            error = translate_error(exc)
-            if not isinstance(error, LeaseNotFoundError):
-                raise error from exc
         self._leases.discard(lease)
 
     def _revoke_stale_soon(self) -> None:
@@ -483,7 +474,7 @@ class Registrar:
         # The key is on the new lease now, so revoking the old one removes nothing from resolvers.
         for lease in leases:
             try:
-                await self._revoke(lease, request_timeout(self.client))
+                await self._revoke(lease, self.client.timeout)
             except Exception as exc:
                 logger.debug("revoking stale lease %x: %s", lease, exc)
             finally:
@@ -571,7 +562,7 @@ class Registrar:
                     # etcd 3.5.1 does not check the token of a LeaseKeepAlive stream; later
                     # versions may. A stream refused for its token needs a new one (a no-op for
                     # any other error, or without a user name).
-                    await reauthenticate(self.client, failure)
+                    await self.client.reauthenticate(failure)
         return f"no successful keep-alive within the lease's {session.ttl} s TTL"
 
     async def _keep_alive_stream(
@@ -579,13 +570,20 @@ class Registrar:
     ) -> str:
         interval = session.ttl / 3
         # A reply that takes longer than a healthy etcd ever needs will not come in time to help.
-        patience = min(interval, request_timeout(self.client))
-        call = self.client.leasestub.LeaseKeepAlive(metadata=stream_metadata(self.client))
+        patience = min(interval, self.client.timeout)
+        members = self.client.members
+        member = members.active
+        abandoned = member.abandoned()
+        call = member.lease.LeaseKeepAlive(metadata=self.client.stream_metadata())
         self._counts.keepalive_streams += 1
         request = rpc.LeaseKeepAliveRequest(ID=session.lease)
         try:
             while True:
-                await anyio.sleep_until(session.next_refresh)
+                with anyio.move_on_at(session.next_refresh):
+                    await abandoned.wait()
+                if abandoned.is_set():
+                    # Someone found this member silent: refresh on the member now in use.
+                    raise _StreamBroken(f"left etcd member {member.url}")
                 sent = anyio.current_time()
                 reply: Any = None
                 # etcd answers a stream's requests one at a time, in order: one that stalls (a
@@ -596,9 +594,13 @@ class Registrar:
                     await rpc_step(call.write(request))
                     reply = await rpc_step(call.read())
                 if reply is None:
+                    # The reply was due: the member is frozen, partitioned or overloaded. Move
+                    # every stream of the client off it while the lease can still be refreshed.
+                    members.abandon(member, f"no keep-alive reply within {patience:.3g} s")
                     raise _StreamBroken(f"no keep-alive reply within {patience:.3g} s")
                 if reply is grpc.aio.EOF:
                     raise _StreamBroken("etcd closed the keep-alive stream")
+                members.heard(member)
                 if reply.TTL <= 0:
                     return "etcd reports the lease expired or revoked"
                 self._counts.keepalive_round_trips += 1
@@ -608,6 +610,8 @@ class Registrar:
                 watchdog.deadline = session.expires
                 backoff.reset()
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                members.abandon(member, f"keep-alive stream failed: {exc.details()}")
             raise translate_error(exc) from exc
         except asyncio.InvalidStateError:
             # grpc.aio refuses a write on a call that already ended; its status says why.
@@ -643,33 +647,31 @@ class Registrar:
         """
         self._counts.watch_streams += 1
         create = rpc.WatchCreateRequest(key=self._key_bytes, start_revision=start)
-        async with contextlib.aclosing(watch_responses(self.client, create)) as replies:
-            async for reply in replies:
-                if reply.canceled:
-                    raise _StreamBroken(
-                        f"etcd cancelled the watch ({reply.cancel_reason or 'no reason given'}, "
-                        f"compact revision {reply.compact_revision})"
-                    )
-                if reply.created:
-                    backoff.reset()
-                for event in reply.events:
-                    if event.type == rpc.Event.DELETE:
-                        return "the key was deleted (by another client, or with its lease)"
-                    self._note_overwrite(session, int(event.kv.lease))
-        # watch_responses ends only by raising; this keeps a future change from ending silently.
+
+        def handle(reply: rpc.WatchResponse) -> None:
+            if reply.canceled:
+                raise _StreamBroken(
+                    f"etcd cancelled the watch ({reply.cancel_reason or 'no reason given'}, "
+                    f"compact revision {reply.compact_revision})"
+                )
+            if reply.created:
+                backoff.reset()
+            for event in reply.events:
+                if event.type == rpc.Event.DELETE:
+                    raise _KeyDeleted
+                self._note_overwrite(session, int(event.kv.lease))
+
+        try:
+            await run_watch(self.client, create, handle)
+        except _KeyDeleted:
+            return "the key was deleted (by another client, or with its lease)"
+        # run_watch ends only by raising; this keeps a future change from ending silently.
         raise _StreamBroken("the watch stream ended")
 
-    @etcd_errors
     async def _read_key(self, session: _Session) -> int | None:
         """The current revision if our key exists, else ``None``."""
         self._counts.key_reads += 1
-        reply = await rpc_step(
-            self.client.kvstub.Range(
-                rpc.RangeRequest(key=self._key_bytes),
-                timeout=request_timeout(self.client),
-                metadata=self.client.metadata,
-            )
-        )
+        reply = await self.client.unary(lambda m: m.kv.Range, rpc.RangeRequest(key=self._key_bytes))
         if not reply.kvs:
             return None
         self._note_overwrite(session, int(reply.kvs[0].lease))

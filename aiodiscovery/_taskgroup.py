@@ -1,13 +1,25 @@
-"""Leaving a task group that an ``async with`` object entered on its caller's behalf."""
+"""Owning background tasks: from an ``async with`` block, or from a plain object that has a close().
+
+:func:`exit_task_group` leaves a task group that an ``async with`` object entered on its caller's
+behalf. :class:`TaskHost` is for objects that are closed from any task, like a grpc.aio channel:
+their task group runs in one task of its own, which :meth:`TaskHost.close` cancels and joins.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
 from types import TracebackType
+from typing import Any
 
 import anyio
 import anyio.abc
 
-__all__ = ["exit_task_group"]
+__all__ = ["TaskHost", "exit_task_group"]
+
+logger = logging.getLogger("aiodiscovery")
 
 
 async def exit_task_group(
@@ -27,3 +39,72 @@ async def exit_task_group(
         return bool(await task_group.__aexit__(exc_type, exc, tb))
     await task_group.__aexit__(None, None, None)
     return False
+
+
+class TaskHost:
+    """A task group living in a task of its own until :meth:`close`.
+
+    The tasks it runs must handle their own errors: one that raises is logged and ends every
+    task of the host, because nothing else could ever report it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        """Whether tasks can be started."""
+        return self._task_group is not None and not self._closed
+
+    async def open(self) -> None:
+        """Start the host task and return once its task group is ready."""
+        if self._task is not None:
+            raise RuntimeError(f"{self.name} is already open")
+        ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._host(ready), name=self.name)
+        await ready.wait()
+
+    async def _host(self, ready: asyncio.Event) -> None:
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                ready.set()
+                await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException:
+            logger.exception("%s: a background task failed; its siblings were stopped", self.name)
+        finally:
+            self._task_group = None
+            ready.set()
+
+    def start_soon(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str
+    ) -> None:
+        """Run ``func(*args)`` in the host's task group."""
+        if self._task_group is None or self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        self._task_group.start_soon(func, *args, name=name)
+
+    async def start(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str
+    ) -> Any:
+        """Run ``func(*args, task_status=...)`` in the host's task group; return what it reports
+        with ``task_status.started()``."""
+        if self._task_group is None or self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        return await self._task_group.start(func, *args, name=name)
+
+    async def close(self) -> None:
+        """Cancel every task and wait for them to finish (shielded from the caller's cancel)."""
+        self._closed = True
+        task = self._task
+        if task is None:
+            return
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
+            await task

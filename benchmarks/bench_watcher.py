@@ -78,7 +78,7 @@ from aiodiscovery import (
     decode_endpoint,
     encode_endpoint,
 )
-from aiodiscovery._etcd import list_prefix
+from aiodiscovery._kv import list_prefix
 from aiodiscovery.testing import EtcdServer
 
 WaitVisible = Callable[[str], Awaitable[None]]

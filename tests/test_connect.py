@@ -8,7 +8,7 @@ import pytest
 
 import aiodiscovery
 from aiodiscovery import Endpoint, EndpointManager, EtcdUnavailableError
-from aiodiscovery._etcd import parse_urls
+from aiodiscovery._urls import parse_urls
 from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
 
 from .helpers import until_accepted
@@ -41,9 +41,18 @@ def test_parse_urls_rejects(urls: str, message: str) -> None:
         parse_urls(urls)
 
 
-def test_several_hostnames_are_refused_with_a_hint() -> None:
-    with pytest.raises(ValueError, match="one DNS name"):
-        aiodiscovery.EtcdClient("http://a.example:2379,http://b.example:2379")
+def test_several_hostnames_are_accepted_one_channel_each() -> None:
+    # Each member has a channel of its own, so DNS names need not be IP literals any more.
+    client = aiodiscovery.EtcdClient("http://a.example:2379,http://b.example:2379")
+    assert client.urls == ("http://a.example:2379", "http://b.example:2379")
+
+
+def test_a_url_with_a_password_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValueError, match="must not carry a user name or password") as info:
+        parse_urls("http://root:hunter2@127.0.0.1:2379")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ValueError, match="twice"):
+        parse_urls("http://127.0.0.1:1,127.0.0.1:1")
 
 
 async def test_unreachable_etcd_fails_fast_and_clearly() -> None:
@@ -80,8 +89,9 @@ async def test_fails_over_when_the_member_in_use_dies(service: str) -> None:
         try:
             em = EndpointManager(client, service)
             await em.add_endpoint(f"{service}/before", Endpoint("a:1"))
-            # pick_first uses the first URL: kill exactly that member.
-            cluster.members[0].kill()
+            # Kill exactly the member the client uses.
+            active = client.members.active.url
+            next(m for m in cluster.members if m.url == active).kill()
             # A request caught mid-way by the death may time out (as in Go); a retry must land.
             await until_accepted(
                 lambda: em.add_endpoint(f"{service}/after", Endpoint("b:1")), timeout=20

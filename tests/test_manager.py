@@ -7,6 +7,7 @@ import logging
 import pytest
 
 import aiodiscovery
+import aiodiscovery._kv
 from aiodiscovery import (
     Endpoint,
     EndpointManager,
@@ -14,6 +15,7 @@ from aiodiscovery import (
     LeaseNotFoundError,
     TransactionTooLargeError,
     Update,
+    Watcher,
 )
 from aiodiscovery.testing import EtcdServer
 
@@ -144,7 +146,8 @@ async def test_list_reads_past_one_page(
     client: EtcdClient, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small pages, so that 2,500 keys take many of them, all read at one revision.
-    monkeypatch.setattr(aiodiscovery._etcd, "_PAGE_SIZE", 100)
+    monkeypatch.setattr(aiodiscovery._kv, "_FIRST_PAGE", 100)
+    monkeypatch.setattr(aiodiscovery._kv, "_PAGE_BYTES", 4000)
     em = EndpointManager(client, service)
     for start in range(0, 2500, 125):
         await em.update(
@@ -174,3 +177,22 @@ async def test_writes_fail_clearly_when_etcd_is_down(service: str) -> None:
                 await em.add_endpoint(f"{service}/a", Endpoint("a:1"))
         finally:
             await client.close()
+
+
+async def test_large_values_never_make_a_list_outgrow_a_grpc_message(
+    client: EtcdClient, service: str
+) -> None:
+    # Six values of ~1 MiB (etcd takes up to 1.5 MiB per request): one page of them would pass
+    # gRPC's 4 MiB receive limit, and a list that pages by key count alone fails every time.
+    em = EndpointManager(client, service)
+    big = "x" * (1 << 20)
+    for i in range(6):
+        await em.add_endpoint(f"{service}/big{i}", Endpoint(f"10.0.0.{i}:1", big))
+    await em.add_endpoint(f"{service}/small", Endpoint("10.0.1.1:1"))
+    endpoints = await em.list_endpoints()
+    assert sorted(endpoints) == sorted(
+        [f"{service}/big{i}" for i in range(6)] + [f"{service}/small"]
+    )
+    assert endpoints[f"{service}/big5"].metadata == big
+    async with Watcher(client, service) as watcher:
+        assert len(watcher.snapshot) == 7

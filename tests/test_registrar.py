@@ -37,7 +37,7 @@ pytestmark = pytest.mark.anyio
 
 async def read_key(client: EtcdClient, key: str) -> tuple[bytes, int] | None:
     """The value and lease of ``key``, or ``None`` if it does not exist."""
-    reply = await client.kvstub.Range(rpc.RangeRequest(key=key.encode()), timeout=5)
+    reply = await client.members.active.kv.Range(rpc.RangeRequest(key=key.encode()), timeout=5)
     if not reply.kvs:
         return None
     return reply.kvs[0].value, reply.kvs[0].lease
@@ -45,7 +45,9 @@ async def read_key(client: EtcdClient, key: str) -> tuple[bytes, int] | None:
 
 async def lease_ttl(client: EtcdClient, lease: int) -> int:
     """etcd's remaining TTL of ``lease``: -1 once it is revoked or expired."""
-    reply = await client.leasestub.LeaseTimeToLive(rpc.LeaseTimeToLiveRequest(ID=lease), timeout=5)
+    reply = await client.members.active.lease.LeaseTimeToLive(
+        rpc.LeaseTimeToLiveRequest(ID=lease), timeout=5
+    )
     return int(reply.TTL)
 
 
@@ -339,14 +341,18 @@ async def test_a_frozen_etcd_costs_a_fresh_stream_not_the_lease(
 async def test_killing_the_member_in_use_never_lapses_the_registration() -> None:
     ttl = 5
     async with EtcdCluster(3) as cluster:
-        first, _, observer_member = cluster.members
-        await make_leader(cluster, first)
         client = await aiodiscovery.connect(cluster.urls)
+        # The member in use, made leader: its death costs both the connection and the leader.
+        first = next(m for m in cluster.members if m.url == client.members.active.url)
+        observer_member = next(m for m in cluster.members if m is not first)
+        await make_leader(cluster, first)
         observer = await aiodiscovery.connect(observer_member.url)
         try:
             async with Registrar(client, "svc/cluster", "10.0.2.1:1", ttl=ttl) as reg:
                 lease = reg.lease_id
-                start = (await observer.kvstub.Range(rpc.RangeRequest(key=b"x"), timeout=5)).header
+                start = (
+                    await observer.members.active.kv.Range(rpc.RangeRequest(key=b"x"), timeout=5)
+                ).header
                 async with watch_events(observer, reg.key, start.revision + 1) as events:
                     await stats_reach(reg, "keepalive_round_trips", 1)
                     before = reg.statistics()
@@ -420,8 +426,8 @@ async def test_a_keep_alive_refused_for_its_token_renews_it_before_the_next_stre
         await anyio.to_thread.run_sync(lambda: etcd.enable_auth(password=password))
         client = await aiodiscovery.connect(etcd.url, username="root", password=password)
         try:
-            stub = _LeaseStub(client.leasestub)
-            client.leasestub = stub
+            stub = _LeaseStub(client.members.active.lease)
+            client.members.active.lease = stub
             async with Registrar(client, "svc/token", "10.0.4.1:1", ttl=3) as reg:
                 await stats_reach(reg, "keepalive_round_trips", 1)
                 stats = reg.statistics()
@@ -429,8 +435,8 @@ async def test_a_keep_alive_refused_for_its_token_renews_it_before_the_next_stre
             # The second stream already carried the token renewed after the first was refused.
             first, second = stub.tokens[:2]
             assert first is not None and second is not None and first != second
-            assert client.statistics()["token_rejections"] == 1
-            assert client.statistics()["authentications"] == 2
+            assert client.statistics().token_rejections == 1
+            assert client.statistics().authentications == 2
         finally:
             await client.close()
 

@@ -25,7 +25,8 @@ from aiodiscovery import (
     Watcher,
 )
 from aiodiscovery._auth import is_auth_cancel, is_token_error, parse_user
-from aiodiscovery._etcd import prefix_range_end, reauthenticate
+from aiodiscovery._client import reauthenticate
+from aiodiscovery._kv import prefix_range_end
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy, TLSFiles, free_port
 
 from .helpers import eventually, until_accepted
@@ -81,12 +82,12 @@ async def until_token_renewed(client: EtcdClient, call: Callable[[], Awaitable[T
     reports it renewed a rejected token. etcd drops an idle simple token one TTL (1 s) after its
     last use, at its next 1 s tick: 2.1 s idle is nearly always enough, the loop covers a late
     tick."""
-    before = client.statistics()["retried_calls"]
+    before = client.statistics().retried_calls
     with anyio.fail_after(20):
         while True:
             await anyio.sleep(2.1)
             result = await call()
-            if client.statistics()["retried_calls"] > before:
+            if client.statistics().retried_calls > before:
                 return result
 
 
@@ -350,7 +351,7 @@ async def test_credentials_without_auth_on_the_server_still_work(
 ) -> None:
     client = await connect_as_root(tls_etcd)
     try:
-        assert client.statistics()["authentications"] == 0
+        assert client.statistics().authentications == 0
         await EndpointManager(client, service).add_endpoint(f"{service}/e", Endpoint("c:1"))
     finally:
         await client.close()
@@ -366,7 +367,7 @@ async def test_expired_token_is_renewed_for_manager_calls(
         # What streams are opened with: the current token, read anew each time.
         first_metadata = client.metadata
         assert first_metadata is not None and first_metadata[0][0] == "token"
-        assert client.statistics()["authentications"] == 1
+        assert client.statistics().authentications == 1
         em = EndpointManager(client, service)
         await em.add_endpoint(f"{service}/e1", Endpoint("10.0.0.4:1"))
 
@@ -377,7 +378,7 @@ async def test_expired_token_is_renewed_for_manager_calls(
         listed = await until_token_renewed(client, write_and_list)
         assert set(listed) == {f"{service}/e1", f"{service}/e2"}
         stats = client.statistics()
-        assert stats["token_rejections"] >= 1 and stats["authentications"] >= 2
+        assert stats.token_rejections >= 1 and stats.authentications >= 2
         assert client.metadata not in (None, first_metadata)
         # aetcd's own methods go through the same channel, hence the same renewal.
         await until_token_renewed(client, lambda: client.get(b"anything"))
@@ -408,18 +409,18 @@ async def test_concurrent_rejections_share_one_authenticate(
                     for _ in range(8):
                         tg.start_soon(one)
                 after = client.statistics()
-                if after["retried_calls"] > before["retried_calls"]:
+                if after.retried_calls > before.retried_calls:
                     break
         assert all(r == {} for r in results)
         # Eight calls refused for the same token, one Authenticate, eight retries.
-        assert after["authentications"] == before["authentications"] + 1
-        assert after["retried_calls"] - before["retried_calls"] == 8
+        assert after.authentications == before.authentications + 1
+        assert after.retried_calls - before.retried_calls == 8
 
         before = client.statistics()
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 tg.start_soon(client.reauthenticate)
-        assert client.statistics()["authentications"] == before["authentications"] + 1
+        assert client.statistics().authentications == before.authentications + 1
         assert await reauthenticate(client) is True
     finally:
         await client.close()
@@ -507,7 +508,7 @@ async def test_stream_owner_hook_renews_an_expired_token_mid_watch(
             call.cancel()
             assert events == [(prefix + b"e1", rpc.Event.DELETE), (prefix + b"e3", rpc.Event.PUT)]
             assert len(cancels) == 1 and is_auth_cancel(cancels[0])
-            assert client.statistics()["authentications"] == 2
+            assert client.statistics().authentications == 2
         finally:
             await client.close()
             await writer.close()
@@ -539,7 +540,7 @@ async def test_watcher_renews_an_expired_token_mid_watch_with_nothing_lost(
                 with anyio.fail_after(15):
                     while set(watcher.snapshot) != {f"{service}/e2", f"{service}/e3"}:
                         await watcher.wait_for_change()
-                assert client.statistics()["authentications"] >= 2
+                assert client.statistics().authentications >= 2
         finally:
             await client.close()
             await writer.close()
@@ -565,7 +566,7 @@ async def test_registrar_streams_recover_from_an_expired_token(
                 await em.delete_endpoint(registrar.key)
                 await eventually(em.list_endpoints, lambda found: list(found) == [registrar.key])
                 assert registrar.registered
-                assert client.statistics()["authentications"] >= 2
+                assert client.statistics().authentications >= 2
             # Leaving revoked the lease, which took the key with it.
             assert await em.list_endpoints() == {}
         finally:
