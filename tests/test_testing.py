@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import threading
+import time
 
 import anyio
 import pytest
 
 import aiodiscovery
-from aiodiscovery.testing import EtcdCluster, EtcdServer, PortInUseError
+from aiodiscovery.testing import EtcdCluster, EtcdServer, PortInUseError, TLSFiles
 
 from .helpers import eventually
 
@@ -148,3 +152,38 @@ async def test_a_given_port_in_use_is_not_silently_replaced() -> None:
         with pytest.raises(PortInUseError, match=f"port {port} is already in use"):
             async with EtcdServer(client_port=port):
                 pytest.fail("must not start")
+
+
+async def test_async_forms_keep_blocking_work_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files, reaping and etcdctl run in worker threads or as async processes: a blocking call
+    on the loop's thread would stall every other task (a registrar's keep-alive, a watch)."""
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    def spy(owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def recorded(*args: object, **kwargs: object) -> object:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+
+    spy(shutil, "rmtree")
+    spy(subprocess, "run")
+    spy(subprocess.Popen, "wait")
+    spy(TLSFiles, "generate")
+    spy(time, "sleep")
+    async with EtcdServer(tls=True) as etcd:
+        await etcd.etcdctl_async("put", "k", "v")
+        await etcd.restart()
+        assert (await etcd.etcdctl_async("get", "k", "--print-value-only")).strip() == "v"
+    async with EtcdCluster(1) as cluster:
+        assert await cluster.leader_async() is cluster.members[0]
+    with pytest.raises(RuntimeError, match="exited"):
+        async with EtcdServer(extra_args=["--no-such-flag"]):
+            pass
+    assert on_loop == []
