@@ -36,6 +36,7 @@ from __future__ import annotations
 from ._certificates import TLSFiles
 from ._cluster import EtcdCluster
 from ._etcdctl import run_etcdctl as run_etcdctl
+from ._grpc_proxy import EtcdGrpcProxy
 from ._ports import PortInUseError, free_port
 from ._process import etcd_binary
 from ._server import EtcdServer
@@ -43,6 +44,7 @@ from ._tcp_proxy import TcpProxy
 
 __all__ = [
     "EtcdCluster",
+    "EtcdGrpcProxy",
     "EtcdServer",
     "PortInUseError",
     "TLSFiles",

@@ -61,7 +61,9 @@ class TLSFiles:
 
     The server certificate is valid for ``127.0.0.1``, ``::1`` and ``localhost``; the client
     certificate's common name is ``aiodiscovery-test-client`` (no etcd user of that name exists, so
-    with authentication on it grants nothing by itself). Keys are ECDSA P-256, unencrypted.
+    with authentication on it grants nothing by itself). A second client certificate, with no
+    common name, is for etcd's gRPC proxy: it refuses one that names a user, since it would act as
+    that user for every client. Keys are ECDSA P-256, unencrypted.
     """
 
     directory: Path
@@ -91,6 +93,16 @@ class TLSFiles:
         """The client certificate's key."""
         return self.directory / "client-key.pem"
 
+    @property
+    def proxy_cert_path(self) -> Path:
+        """A client certificate with no common name, for etcd's gRPC proxy."""
+        return self.directory / "proxy-client.pem"
+
+    @property
+    def proxy_key_path(self) -> Path:
+        """The key of :attr:`proxy_cert_path`."""
+        return self.directory / "proxy-client-key.pem"
+
     @classmethod
     def generate(
         cls,
@@ -119,14 +131,17 @@ class TLSFiles:
             write_private_file(files.directory, path.name, data)
         return files
 
-    def paths(self) -> tuple[Path, Path, Path, Path, Path]:
-        """The CA, server certificate, server key, client certificate and client key paths."""
+    def paths(self) -> tuple[Path, ...]:
+        """Every file: the CA, then each certificate followed by its key (server, client,
+        proxy client)."""
         return (
             self.ca_path,
             self.server_cert_path,
             self.server_key_path,
             self.client_cert_path,
             self.client_key_path,
+            self.proxy_cert_path,
+            self.proxy_key_path,
         )
 
     def exists(self) -> bool:

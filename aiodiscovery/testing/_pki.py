@@ -27,6 +27,8 @@ _CA_USAGE = x509.KeyUsage(
 
 
 def _name(common_name: str) -> x509.Name:
+    if not common_name:
+        return x509.Name([])
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
@@ -36,13 +38,12 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def issue(
-    *, hosts: Sequence[str], client_name: str, days: int
-) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """A fresh CA, and a server and a client certificate it signed, with their keys (PEM).
+def issue(*, hosts: Sequence[str], client_name: str, days: int) -> tuple[bytes, ...]:
+    """A fresh CA, and a server and two client certificates it signed, with their keys (PEM).
 
-    Returned in :meth:`TLSFiles.paths` order: CA, server certificate, server key, client
-    certificate, client key. The server certificate names every one of ``hosts``.
+    Returned in :meth:`TLSFiles.paths` order: CA, server certificate and key, client certificate
+    and key, proxy client certificate (no subject) and key. The server certificate names every
+    one of ``hosts``.
     """
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
@@ -98,10 +99,13 @@ def issue(
             sans.append(x509.DNSName(host))
     server_cert, server_key = leaf(hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, sans)
     client_cert, client_key = leaf(client_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    proxy_cert, proxy_key = leaf("", ExtendedKeyUsageOID.CLIENT_AUTH, [])
     return (
         ca_cert.public_bytes(serialization.Encoding.PEM),
         server_cert,
         server_key,
         client_cert,
         client_key,
+        proxy_cert,
+        proxy_key,
     )
