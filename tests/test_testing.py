@@ -8,12 +8,20 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Any, ClassVar
 
 import anyio
 import pytest
 
 import aiodiscovery
-from aiodiscovery.testing import EtcdCluster, EtcdServer, PortInUseError, TLSFiles
+from aiodiscovery.testing import (
+    EtcdCluster,
+    EtcdGrpcProxy,
+    EtcdServer,
+    PortInUseError,
+    TLSFiles,
+    run_etcdctl,
+)
 
 from .helpers import eventually
 
@@ -187,3 +195,66 @@ async def test_async_forms_keep_blocking_work_off_the_event_loop(
         async with EtcdServer(extra_args=["--no-such-flag"]):
             pass
     assert on_loop == []
+
+
+PASSWORD = "kit-Pa55word-7f3a"  # distinctive, so a leak anywhere is easy to find
+
+
+class RecordingPopen(subprocess.Popen):  # type: ignore[type-arg]
+    """Every process started in the test, through subprocess.run, asyncio or directly."""
+
+    started: ClassVar[list[tuple[list[str], dict[str, str]]]] = []
+
+    def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+        env = kwargs.get("env")
+        RecordingPopen.started.append(([os.fsdecode(a) for a in args], dict(env or os.environ)))
+        super().__init__(args, *rest, **kwargs)
+
+
+async def test_no_password_on_any_command_line_the_kit_builds(
+    monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    RecordingPopen.started.clear()
+    async with EtcdServer(client_cert_auth=True) as etcd:
+        etcd.enable_auth("alice", PASSWORD)
+        assert etcd.auth_user == "alice"
+        etcd.etcdctl("put", f"{service}/k", "v")
+        assert (await etcd.etcdctl_async("get", f"{service}/k", "--print-value-only")) == "v\n"
+        async with EtcdGrpcProxy(etcd) as proxy:
+            proxy.etcdctl("put", f"{service}/k", "through the proxy")
+        pid = etcd.pid
+        assert pid is not None
+        cmdline = await anyio.Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert PASSWORD.encode() not in cmdline
+        # Authentication is really on: without credentials etcd refuses.
+        with pytest.raises(RuntimeError, match="permission denied"):
+            run_etcdctl(etcd.url, "get", "x", flags=etcd.ctl_flags())
+        assert etcd.ctl_env()["ETCDCTL_PASSWORD"] == PASSWORD
+    argvs = [argv for argv, _ in RecordingPopen.started]
+    assert any("grpc-proxy" in argv for argv in argvs)
+    assert not [argv for argv in argvs if any(PASSWORD in arg for arg in argv)]
+    with_password = [env for _, env in RecordingPopen.started if PASSWORD in env.values()]
+    assert with_password, "the password reached etcdctl some other way"
+    assert all(env["ETCDCTL_PASSWORD"] == PASSWORD for env in with_password)
+
+
+async def test_passwords_etcdctl_cannot_read_are_refused_before_anything_changes() -> None:
+    async with EtcdServer() as etcd:
+        for bad in ("", "two words", "tab\there"):
+            with pytest.raises(ValueError, match="one word"):
+                etcd.enable_auth(password=bad)
+        assert etcd.auth_user is None
+        assert "Authentication Status: false" in etcd.etcdctl("auth", "status")
+
+
+async def test_the_callers_etcdctl_settings_do_not_redirect_the_kit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """etcdctl refuses an ETCDCTL_ENDPOINTS that a flag shadows, and would use a stray
+    ETCDCTL_USER: the kit's etcdctl talks to its own member with its own credentials."""
+    monkeypatch.setenv("ETCDCTL_ENDPOINTS", "http://127.0.0.1:1")
+    monkeypatch.setenv("ETCDCTL_USER", "mallory:guess")
+    async with EtcdServer() as etcd:
+        etcd.etcdctl("put", "k", "v")
+        assert etcd.etcdctl("get", "k", "--print-value-only") == "v\n"
