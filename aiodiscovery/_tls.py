@@ -12,32 +12,66 @@ import grpc
 __all__ = ["PemSource", "TLSConfig", "diagnose", "tls_config"]
 
 #: A PEM certificate or key: a file path, or the PEM data itself (``bytes``, or a ``str`` that
-#: starts with ``-----BEGIN``).
+#: contains ``-----BEGIN`` or a line break).
 PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
+
+_BOM = "\ufeff"
+
+
+def _is_data(value: str) -> bool:
+    # No file name holds a PEM header, a line break or a NUL: such a string is key material
+    # (openssl pkcs12 output starting "Bag Attributes", a PEM with a byte-order mark...).
+    return "-----BEGIN" in value or any(c in value for c in "\n\r\0")
+
+
+def _shown_path(value: str | os.PathLike[str]) -> str | None:
+    """How an unreadable path may be named in an error, or ``None`` when it must not be.
+
+    A path object is a path. A ``str`` may be key material given by mistake (a bare base64 key
+    reads like a file name): it is named only when the file system shows it is a path, because
+    it exists, or the directory it names exists.
+    """
+    path = os.fspath(value)
+    if not isinstance(value, str) or os.path.lexists(path):
+        return repr(path)
+    directory = os.path.dirname(path)
+    if directory not in ("", os.sep) and os.path.isdir(directory):
+        return repr(path)
+    return None
+
+
+def _read_file(value: str | os.PathLike[str], what: str) -> tuple[bytes, str]:
+    shown = _shown_path(value)
+    try:
+        with open(os.fspath(value), "rb") as file:
+            return file.read(), f"file {shown}"
+    except OSError as exc:
+        error = exc
+    # Raised outside the handler: the original error (whose filename is the value) must not
+    # ride along as __context__.
+    if shown is None:
+        where = (
+            "a string that is neither PEM data nor the path of an existing file (not shown: it "
+            "may be key material)"
+        )
+    else:
+        where = f"file {shown}"
+    raise type(error)(error.errno, f"cannot read the etcd {what}: {where}: {error.strerror}")
 
 
 def _read_pem(value: PemSource, what: str) -> bytes:
-    """Load a PEM certificate or key given as a path or as data; errors name the file only."""
+    """Load a PEM certificate or key given as a path or as data; errors never quote data."""
     if isinstance(value, bytes | bytearray | memoryview):
         data, origin = bytes(value), "given as bytes"
-    elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
-        data, origin = value.encode(), "given as a PEM string"
+    elif isinstance(value, str) and _is_data(value):
+        data, origin = value.removeprefix(_BOM).encode(), "given as a string"
     elif isinstance(value, str | os.PathLike):
-        path = os.fspath(value)
-        try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except OSError as exc:
-            # Same exception type (FileNotFoundError, PermissionError, ...), clearer message.
-            raise type(exc)(
-                exc.errno, f"cannot read the etcd {what} file {path!r}: {exc.strerror}"
-            ) from None
-        origin = f"file {path!r}"
+        data, origin = _read_file(value, what)
     else:
-        raise TypeError(f"the etcd {what} must be a file path or PEM bytes, not {type(value)}")
+        raise TypeError(f"the etcd {what} must be a file path or PEM data, not {type(value)}")
     if b"-----BEGIN" not in data:
         raise ValueError(f"the etcd {what} ({origin}) is not in PEM format")
-    return data
+    return data.removeprefix(_BOM.encode())
 
 
 @dataclass(frozen=True, slots=True)
