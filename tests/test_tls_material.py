@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import aiodiscovery
-from aiodiscovery import EtcdClient
-from aiodiscovery.testing import EtcdServer
+from aiodiscovery import EtcdClient, EtcdUnavailableError
+from aiodiscovery._tls import system_roots
+from aiodiscovery.testing import EtcdServer, TLSFiles
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +118,69 @@ async def test_a_string_is_named_only_when_the_file_system_shows_it_is_a_path(
         EtcdClient(URL, ca=str(not_pem))
     assert str(not_pem) in str(existing.value)
     assert "not a certificate" not in str(existing.value)
+
+
+@pytest.fixture
+def trust_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """An empty system trust store of our own: (CA file, hashed directory)."""
+    cafile, capath = tmp_path / "store.pem", tmp_path / "store.d"
+    capath.mkdir()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cafile))
+    monkeypatch.setenv("SSL_CERT_DIR", str(capath))
+    # grpc's own override would take precedence over the system store, by design.
+    monkeypatch.delenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", raising=False)
+    return cafile, capath
+
+
+async def test_a_private_ca_in_the_system_store_is_trusted_without_ca(
+    mtls_etcd: EtcdServer, trust_store: tuple[Path, Path]
+) -> None:
+    cafile, _ = trust_store
+    cafile.write_bytes(mtls_etcd.ca_path.read_bytes())
+    client = await aiodiscovery.connect(
+        mtls_etcd.url, cert=mtls_etcd.client_cert_path, key=mtls_etcd.client_key_path
+    )
+    try:
+        await client.put(b"system-roots", b"v")
+    finally:
+        await client.close()
+
+
+async def test_a_ca_outside_the_system_store_is_not_trusted(
+    mtls_etcd: EtcdServer, trust_store: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cafile, _ = trust_store
+    cafile.write_bytes(TLSFiles.generate(tmp_path / "other").ca_path.read_bytes())
+    with pytest.raises(EtcdUnavailableError, match="not signed by the trusted CA"):
+        await aiodiscovery.connect(
+            mtls_etcd.url,
+            cert=mtls_etcd.client_cert_path,
+            key=mtls_etcd.client_key_path,
+            timeout=1,
+        )
+
+
+async def test_system_roots_read_the_hashed_directory_as_openssl_does(
+    mtls_etcd: EtcdServer, trust_store: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cafile, capath = trust_store
+    ours = mtls_etcd.ca_path.read_bytes()
+    other = TLSFiles.generate(tmp_path / "other").ca_path.read_bytes()
+    assert system_roots() is None  # an empty store leaves grpc its bundled roots
+    (capath / "0a1b2c3d.0").write_bytes(ours)
+    (capath / "readme.pem").write_bytes(other)  # OpenSSL reads hashed names only
+    roots = system_roots()
+    assert roots is not None and ours.strip() in roots and other.strip() not in roots
+    cafile.write_bytes(other + ours)  # both places: each certificate once
+    roots = system_roots()
+    assert roots is not None and roots.count(b"BEGIN CERTIFICATE") == 2
+
+
+async def test_grpcs_own_roots_setting_wins(
+    trust_store: tuple[Path, Path], mtls_etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cafile, _ = trust_store
+    cafile.write_bytes(mtls_etcd.ca_path.read_bytes())
+    assert system_roots() is not None
+    monkeypatch.setenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", str(cafile))
+    assert system_roots() is None
