@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, ClassVar
@@ -24,6 +26,7 @@ from aiodiscovery.testing import (
 )
 
 from .helpers import eventually
+from .processes import Process, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -258,3 +261,42 @@ async def test_the_callers_etcdctl_settings_do_not_redirect_the_kit(
     async with EtcdServer() as etcd:
         etcd.etcdctl("put", "k", "v")
         assert etcd.etcdctl("get", "k", "--print-value-only") == "v\n"
+
+
+OWNER_SCRIPTS = {
+    "with": """
+import time
+from aiodiscovery.testing import EtcdGrpcProxy, EtcdServer
+with EtcdServer() as etcd, EtcdGrpcProxy(etcd) as proxy:
+    print("pids", etcd.pid, proxy.pid, flush=True)
+    time.sleep(600)
+""",
+    "async with": """
+import anyio
+from aiodiscovery.testing import EtcdGrpcProxy, EtcdServer
+async def main():
+    async with EtcdServer() as etcd, EtcdGrpcProxy(etcd) as proxy:
+        print("pids", etcd.pid, proxy.pid, flush=True)
+        await anyio.sleep_forever()
+anyio.run(main)
+""",
+}
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its exit status left (a zombie nobody has reaped yet)."""
+    try:
+        return process_state(pid) in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("form", OWNER_SCRIPTS)
+def test_no_etcd_outlives_an_interpreter_killed_with_sigkill(form: str) -> None:
+    """No atexit hook runs on SIGKILL: the kernel must take the children down with it."""
+    with Process([sys.executable, "-c", OWNER_SCRIPTS[form]]) as owner:
+        pids = [int(pid) for pid in owner.expect(r"^pids (\d+) (\d+)$", timeout=30).groups()]
+        assert not any(gone(pid) for pid in pids)
+        owner.signal(signal.SIGKILL)
+        assert owner.wait() == -signal.SIGKILL
+    wait_for(lambda: [pid for pid in pids if not gone(pid)], lambda left: not left, timeout=15)
