@@ -20,6 +20,8 @@ __all__ = ["PemSource", "TLSConfig", "diagnose", "system_roots", "tls_config"]
 PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
 
 _BOM = "\ufeff"
+# What base64 or base64url key material is made of.
+_ENCODED = re.compile(r"[A-Za-z0-9+/=_\s-]+")
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 _CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL
@@ -35,17 +37,14 @@ def _is_data(value: str) -> bool:
 def _shown_path(value: str | os.PathLike[str]) -> str | None:
     """How an unreadable path may be named in an error, or ``None`` when it must not be.
 
-    A path object is a path. A ``str`` may be key material given by mistake (a bare base64 key
-    reads like a file name): it is named only when the file system shows it is a path, because
-    it exists, or the directory it names exists.
+    A path object is a path. A ``str`` made only of base64 characters and blanks may be a key
+    given by mistake (a bare base64 key reads like a file name): it is named only when a file
+    of that name exists. Any other ``str`` (``ca.pem``, ``/etc/etcd/ca.crt``) is named.
     """
     path = os.fspath(value)
-    if not isinstance(value, str) or os.path.lexists(path):
-        return repr(path)
-    directory = os.path.dirname(path)
-    if directory not in ("", os.sep) and os.path.isdir(directory):
-        return repr(path)
-    return None
+    if isinstance(value, str) and _ENCODED.fullmatch(path) and not os.path.lexists(path):
+        return None
+    return repr(path)
 
 
 def _read_file(value: str | os.PathLike[str], what: str) -> tuple[bytes, str]:
@@ -57,13 +56,7 @@ def _read_file(value: str | os.PathLike[str], what: str) -> tuple[bytes, str]:
         error = exc
     # Raised outside the handler: the original error (whose filename is the value) must not
     # ride along as __context__.
-    if shown is None:
-        where = (
-            "a string that is neither PEM data nor the path of an existing file (not shown: it "
-            "may be key material)"
-        )
-    else:
-        where = f"file {shown}"
+    where = f"file {shown}" if shown else "a string that reads like base64 key material (not shown)"
     raise type(error)(error.errno, f"cannot read the etcd {what}: {where}: {error.strerror}")
 
 

@@ -103,7 +103,7 @@ async def run_etcdctl_async(
     return _output(args, result.returncode, result.stdout, result.stderr, check)
 
 
-def check_password(password: str) -> None:
+def _check_password(password: str) -> None:
     """Refuse a password ``etcdctl user add`` cannot read from its input: it reads one word."""
     if not password or any(c.isspace() for c in password):
         raise ValueError(
@@ -118,7 +118,7 @@ def enable_auth(etcdctl: Callable[..., str], user: str, password: str) -> Creden
     ``etcdctl(*args, stdin=...)`` runs one command. The password goes to ``user add`` through its
     input (``--interactive=false``), never its arguments.
     """
-    check_password(password)
+    _check_password(password)
     for name in sorted({"root", user}):
         etcdctl("user", "add", name, "--interactive=false", stdin=password + "\n")
         etcdctl("user", "grant-role", name, "root")

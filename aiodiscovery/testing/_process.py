@@ -13,7 +13,7 @@ import ctypes
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -55,9 +55,7 @@ def _kill_leftovers() -> None:
         reap(process)
 
 
-def spawn(
-    command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+def spawn(command: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``command`` with its output appended to ``log_path``; it dies with this thread.
 
     Call it from a thread that lives as long as the process should (the main thread, the event
@@ -69,7 +67,6 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=None if env is None else dict(env),
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
