@@ -9,6 +9,7 @@ soak saves to a file and scans for tracebacks.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -18,7 +19,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import anyio
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -56,3 +60,14 @@ def stop_on_eof_or_signal(stop: asyncio.Event) -> None:
             loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=read_until_eof, name="stdin-eof", daemon=True).start()
+
+
+def run_child(
+    parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Awaitable[None]]
+) -> None:
+    """Parse the child's arguments (plus ``--run-id``, which marks every process of one soak for
+    its leak check), log to stderr and run ``main`` on asyncio."""
+    parser.add_argument("--run-id", help="marks the soak's processes (for the leak check)")
+    args = parser.parse_args()
+    log_to_stderr()
+    anyio.run(main, args, backend="asyncio")

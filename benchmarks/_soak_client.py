@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import grpc
 import grpc.aio
-from _soak_child import emit, log_to_stderr, stop_on_eof_or_signal
+from _soak_child import emit, run_child, stop_on_eof_or_signal
 
 from aiodiscovery import BalancedChannel, Picker, RoundRobinPicker, SubchannelView, connect, resolve
 
@@ -258,10 +258,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, required=True, help="hard bound on the run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", required=True, help="where to write the JSON results")
-    parser.add_argument("--run-id", help="marks the soak's processes (for the leak check)")
-    args = parser.parse_args()
-    log_to_stderr()
-    anyio.run(run, args, backend="asyncio")
+    run_child(parser, run)
 
 
 if __name__ == "__main__":

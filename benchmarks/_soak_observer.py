@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import grpc
 import grpc.aio
-from _soak_child import emit, log_to_stderr, stop_on_eof_or_signal
+from _soak_child import emit, run_child, stop_on_eof_or_signal
 from aetcd import rpc
 
 _RANGE_TIMEOUT = 2.0
@@ -184,10 +184,7 @@ def main() -> None:
     parser.add_argument("--members", required=True, help="etcd members, host:port,...")
     parser.add_argument("--prefix", required=True, help="key prefix, ending in /")
     parser.add_argument("--results", required=True, help="where to write the JSON results")
-    parser.add_argument("--run-id", help="marks the soak's processes (for the leak check)")
-    args = parser.parse_args()
-    log_to_stderr()
-    anyio.run(run, args, backend="asyncio")
+    run_child(parser, run)
 
 
 if __name__ == "__main__":

@@ -141,10 +141,17 @@ def _first_reply_from(calls: dict[str, Any], names: dict[str, list[Any]]) -> dic
 
 
 def routing_times(
-    faults: Sequence[dict[str, Any]], calls: dict[str, Any], names: dict[str, list[Any]]
+    faults: Sequence[dict[str, Any]],
+    calls: dict[str, Any],
+    names: dict[str, list[Any]],
+    timeline: Sequence[Sequence[Any]],
+    service: str,
 ) -> list[dict[str, Any]]:
     """Per server fault: how long the client kept sending calls to the server that died or left,
-    and how long after the new process registered its first call reached it."""
+    and how long after the new process registered its first call reached it (and whether the old
+    key was still in etcd when the new process started: then the client never lost the address,
+    and its subchannel may be waiting out a reconnect backoff)."""
+    keys = Timeline(((t, frozenset(keys)) for t, _rev, keys in timeline), frozenset())
     by_address = _calls_by_address(calls, names)
     first_reply = _first_reply_from(calls, names)
     rows = []
@@ -161,6 +168,8 @@ def routing_times(
             row["calls_sent_after"] = len(late)
             row["stop_routing_s"] = (late[-1] - gone) if late else 0.0
         registered, tag = fault.get("registered"), fault.get("incarnation")
+        if "relaunched" in fault:
+            row["old_key_present"] = f"{service}/{fault['address']}" in keys.at(relaunched)
         if registered is not None and tag is not None:
             first = first_reply.get(tag)
             row["start_routing_s"] = None if first is None else max(0.0, first - registered)
@@ -279,7 +288,7 @@ def analyse(record: dict[str, Any]) -> dict[str, Any]:
     lapses = [g for g in gaps if g["seconds"] > lapse_limit]
     stale = staleness(observer["timeline"], client["pool_sets"], t0, t_end)
     lag_values = [lag["lag"] for lag in stale["lags"]]
-    routes = routing_times(faults, calls, names)
+    routes = routing_times(faults, calls, names, observer["timeline"], config["service"])
 
     by_kind: dict[str, dict[str, Any]] = {}
 

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import grpc
 import grpc.aio
-from _soak_child import emit, log_to_stderr, stop_on_eof_or_signal
+from _soak_child import emit, run_child, stop_on_eof_or_signal
 
 from aiodiscovery import Endpoint, Registrar, connect
 
@@ -115,10 +115,7 @@ def main() -> None:
     parser.add_argument("--ttl", type=int, default=3)
     parser.add_argument("--drain", type=float, default=1.0)
     parser.add_argument("--work-ms", type=float, default=4.0, help="mean work per call")
-    parser.add_argument("--run-id", help="marks the soak's processes (for the leak check)")
-    args = parser.parse_args()
-    log_to_stderr()
-    anyio.run(serve, args, backend="asyncio")
+    run_child(parser, serve)
 
 
 if __name__ == "__main__":
