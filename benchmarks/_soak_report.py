@@ -192,7 +192,12 @@ def key_gaps(
             continue
         key = f"{service}/{inc['address']}"
         presence = Timeline(((t, key in keys) for t, _rev, keys in timeline), False)
-        missing_since = None if presence.at(begin) else begin
+        if not presence.at(begin):
+            # The put is committed when the Registrar says so; the observer may hear of it a few
+            # milliseconds later. The watch from then on is what counts.
+            steps = zip(presence.times, presence.values, strict=True)
+            begin = next((t for t, present in steps if t > begin and present), end)
+        missing_since = None
         for t, present in zip(presence.times, presence.values, strict=True):
             if t <= begin or t >= end:
                 continue
@@ -352,7 +357,8 @@ def analyse(record: dict[str, Any]) -> dict[str, Any]:
         reasons.append(f"{len(record['crashed'])} children exited with an error")
     if record["leaked"]:
         reasons.append(f"{len(record['leaked'])} leaked processes")
-    reasons += [f"harness: {e}" for e in record["errors"]]
+    # One line each: an etcdctl error brings its log lines along.
+    reasons += [f"harness: {' '.join(e.split())[:300]}" for e in record["errors"]]
 
     def stops(kind: str) -> list[float]:
         return [r["stop_routing_s"] for r in routes if r["kind"] == kind and "stop_routing_s" in r]
