@@ -24,12 +24,13 @@ What runs, each in a process of its own, all on loopback:
 After ``--warmup`` seconds, a fault every 6-10 s (``--interval``), never two at once, in an order
 drawn from ``--seed`` (each kind once per round, shuffled): ``leader_kill`` and ``follower_kill``
 (SIGKILL, restart after ``--member-down`` s on the same ports and data), ``member_freeze``
-(SIGSTOP for ``--freeze`` s, then SIGCONT), ``compaction`` (to the current revision),
-``server_graceful_restart`` (SIGTERM: the server leaves its Registrar block, drains ``--drain`` s,
-exits; then starts again on the same port), ``server_kill`` (SIGKILL, restart on the same port
-after 0.5 to TTL + 2 s) and, with ``--mass-deletion``, ``mass_deletion`` (an operator's
-``etcdctl del --prefix`` of the service). ``--faults`` narrows the draw (``--faults
-member_freeze,server_kill``). No fault ends later than TTL + 3 s before the end.
+(SIGSTOP for ``--freeze`` s, then SIGCONT, of a member that a server or the client is connected
+to), ``compaction`` (to the current revision), ``server_graceful_restart`` (SIGTERM: the server
+leaves its Registrar block, drains ``--drain`` s, exits; then starts again on the same port),
+``server_kill`` (SIGKILL, restart on the same port after 0.5 to TTL + 2 s) and, with
+``--mass-deletion``, ``mass_deletion`` (an operator's ``etcdctl del --prefix`` of the service).
+``--faults`` narrows the draw (``--faults member_freeze,server_kill``). No fault ends later than
+TTL + 3 s before the end.
 
 The summary counts, from the children's records on one monotonic clock:
 
@@ -72,7 +73,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from _soak_procs import Child, ChildError, processes_matching, tracebacks_in
+from _soak_procs import Child, ChildError, connected_ports, processes_matching, tracebacks_in
 from _soak_report import analyse, table
 from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
 
@@ -127,6 +128,7 @@ class Soak:
         self.incarnations: list[tuple[dict[str, Any], Child]] = []
         self.faults: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        self.client: Child | None = None
         # When the client started calling.
         self.t0: float | None = None
         self._bag: list[str] = []
@@ -232,10 +234,27 @@ class Soak:
         followers = [m for m in self.cluster.members if m is not leader]
         await self.kill_member(self.rng.choice(followers), fault)
 
+    def member_users(self) -> dict[str, list[str]]:
+        """Which servers and client each member's connections serve right now."""
+        users: dict[str, list[str]] = {m.name: [] for m in self.cluster.members}
+        for name, child in [(s.name, s.child) for s in self.slots] + [("client", self.client)]:
+            if child is None or not child.running:
+                continue
+            ports = connected_ports(child.pid)
+            for member in self.cluster.members:
+                if member.client_port in ports:
+                    users[member.name].append(name)
+        return users
+
     async def member_freeze(self, fault: dict[str, Any]) -> None:
-        member = self.rng.choice(self.cluster.members)
+        # A member nobody talks to can freeze unnoticed: pick among those in use (a server's
+        # Registrar or the client's watch), which drift as kills make them fail over.
+        users = self.member_users()
+        candidates = [m for m in self.cluster.members if users[m.name]] or self.cluster.members
+        member = self.rng.choice(candidates)
         leader = await self.leader()
-        fault["target"] = f"{member.name}{' (leader)' if member is leader else ''}"
+        notes = [*(["leader"] if member is leader else []), *users[member.name]]
+        fault["target"] = f"{member.name} ({', '.join(notes) or 'unused'})"
         member.stop()
         fault["frozen"] = time.monotonic()
         await asyncio.sleep(self.args.freeze)
@@ -335,7 +354,7 @@ class Soak:
         await asyncio.gather(*(self.start_server(slot) for slot in self.slots))
         self.say(f"{len(self.slots)} servers registered; starting the client")
         names = {slot.address: slot.name for slot in self.slots}
-        client = self.spawn(
+        self.client = client = self.spawn(
             "client",
             "_soak_client.py",
             *("--urls", self.client_urls, "--service", SERVICE, "--expect", str(len(self.slots))),
