@@ -46,12 +46,15 @@ class PickNote:
         self._address: str | None = None
 
     def clear(self) -> None:
+        """Forget the last pick."""
         self._address = None
 
     def set(self, address: str) -> None:
+        """Note a pick."""
         self._address = address
 
     def get(self) -> str | None:
+        """The address of the last pick since :meth:`clear`, if any."""
         return self._address
 
 
@@ -84,12 +87,14 @@ class Recorder:
         self.pool_states: list[tuple[float, str, str]] = []
 
     def index(self, column: str, value: str | None) -> int:
+        """``value``'s index in the names of ``column``."""
         table = self.names[column]
         return table.setdefault(value, len(table))
 
     def call(
         self, start: float, end: float, address: str | None, outcome: str, server: str | None
     ) -> None:
+        """Record one call."""
         self.calls.append(
             (
                 start,
@@ -101,6 +106,7 @@ class Recorder:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The record, as JSON-ready columns."""
         columns = list(zip(*self.calls, strict=True)) if self.calls else [(), (), (), (), ()]
         return {
             "calls": {
@@ -139,6 +145,7 @@ async def sample_pool(channel: BalancedChannel, recorder: Recorder, period: floa
 
 
 async def wait_ready(channel: BalancedChannel, count: int) -> None:
+    """Wait until ``count`` subchannels are READY."""
     # channel_ready() returns once any subchannel is READY; the soak starts with all of them.
     with anyio.fail_after(_READY_TIMEOUT):
         while channel.statistics().by_state().get("READY", 0) < count:  # noqa: ASYNC110
@@ -146,6 +153,7 @@ async def wait_ready(channel: BalancedChannel, count: int) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
+    """Call until told to stop, then write the record."""
     stop = asyncio.Event()
     stop_on_eof_or_signal(stop)
     note = PickNote()
@@ -246,6 +254,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    """The client's command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--urls", required=True, help="etcd client URLs, comma-separated")
     parser.add_argument("--service", required=True)

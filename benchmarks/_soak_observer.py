@@ -60,6 +60,7 @@ class Truth:
         self.known = asyncio.Event()
 
     def report(self, revision: int, keys: dict[str, str | None]) -> None:
+        """A member's key set at ``revision``: the truth, unless a member told a newer one."""
         if revision <= self.revision:
             return
         changed = keys != self.keys
@@ -83,6 +84,7 @@ class MemberStream:
         self.last_error = ""
 
     async def run(self) -> None:
+        """List and watch this member, again after every break, until cancelled."""
         options = [
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
@@ -151,6 +153,7 @@ class MemberStream:
 
 
 async def run(args: argparse.Namespace) -> None:
+    """Watch every member until told to stop, then write the timeline."""
     stop = asyncio.Event()
     stop_on_eof_or_signal(stop)
     truth = Truth()
@@ -180,6 +183,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    """The observer's command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--members", required=True, help="etcd members, host:port,...")
     parser.add_argument("--prefix", required=True, help="key prefix, ending in /")

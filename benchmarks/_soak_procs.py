@@ -66,10 +66,12 @@ class Child:
 
     @property
     def pid(self) -> int:
+        """The child's process id."""
         return self.popen.pid
 
     @property
     def running(self) -> bool:
+        """Whether the child has not exited yet."""
         return self.popen.poll() is None
 
     def _read(self, stream: IO[bytes]) -> None:
@@ -110,6 +112,7 @@ class Child:
                 await asyncio.wait_for(asyncio.shield(self._changed), remaining)
 
     def stderr_tail(self, lines: int = 15) -> str:
+        """The last lines of the child's stderr, for an error message."""
         try:
             text = self.stderr_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
@@ -140,6 +143,7 @@ class Child:
         return self.popen.returncode
 
     def close_stdin(self) -> None:
+        """End of input: the child finishes when it reads it."""
         if self.popen.stdin is not None:
             with contextlib.suppress(OSError):
                 self.popen.stdin.close()

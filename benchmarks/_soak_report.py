@@ -37,6 +37,7 @@ FAULT_MOMENTS = (
 
 
 def p99(values: Sequence[float]) -> float | None:
+    """The 99th percentile (inclusive method), ``None`` for no values."""
     if not values:
         return None
     if len(values) == 1:
@@ -58,6 +59,7 @@ class Timeline:
         self.initial = initial
 
     def at(self, t: float) -> Any:
+        """The value at time ``t``."""
         i = bisect.bisect_right(self.times, t)
         return self.values[i - 1] if i else self.initial
 
@@ -70,10 +72,12 @@ class Windows:
         self.faults = faults
 
     def kind_at(self, t: float) -> str:
+        """The kind of the fault whose window holds ``t`` (``STEADY`` before the first)."""
         i = bisect.bisect_right(self.starts, t)
         return self.faults[i - 1]["kind"] if i else STEADY
 
     def index_at(self, t: float) -> int | None:
+        """The index of the fault whose window holds ``t``, ``None`` before the first."""
         i = bisect.bisect_right(self.starts, t)
         return i - 1 if i else None
 

@@ -56,6 +56,7 @@ async def report_losses(registrar: Registrar) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    """Serve, registered, until SIGTERM or end of input; then deregister, drain, stop."""
     stop = asyncio.Event()
     stop_on_eof_or_signal(stop)
     tag = f"{args.name}#{args.incarnation}".encode()
@@ -106,6 +107,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    """The server's command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--urls", required=True, help="etcd client URLs, comma-separated")
     parser.add_argument("--service", required=True)

@@ -96,6 +96,7 @@ _NOT_CONFIG = frozenset({"json", "workdir", "keep", "analyse"})
 
 
 def log(message: str) -> None:
+    """Progress, on stderr: stdout is for the table, the JSON and the verdict."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -112,6 +113,7 @@ class ServerSlot:
 
     @property
     def address(self) -> str:
+        """The address the server listens on and registers, the same in every incarnation."""
         return f"127.0.0.1:{self.port}"
 
 
@@ -140,6 +142,7 @@ class Soak:
         self.client_urls = ",".join(urls[1:] + urls[:1])
 
     def say(self, message: str) -> None:
+        """A progress line, stamped with the time since the client started calling."""
         # Times from the first call on, as in the summary.
         if self.t0 is None:
             log(f"[  setup ] {message}")
@@ -147,6 +150,7 @@ class Soak:
             log(f"[{time.monotonic() - self.t0:7.2f}s] {message}")
 
     def spawn(self, name: str, script: str, *arguments: str) -> Child:
+        """Start a child script of the soak, marked with the run id, its stderr in a file."""
         command = [sys.executable, str(HERE / script), *arguments, "--run-id", self.run_id]
         child = Child(name, command, self.workdir / f"{name}.stderr")
         self.children.append(child)
@@ -155,6 +159,7 @@ class Soak:
     # -- servers ----------------------------------------------------------------------------
 
     async def start_server(self, slot: ServerSlot) -> dict[str, Any]:
+        """Start the slot's next incarnation and wait until it registered."""
         slot.incarnation += 1
         tag = f"{slot.name}#{slot.incarnation}"
         a = self.args
@@ -203,6 +208,7 @@ class Soak:
         return lengths.get(kind, 1.0)
 
     async def leader(self) -> EtcdServer:
+        """The cluster's leader, waiting out an election."""
         deadline = time.monotonic() + _LEADER_TIMEOUT
         while True:
             leader = await asyncio.to_thread(self.cluster.leader)
@@ -213,10 +219,12 @@ class Soak:
             await asyncio.sleep(0.1)
 
     async def healthy(self) -> None:
+        """Wait until every member reports healthy."""
         for member in self.cluster.members:
             await member.wait_ready()
 
     async def kill_member(self, member: EtcdServer, fault: dict[str, Any]) -> None:
+        """SIGKILL ``member``, then restart it on the same ports and data."""
         fault["target"] = member.name
         member.kill()
         fault["killed"] = time.monotonic()
@@ -227,9 +235,11 @@ class Soak:
         await self.healthy()
 
     async def leader_kill(self, fault: dict[str, Any]) -> None:
+        """SIGKILL the leader and restart it."""
         await self.kill_member(await self.leader(), fault)
 
     async def follower_kill(self, fault: dict[str, Any]) -> None:
+        """SIGKILL a follower and restart it."""
         leader = await self.leader()
         followers = [m for m in self.cluster.members if m is not leader]
         await self.kill_member(self.rng.choice(followers), fault)
@@ -247,6 +257,7 @@ class Soak:
         return users
 
     async def member_freeze(self, fault: dict[str, Any]) -> None:
+        """SIGSTOP a member in use for ``--freeze`` seconds, then SIGCONT."""
         # A member nobody talks to can freeze unnoticed: pick among those in use (a server's
         # Registrar or the client's watch), which drift as kills make them fail over.
         users = self.member_users()
@@ -263,6 +274,7 @@ class Soak:
         await self.healthy()
 
     async def compaction(self, fault: dict[str, Any]) -> None:
+        """Compact etcd's history to the current revision."""
         # A write first (outside the service), so that there is always a new revision to compact
         # to, even right after another compaction.
         ctl = self.cluster.etcdctl
@@ -272,10 +284,12 @@ class Soak:
         fault["target"] = f"revision {revision}"
 
     async def mass_deletion(self, fault: dict[str, Any]) -> None:
+        """An operator's ``etcdctl del --prefix`` of the whole service."""
         out = await asyncio.to_thread(self.cluster.etcdctl, "del", "--prefix", f"{SERVICE}/")
         fault["target"] = f"{SERVICE}/ ({out.strip()} keys)"
 
     def pick_server(self, fault: dict[str, Any]) -> tuple[ServerSlot, Child]:
+        """A server drawn for a fault, noted in the fault."""
         slot = self.rng.choice(self.slots)
         assert slot.child is not None
         fault["target"] = slot.current["tag"]
@@ -283,12 +297,14 @@ class Soak:
         return slot, slot.child
 
     async def restart_server(self, slot: ServerSlot, fault: dict[str, Any]) -> None:
+        """Start the slot's next incarnation, on the same port."""
         fault["relaunched"] = time.monotonic()
         record = await self.start_server(slot)
         fault["registered"] = record["registered"]
         fault["incarnation"] = record["tag"]
 
     async def server_graceful_restart(self, fault: dict[str, Any]) -> None:
+        """SIGTERM a server (it deregisters, drains, exits), then start it again."""
         slot, child = self.pick_server(fault)
         fault["signalled"] = slot.current["ended"] = child.signal(signal.SIGTERM)
         slot.current["end_reason"] = "SIGTERM"
@@ -300,6 +316,7 @@ class Soak:
         await self.restart_server(slot, fault)
 
     async def server_kill(self, fault: dict[str, Any]) -> None:
+        """SIGKILL a server, then start it again after 0.5 to TTL + 2 s."""
         slot, child = self.pick_server(fault)
         signalled, died = child.kill()
         fault["signalled"] = slot.current["ended"] = signalled
@@ -343,6 +360,7 @@ class Soak:
     # -- the run ----------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
+        """Start everything, call and inflict faults for ``--duration``, stop everything."""
         a = self.args
         observer = self.spawn(
             "observer",
@@ -395,11 +413,13 @@ class Soak:
         }
 
     def destroy(self) -> None:
+        """Kill every child still running (cleanup on any path)."""
         for child in self.children:
             child.destroy()
 
 
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings, as the summary states them."""
     config = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
     config.update(
         service=SERVICE,
@@ -451,6 +471,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def report(summary: dict[str, Any], json_path: str | None) -> None:
+    """Print the table, the JSON and the verdict line; write the JSON to ``json_path``."""
     text = json.dumps(summary, indent=2)
     if json_path:
         Path(json_path).write_text(text + "\n")
@@ -482,6 +503,7 @@ def report(summary: dict[str, Any], json_path: str | None) -> None:
 
 
 def parse_args() -> argparse.Namespace:
+    """The soak's command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of calls")
     parser.add_argument("--seed", type=int, default=1, help="seeds the fault schedule")
@@ -522,6 +544,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    """Run (or re-analyse) a soak; the exit status."""
     args = parse_args()
     if args.analyse:
         record = json.loads((Path(args.analyse) / "record.json").read_text())
