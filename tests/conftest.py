@@ -1,15 +1,15 @@
-"""Shared fixtures: one real etcd for the session, a fresh client and service name per test."""
+"""Shared fixtures: the aiodiscovery pytest plugin's, under the names these tests use."""
 
 from __future__ import annotations
 
 import inspect
-import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 import aiodiscovery
 from aiodiscovery.testing import EtcdServer
+
+pytest_plugins = ("pytester",)
 
 
 @pytest.fixture(scope="session")
@@ -17,40 +17,28 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
-async def one_event_loop() -> AsyncIterator[None]:
-    """Hold anyio's test runner, and so one event loop, for the whole session.
-
-    grpc.aio binds its completion-queue poller to the loop it first ran on; with a new loop per
-    test, a late gRPC callback can land on a closed loop and fail an unrelated test.
-    """
-    yield
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Only async tests can take the async fixture above (a sync test asking for it is an error).
+    # Every async test shares the plugin's one event loop, not only those using its fixtures:
+    # the pool and example tests run grpc.aio servers of their own.
     for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.fixturenames.insert(0, "one_event_loop")
+        coroutine = isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)
+        if coroutine and "etcd_event_loop" not in item.fixturenames:
+            item.fixturenames.insert(0, "etcd_event_loop")
 
 
 @pytest.fixture(scope="session")
-def etcd() -> Iterator[EtcdServer]:
+def etcd(etcd_server: EtcdServer) -> EtcdServer:
     """One etcd for every test that only reads and writes keys under its own service."""
-    with EtcdServer() as server:
-        yield server
+    return etcd_server
 
 
 @pytest.fixture
-async def client(etcd: EtcdServer) -> AsyncIterator[aiodiscovery.EtcdClient]:
-    client = await aiodiscovery.connect(etcd.url)
-    try:
-        yield client
-    finally:
-        await client.close()
+def client(etcd_client: aiodiscovery.EtcdClient) -> aiodiscovery.EtcdClient:
+    """A client of the session's etcd, closed after the test."""
+    return etcd_client
 
 
 @pytest.fixture
-def service() -> str:
+def service(etcd_service: str) -> str:
     """A service name no other test uses, so tests can share the session's etcd."""
-    return f"test/{uuid.uuid4().hex[:12]}/svc"
+    return etcd_service

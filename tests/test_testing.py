@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, ClassVar
 
 import anyio
 import pytest
 
 import aiodiscovery
-from aiodiscovery.testing import EtcdCluster, EtcdServer, PortInUseError
+from aiodiscovery.testing import (
+    EtcdCluster,
+    EtcdGrpcProxy,
+    EtcdServer,
+    PortInUseError,
+    TLSFiles,
+    run_etcdctl,
+)
 
 from .helpers import eventually
+from .processes import Process, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -148,3 +163,140 @@ async def test_a_given_port_in_use_is_not_silently_replaced() -> None:
         with pytest.raises(PortInUseError, match=f"port {port} is already in use"):
             async with EtcdServer(client_port=port):
                 pytest.fail("must not start")
+
+
+async def test_async_forms_keep_blocking_work_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files, reaping and etcdctl run in worker threads or as async processes: a blocking call
+    on the loop's thread would stall every other task (a registrar's keep-alive, a watch)."""
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    def spy(owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def recorded(*args: object, **kwargs: object) -> object:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+
+    spy(shutil, "rmtree")
+    spy(subprocess, "run")
+    spy(subprocess.Popen, "wait")
+    spy(TLSFiles, "generate")
+    spy(time, "sleep")
+    async with EtcdServer(tls=True) as etcd:
+        await etcd.etcdctl_async("put", "k", "v")
+        await etcd.restart()
+        assert (await etcd.etcdctl_async("get", "k", "--print-value-only")).strip() == "v"
+    async with EtcdCluster(1) as cluster:
+        assert await cluster.leader_async() is cluster.members[0]
+    with pytest.raises(RuntimeError, match="exited"):
+        async with EtcdServer(extra_args=["--no-such-flag"]):
+            pass
+    assert on_loop == []
+
+
+PASSWORD = "kit-Pa55word-7f3a"  # distinctive, so a leak anywhere is easy to find
+
+
+class RecordingPopen(subprocess.Popen):  # type: ignore[type-arg]
+    """Every process started in the test, through subprocess.run, asyncio or directly."""
+
+    started: ClassVar[list[tuple[list[str], dict[str, str]]]] = []
+
+    def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+        env = kwargs.get("env")
+        RecordingPopen.started.append(([os.fsdecode(a) for a in args], dict(env or os.environ)))
+        super().__init__(args, *rest, **kwargs)
+
+
+async def test_no_password_on_any_command_line_the_kit_builds(
+    monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    RecordingPopen.started.clear()
+    async with EtcdServer(client_cert_auth=True) as etcd:
+        etcd.enable_auth("alice", PASSWORD)
+        assert etcd.auth_user == "alice"
+        etcd.etcdctl("put", f"{service}/k", "v")
+        assert (await etcd.etcdctl_async("get", f"{service}/k", "--print-value-only")) == "v\n"
+        async with EtcdGrpcProxy(etcd) as proxy:
+            proxy.etcdctl("put", f"{service}/k", "through the proxy")
+        pid = etcd.pid
+        assert pid is not None
+        cmdline = await anyio.Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert PASSWORD.encode() not in cmdline
+        # Authentication is really on: without credentials etcd refuses.
+        with pytest.raises(RuntimeError, match="permission denied"):
+            run_etcdctl(etcd.url, "get", "x", flags=etcd.ctl_flags())
+        assert etcd.ctl_env()["ETCDCTL_PASSWORD"] == PASSWORD
+    argvs = [argv for argv, _ in RecordingPopen.started]
+    assert any("grpc-proxy" in argv for argv in argvs)
+    assert not [argv for argv in argvs if any(PASSWORD in arg for arg in argv)]
+    with_password = [env for _, env in RecordingPopen.started if PASSWORD in env.values()]
+    assert with_password, "the password reached etcdctl some other way"
+    assert all(env["ETCDCTL_PASSWORD"] == PASSWORD for env in with_password)
+
+
+async def test_passwords_etcdctl_cannot_read_are_refused_before_anything_changes() -> None:
+    async with EtcdServer() as etcd:
+        for bad in ("", "two words", "tab\there"):
+            with pytest.raises(ValueError, match="one word"):
+                etcd.enable_auth(password=bad)
+        assert etcd.auth_user is None
+        assert "Authentication Status: false" in etcd.etcdctl("auth", "status")
+
+
+async def test_the_callers_etcdctl_settings_do_not_redirect_the_kit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """etcdctl refuses an ETCDCTL_ENDPOINTS that a flag shadows, and would use a stray
+    ETCDCTL_USER: the kit's etcdctl talks to its own member with its own credentials."""
+    monkeypatch.setenv("ETCDCTL_ENDPOINTS", "http://127.0.0.1:1")
+    monkeypatch.setenv("ETCDCTL_USER", "mallory:guess")
+    async with EtcdServer() as etcd:
+        etcd.etcdctl("put", "k", "v")
+        assert etcd.etcdctl("get", "k", "--print-value-only") == "v\n"
+
+
+OWNER_SCRIPTS = {
+    "with": """
+import time
+from aiodiscovery.testing import EtcdGrpcProxy, EtcdServer
+with EtcdServer() as etcd, EtcdGrpcProxy(etcd) as proxy:
+    print("pids", etcd.pid, proxy.pid, flush=True)
+    time.sleep(600)
+""",
+    "async with": """
+import anyio
+from aiodiscovery.testing import EtcdGrpcProxy, EtcdServer
+async def main():
+    async with EtcdServer() as etcd, EtcdGrpcProxy(etcd) as proxy:
+        print("pids", etcd.pid, proxy.pid, flush=True)
+        await anyio.sleep_forever()
+anyio.run(main)
+""",
+}
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its exit status left (a zombie nobody has reaped yet)."""
+    try:
+        return process_state(pid) in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("form", OWNER_SCRIPTS)
+def test_no_etcd_outlives_an_interpreter_killed_with_sigkill(form: str) -> None:
+    """No atexit hook runs on SIGKILL: the kernel must take the children down with it."""
+    with Process([sys.executable, "-c", OWNER_SCRIPTS[form]]) as owner:
+        pids = [int(pid) for pid in owner.expect(r"^pids (\d+) (\d+)$", timeout=30).groups()]
+        assert not any(gone(pid) for pid in pids)
+        owner.signal(signal.SIGKILL)
+        assert owner.wait() == -signal.SIGKILL
+    wait_for(lambda: [pid for pid in pids if not gone(pid)], lambda left: not left, timeout=15)

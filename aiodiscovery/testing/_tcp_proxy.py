@@ -10,7 +10,7 @@ from typing import Self
 import anyio
 import anyio.abc
 
-from ._taskgroup import exit_task_group
+from .._taskgroup import exit_task_group
 
 __all__ = ["TcpProxy"]
 
