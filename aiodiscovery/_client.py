@@ -33,7 +33,7 @@ from ._auth import TOKEN_KEY, AuthInterceptor, TokenAuth, is_auth_cancel, is_tok
 from ._exceptions import AuthenticationError, EtcdError, EtcdUnavailableError
 from ._hub import WatchHub
 from ._members import DEFAULT_HEARTBEAT, Member, MemberSet, MemberStatistics
-from ._rpc import rpc_step, translate_error
+from ._rpc import member_trouble, rpc_step, translate_error
 from ._taskgroup import TaskHost
 from ._tls import PemSource, diagnose, tls_config
 from ._urls import DEFAULT_URL, member_address, parse_urls
@@ -49,8 +49,6 @@ DEFAULT_TIMEOUT = 5.0
 # Asks etcd to end a stream when its member loses the leader, as Go's WithRequireLeader does, so
 # that a member cut off from the quorum cannot keep a watch or keep-alive looking healthy.
 REQUIRE_LEADER = ("hasleader", "true")
-# Codes that say the member could not serve the call: the next call should go elsewhere.
-_MEMBER_TROUBLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def _channel_options(extra: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -275,7 +273,7 @@ class EtcdClient:
                 )
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _MEMBER_TROUBLE:
+            if member_trouble(exc):
                 self.members.abandon(member, f"{exc.code().name}: {exc.details()}")
             raise translate_error(exc) from exc
         self.members.heard(member)

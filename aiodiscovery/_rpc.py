@@ -14,10 +14,22 @@ from anyio.lowlevel import checkpoint
 from ._auth import is_token_error
 from ._exceptions import AuthenticationError, EtcdError, EtcdUnavailableError, LeaseNotFoundError
 
-__all__ = ["close_call", "etcd_errors", "rpc_step", "translate_error"]
+__all__ = ["close_call", "etcd_errors", "member_trouble", "rpc_step", "translate_error"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def member_trouble(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the member (or proxy) answering could not serve the call: try another one.
+
+    etcd's gRPC proxy reports a request it could not get answered upstream in time as UNKNOWN
+    "context deadline exceeded" rather than UNAVAILABLE.
+    """
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    return code == grpc.StatusCode.UNKNOWN and "context deadline exceeded" in (exc.details() or "")
 
 
 def translate_error(exc: grpc.aio.AioRpcError) -> EtcdError:
@@ -38,7 +50,7 @@ def translate_error(exc: grpc.aio.AioRpcError) -> EtcdError:
             code=name,
             details=details,
         )
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if member_trouble(exc):
         message = f"etcd unavailable: {details or name}"
         return EtcdUnavailableError(message, code=name, details=details)
     return EtcdError(f"etcd error {name}: {details}", code=name, details=details)
