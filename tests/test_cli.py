@@ -202,6 +202,57 @@ def test_watch_json_lines(etcd: EtcdServer, service: str) -> None:
         assert watcher.wait(15) == 130, watcher.stderr
 
 
+# -- untrusted text ----------------------------------------------------------------------------
+
+# An escape sequence, a C1 control (CSI) and DEL: what a writer to etcd could aim at a terminal.
+NASTY = "e\x1b[2J\x9b1m\x7f"
+
+
+def printable(text: str) -> bool:
+    return all(c.isprintable() or c == "\n" for c in text)
+
+
+def test_registry_text_reaches_no_terminal_raw(etcd: EtcdServer, service: str) -> None:
+    key = f"{service}/{NASTY}"
+    metadata = f"m\x1b]0;title\x07\x85{NASTY}"
+    etcd.etcdctl("put", key, json.dumps({"Addr": "10.0.0.1:1", "Metadata": metadata}))
+
+    table = run_cli("--endpoints", etcd.url, "list", service)
+    assert table.returncode == 0, table.stderr
+    assert printable(table.stdout) and printable(table.stderr), table.stdout
+    assert f"{service}/e\\x1b[2J\\x9b1m\\x7f" in table.stdout
+    as_json = run_cli("--endpoints", etcd.url, "list", service, "--json")
+    assert printable(as_json.stdout), as_json.stdout
+    # Escaped, not lost: the JSON holds the very key and metadata.
+    [entry] = json.loads(as_json.stdout)
+    assert (entry["key"], entry["metadata"]) == (key, metadata)
+
+    for extra in ([], ["--json"]):
+        with Process(cli_command("--endpoints", etcd.url, "watch", service, *extra)) as watcher:
+            lines = [watcher.readline()]
+            if not extra:
+                lines.append(watcher.readline())
+            watcher.signal(signal.SIGTERM)
+            assert watcher.wait(15) == 143, watcher.stderr
+        assert all(printable(line) for line in lines), lines
+        if extra:
+            [update] = json.loads(lines[0])["updates"]
+            assert (update["key"], update["metadata"]) == (key, metadata)
+
+
+def test_add_ttl_prints_its_key_escaped(etcd: EtcdServer, service: str) -> None:
+    key = f"{service}/{NASTY}"
+    with Process(
+        cli_command("--endpoints", etcd.url, "add", key, "10.0.0.4:1", "--ttl", "30")
+    ) as adder:
+        adder.expect(r"^registered ")
+        adder.signal(signal.SIGTERM)
+        assert adder.wait(15) == 143, adder.stderr
+    assert printable(adder.stdout) and printable(adder.stderr), adder.stdout + adder.stderr
+    assert "registered " in adder.stdout and "stopping: " in adder.stdout
+    assert "unregistered " in adder.stderr
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
@@ -427,7 +478,8 @@ def test_demo_servers_that_cannot_register_fail_in_one_line(read_only_etcd: Etcd
 
 def test_demo_fails_when_a_stranger_takes_calls(etcd: EtcdServer, service: str) -> None:
     # Someone else's server registered under the demo's service takes phase 1 calls: the script
-    # runs on, and the summary and one "demo FAILED" line say what went wrong.
+    # runs on, and the summary and one "demo FAILED" line say what went wrong. The name in its
+    # replies is the stranger's to choose: it reaches the terminal escaped.
     stranger = [
         sys.executable,
         str(ROOT / "examples" / "greeter_server.py"),
@@ -436,16 +488,19 @@ def test_demo_fails_when_a_stranger_takes_calls(etcd: EtcdServer, service: str) 
         "--service",
         service,
         "--name",
-        "stranger",
+        "str\x1b[1manger",
     ]
     with Process(stranger) as server:
-        server.expect(r"^stranger: serving on ")
+        server.expect(r"^str.*: serving on ")
         args = ("demo", "--endpoints", etcd.url, "--service", service, "--phase-seconds", "1")
         result = run_cli(*args, timeout=90)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "== summary ==" in result.stdout
     failed = result.stdout.splitlines()[-1]
-    assert failed.startswith("demo FAILED: phase 1 reached ['s1', 's2', 's3', 'stranger']")
+    assert failed.startswith(
+        "demo FAILED: phase 1 reached s1, s2, s3, str\\x1b[1manger, not s1, s2 and s3"
+    )
+    assert printable(result.stdout)
     assert result.stderr == ""
 
 

@@ -13,7 +13,7 @@ from aiodiscovery import Endpoint, EndpointManager, Registrar
 from . import _argtypes
 from ._command import Command
 from ._errors import EXIT_OK, fail
-from ._output import lease_hex, say
+from ._output import lease_hex, safe, say
 from ._settings import ConnectSettings
 from ._targets import KEY_HELP, service_of
 
@@ -63,7 +63,7 @@ async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:
         async with registrar:
             stats = registrar.statistics()
             say(
-                f"registered {args.key} -> {endpoint.addr} with lease "
+                f"registered {safe(args.key)} -> {safe(endpoint.addr)} with lease "
                 f"{lease_hex(stats.lease_id or 0)} (TTL {stats.ttl} s); keeping it alive until "
                 "Ctrl-C"
             )
@@ -72,7 +72,7 @@ async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:
             finally:
                 # Read again: a lost lease was replaced by a new one meanwhile.
                 lease = lease_hex(registrar.lease_id or 0)
-                say(f"stopping: revoking lease {lease}, which deletes {args.key}")
+                say(f"stopping: revoking lease {lease}, which deletes {safe(args.key)}")
     return EXIT_OK  # not reached: only a signal ends a kept-alive registration
 
 

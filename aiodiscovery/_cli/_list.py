@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from aiodiscovery import EndpointManager
 
 from ._command import Command
 from ._errors import EXIT_OK
-from ._output import compact_json, lease_hex, safe, say, table
+from ._output import compact_json, json_text, lease_hex, safe, say, table
 from ._settings import ConnectSettings
 from ._targets import TARGET_HELP, target_prefix
 
@@ -35,7 +34,7 @@ async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:
             {"key": key, "addr": ep.addr, "metadata": ep.metadata, "lease": lease_hex(lease)}
             for key, ep, lease in rows
         ]
-        say(json.dumps(doc, ensure_ascii=False, indent=2))
+        say(json_text(doc, indent=2))
     elif not rows:
         say(f"no endpoints under {safe(prefix)}")
     else:

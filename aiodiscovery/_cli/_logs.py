@@ -21,7 +21,9 @@ logger = logging.getLogger("aiodiscovery")
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # Line by line (a --debug traceback keeps its lines): whatever a log call passed raw,
+        # a key or an address from the registry, reaches the terminal escaped.
+        text = "\n".join(safe(line) for line in super().format(record).split("\n"))
         return f"{PROG}: {record.levelname.lower()}: {text}"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiodiscovery import safe
 
-__all__ = ["compact_json", "lease_hex", "safe", "say", "table"]
+__all__ = ["compact_json", "json_text", "lease_hex", "safe", "say", "table"]
 
 
 def say(*lines: str) -> None:
@@ -41,3 +41,24 @@ def lease_hex(lease: int) -> str | None:
 def compact_json(value: Any) -> str:
     """``value`` as one line of JSON, keys sorted (for a table cell or a watch line)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as JSON for scripts: non-ASCII text stays readable, but every character that is
+    not printable (DEL, C1 controls such as CSI, line separators) is written as a ``\\u``
+    escape, as JSON allows, so that the text cannot drive a terminal and reads back the same."""
+    separators = None if indent is not None else (",", ":")
+    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
+    # A raw line break in the output is always the indentation's: json escapes those in strings.
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    # Non-printable astral characters (unassigned planes): a UTF-16 surrogate pair, as JSON has it.
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"

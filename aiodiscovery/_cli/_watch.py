@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from typing import Any
 
 from aiodiscovery import EndpointManager, Operation, Update, WatchBatch
 
 from ._command import Command
 from ._errors import EXIT_OK
-from ._output import compact_json, lease_hex, safe, say
+from ._output import compact_json, json_text, lease_hex, safe, say
 from ._settings import ConnectSettings
 from ._targets import TARGET_HELP, target_prefix
 
@@ -65,7 +64,7 @@ def _batch_lines(batch: WatchBatch, prefix: str, *, first: bool, as_json: bool) 
             "relist": batch.relist and not first,
             "updates": [_update_json(u) for u in batch.updates],
         }
-        return [json.dumps(doc, ensure_ascii=False, separators=(",", ":"))]
+        return [json_text(doc)]
     if first:
         header = (
             f"# revision {batch.revision}: {len(batch.updates)} endpoints under {safe(prefix)}; "

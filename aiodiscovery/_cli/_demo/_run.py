@@ -12,7 +12,7 @@ import anyio
 
 import aiodiscovery
 
-from .._output import say
+from .._output import safe, say
 from ._options import DemoOptions
 from ._script import run_script
 from ._servers import Server, spawn
@@ -101,7 +101,7 @@ async def _run_demo(options: DemoOptions) -> int:
 
         summary(traffic)
         if problems:
-            say("demo FAILED: " + "; ".join(problems))
+            say("demo FAILED: " + safe("; ".join(problems)))
             return 1
         say("demo OK: no call failed except those in flight on the crashed server")
         return 0

@@ -13,7 +13,7 @@ import grpc.aio
 
 from aiodiscovery import BalancedChannel
 
-from .._output import say
+from .._output import safe, say
 from ._protocol import METHOD
 
 __all__ = ["Phase", "Traffic"]
@@ -78,7 +78,8 @@ class Traffic:
                 self.phase.failures[exc.code().name] += 1
                 self.second_failures += 1
                 continue
-            server = reply.decode().rsplit(" ", 1)[-1]
+            # The reply's last word names the server; a stranger's server can say anything.
+            server = safe(reply.decode(errors="replace").rsplit(" ", 1)[-1])
             self.phase.calls[server] += 1
             self.second[server] += 1
 
@@ -89,7 +90,7 @@ class Traffic:
         for address, sub in sorted(
             stats.subchannels.items(), key=lambda item: self.names.get(item[0], item[0])
         ):
-            label = self.names.get(address, address)
+            label = safe(self.names.get(address, address))
             if sub.draining:
                 label += "(draining)"
             elif sub.state != "READY":

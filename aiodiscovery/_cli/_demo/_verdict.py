@@ -28,7 +28,7 @@ def check(traffic: Traffic, callers: int) -> list[str]:
     if unexpected := sorted(set(crash.failures) - CRASH_CODES):
         problems.append(f"crash-phase calls failed with {', '.join(unexpected)}")
     if set(steady.calls) != {"s1", "s2", "s3"}:
-        problems.append(f"phase 1 reached {sorted(steady.calls)}, not s1, s2 and s3")
+        problems.append(f"phase 1 reached {', '.join(sorted(steady.calls))}, not s1, s2 and s3")
     if not scale.calls["s4"]:
         problems.append("s4 took no calls")
     if any(not phase.ok for phase in traffic.phases):
