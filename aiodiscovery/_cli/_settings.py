@@ -1,5 +1,10 @@
-"""Connection settings: the etcdctl-style options (and ``$ETCD_ENDPOINTS``), turned into what
-:func:`aiodiscovery.connect` takes."""
+"""Connection settings: the etcdctl-style options, else their ``ETCDCTL_*`` variables, else
+defaults, turned into what :func:`aiodiscovery.connect` takes.
+
+An option beats its variable (etcdctl refuses to run with both set; we let the option win). The
+endpoints come from ``--endpoints``, else ``$ETCDCTL_ENDPOINTS``, else ``$ETCD_ENDPOINTS`` (the
+name this command read first), else ``http://127.0.0.1:2379``.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,19 @@ from aiodiscovery import DEFAULT_TIMEOUT, DEFAULT_URL, EtcdClient, EtcdError
 
 from ._argtypes import duration
 from ._credentials import add_credential_options, credentials
-from ._errors import CommandError, UsageError, cli_words
+from ._errors import CommandError, UsageError, cli_words, fail
 
 __all__ = ["ENV_ENDPOINTS", "ConnectSettings", "add_connection_options", "settings_from_args"]
 
-ENV_ENDPOINTS = "ETCD_ENDPOINTS"
+#: Where the endpoints come from when ``--endpoints`` is not given, first found first.
+ENV_ENDPOINTS = ("ETCDCTL_ENDPOINTS", "ETCD_ENDPOINTS")
+ENV_DIAL_TIMEOUT = "ETCDCTL_DIAL_TIMEOUT"
+# Option destination -> the etcdctl variable that stands in for it.
+_ENV_FILES = {
+    "cacert_file": "ETCDCTL_CACERT",
+    "cert_file": "ETCDCTL_CERT",
+    "key_file": "ETCDCTL_KEY",
+}
 
 
 @dataclass(frozen=True)
@@ -83,23 +96,29 @@ def add_connection_options(parser: argparse.ArgumentParser, *, in_command: bool)
         "--endpoints",
         metavar="URLS",
         default=default(None),
-        help=f"comma-separated etcd URLs (default: ${ENV_ENDPOINTS}, else {DEFAULT_URL}); "
-        "https:// URLs use TLS",
+        help=f"comma-separated etcd URLs (default: ${ENV_ENDPOINTS[0]}, else "
+        f"${ENV_ENDPOINTS[1]}, else {DEFAULT_URL}); https:// URLs use TLS",
     )
     group.add_argument(
         "--dial-timeout",
         metavar="DURATION",
         type=duration,
-        default=default(DEFAULT_TIMEOUT),
+        default=default(None),
         help=f"how long to wait for etcd, at connect and for each request, e.g. 2s or 500ms "
-        f"(default: {DEFAULT_TIMEOUT:g}s)",
+        f"(default: ${ENV_DIAL_TIMEOUT}, else {DEFAULT_TIMEOUT:g}s)",
     )
     for dest, option, text in (
         ("cacert_file", "--cacert", "CA bundle that signed etcd's cert"),
         ("cert_file", "--cert", "client certificate (PEM)"),
         ("key_file", "--key", "client certificate's key (PEM)"),
     ):
-        group.add_argument(option, metavar="FILE", dest=dest, default=default(None), help=text)
+        group.add_argument(
+            option,
+            metavar="FILE",
+            dest=dest,
+            default=default(None),
+            help=f"{text} (default: ${_ENV_FILES[dest]})",
+        )
     group.add_argument(
         "--server-name",
         metavar="NAME",
@@ -118,16 +137,33 @@ def add_connection_options(parser: argparse.ArgumentParser, *, in_command: bool)
 def settings_from_args(
     args: argparse.Namespace, environ: Mapping[str, str], stdin: TextIO
 ) -> ConnectSettings:
-    """Resolve the global options (and ``$ETCD_ENDPOINTS``) into settings."""
-    urls = args.endpoints or environ.get(ENV_ENDPOINTS) or DEFAULT_URL
-    user = credentials(args, stdin)
+    """Resolve the global options, then the ``ETCDCTL_*`` variables, into settings."""
+
+    def env(name: str) -> str | None:
+        return environ.get(name) or None
+
+    urls = args.endpoints or next(filter(None, map(env, ENV_ENDPOINTS)), None) or DEFAULT_URL
+    timeout = args.dial_timeout or _env_duration(env(ENV_DIAL_TIMEOUT)) or DEFAULT_TIMEOUT
+    files: dict[str, str | None] = {
+        dest: getattr(args, dest) or env(name) for dest, name in _ENV_FILES.items()
+    }
+    user = credentials(args, environ, stdin)
     return ConnectSettings(
         urls=urls,
-        timeout=args.dial_timeout,
-        ca=args.cacert_file,
-        cert=args.cert_file,
-        key=args.key_file,
+        timeout=timeout,
+        ca=files["cacert_file"],
+        cert=files["cert_file"],
+        key=files["key_file"],
         server_name=args.server_name,
         username=None if user is None else user.username,
         password=None if user is None else user.password,
     )
+
+
+def _env_duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return duration(text)
+    except argparse.ArgumentTypeError as exc:
+        fail(f"${ENV_DIAL_TIMEOUT}: {exc}")

@@ -60,6 +60,8 @@ def _check(args: argparse.Namespace) -> None:
             ("--server-name", args.server_name),
             ("--user", args.user),
             ("--password", args.password),
+            ("--password-file", args.password_file),
+            ("--password-stdin", args.password_stdin or None),
         )
         if value is not None
     ]
@@ -87,8 +89,8 @@ async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:
 DEMO = Command(
     name="demo",
     help="watch discovery work: etcd, three servers, a client",
-    description="Start an embedded etcd (unless --endpoints is given; $ETCD_ENDPOINTS is "
-    "not used here), three gRPC greeter servers as child "
+    description="Start an embedded etcd (unless --endpoints is given; the ETCDCTL_* and "
+    "ETCD_ENDPOINTS variables are not used here), three gRPC greeter servers as child "
     "processes that register themselves, and a client calling them through resolve(). Then one "
     "server leaves gracefully, one crashes (SIGKILL) and a new one joins, while a line per "
     "second shows where the calls go. Exits 0 when no call failed except those in flight on "
