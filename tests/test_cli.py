@@ -93,6 +93,37 @@ def test_add_and_del(etcd: EtcdServer, service: str) -> None:
     assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
 
 
+def test_add_weight_and_zone_as_a_string_go_clients_survive(etcd: EtcdServer, service: str) -> None:
+    # Attributes in URL query form, names sorted, in a JSON string: an object here would crash
+    # grpc-go's balancers (etcd-io/etcd#19700).
+    key = f"{service}/e1"
+    args = ("--endpoints", etcd.url, "add", key, "10.0.0.1:50051")
+    result = run_cli(*args, "--zone", "eu west/1", "--weight", "2")
+    assert (result.returncode, result.stdout) == (0, "OK\n"), result.stderr
+    assert etcd.etcdctl("get", key, "--print-value-only").strip() == (
+        '{"Op":0,"Addr":"10.0.0.1:50051","Metadata":"weight=2\\u0026zone=eu+west%2F1"}'
+    )
+    result = run_cli(*args, "--weight", "4294967295")
+    assert result.returncode == 0, result.stderr
+    listing = run_cli("--endpoints", etcd.url, "list", service)
+    assert listing.stdout.splitlines()[1].split() == [
+        key,
+        "10.0.0.1:50051",
+        '"weight=4294967295"',
+        "-",
+    ]
+    for bad in (["--weight", "0"], ["--weight", "4294967296"], ["--weight", "2.5"]):
+        result = run_cli(*args, *bad)
+        assert result.returncode == 2 and "--weight" in result.stderr, result.stderr
+    for bad, message in (
+        (["--weight", "2", "--metadata", "{}"], "give --metadata or --weight/--zone, not both"),
+        (["--zone", ""], "--zone must not be empty"),
+    ):
+        result = run_cli(*args, *bad)
+        assert result.returncode == 2
+        assert message in one_error_line(result)
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_add_with_ttl_keeps_the_lease_until_a_signal(
     etcd: EtcdServer, service: str, signum: int, code: int

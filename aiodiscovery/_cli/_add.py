@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 
@@ -23,7 +24,21 @@ __all__ = ["ADD"]
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("key", metavar="KEY", help=KEY_HELP)
     parser.add_argument("addr", metavar="ADDR", help="address clients dial, e.g. 10.0.0.1:50051")
-    parser.add_argument("--metadata", metavar="JSON", help="any JSON value (default: null)")
+    parser.add_argument(
+        "--weight",
+        type=_argtypes.weight,
+        help="the endpoint's weight for weighted balancing (1 to 2**32-1), written in the "
+        "metadata as weight=N",
+    )
+    parser.add_argument(
+        "--zone", help="the endpoint's zone (locality), written in the metadata as zone=Z"
+    )
+    parser.add_argument(
+        "--metadata",
+        metavar="JSON",
+        help="any JSON value instead (default: null); a JSON object crashes grpc-go clients "
+        "that balance over it (etcd-io/etcd#19700)",
+    )
     parser.add_argument(
         "--ttl",
         metavar="SECONDS",
@@ -32,7 +47,24 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _metadata(text: str | None) -> Any:
+def _metadata(args: argparse.Namespace) -> Any:
+    attributes = {
+        name: value
+        for name, value in (("weight", args.weight), ("zone", args.zone))
+        if value is not None
+    }
+    if attributes:
+        if args.metadata is not None:
+            fail("give --metadata or --weight/--zone, not both")
+        if args.zone == "":
+            fail("--zone must not be empty")
+        # Attributes as a string in URL query form, names sorted ("weight=2&zone=eu-1"): Go
+        # clients read a string safely (url.ParseQuery), where an object can panic them.
+        return urlencode(sorted((name, str(value)) for name, value in attributes.items()))
+    return _json_metadata(args.metadata)
+
+
+def _json_metadata(text: str | None) -> Any:
     if text is None:
         return None
 
@@ -48,7 +80,7 @@ def _metadata(text: str | None) -> Any:
 async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:
     service = service_of(args.key)
     try:
-        endpoint = Endpoint(args.addr, _metadata(args.metadata))
+        endpoint = Endpoint(args.addr, _metadata(args))
     except ValueError as exc:
         fail(str(exc))
     async with settings.client() as client:
@@ -80,8 +112,10 @@ ADD = Command(
     name="add",
     help="register an endpoint (optionally leased and kept alive)",
     description="Put an endpoint at KEY, in the Go client's format. The service is KEY up to "
-    "its last '/'. With --ttl, grant a lease, put under it and keep it alive until Ctrl-C or "
-    "SIGTERM, then revoke it (like `etcdctl lease keep-alive`, which leaves the lease to expire).",
+    "its last '/'. --weight and --zone write the metadata as a string that every Go client "
+    "reads safely (weight=2&zone=eu-1). With --ttl, grant a lease, put under it and keep it "
+    "alive until Ctrl-C or SIGTERM, then revoke it (like `etcdctl lease keep-alive`, which "
+    "leaves the lease to expire).",
     configure=_configure,
     run=_run,
 )

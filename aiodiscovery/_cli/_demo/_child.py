@@ -10,6 +10,7 @@ import signal
 import sys
 import warnings
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 import grpc.aio
@@ -56,7 +57,9 @@ async def _serve(reader: asyncio.StreamReader, config: dict[str, Any]) -> None:
         warnings.simplefilter("ignore", UserWarning)
         client = await aiodiscovery.connect(config["urls"], **config["connect"])
     try:
-        endpoint = aiodiscovery.Endpoint(address, {"server": name})
+        # Metadata as a string (server=s1), never an object: Go clients in the same registry
+        # would crash on an object (etcd-io/etcd#19700).
+        endpoint = aiodiscovery.Endpoint(address, urlencode([("server", name)]))
         registrar = aiodiscovery.Registrar(client, config["service"], endpoint, ttl=config["ttl"])
         async with registrar:
             _tell("READY", address, registrar.key)
