@@ -14,17 +14,23 @@ from aiodiscovery import safe
 
 from ._errors import PROG
 
-__all__ = ["logging_to_stderr", "report_error"]
+__all__ = ["LineFormatter", "logging_to_stderr", "report_error"]
 
 logger = logging.getLogger("aiodiscovery")
 
 
-class _Formatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """``aiodiscovery: <level>: <prefix><message>``, escaped line by line (a --debug traceback
+    keeps its lines): whatever a log call passed raw, a key or an address from the registry,
+    reaches the terminal escaped."""
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__("%(message)s")
+        self.prefix = prefix
+
     def format(self, record: logging.LogRecord) -> str:
-        # Line by line (a --debug traceback keeps its lines): whatever a log call passed raw,
-        # a key or an address from the registry, reaches the terminal escaped.
         text = "\n".join(safe(line) for line in super().format(record).split("\n"))
-        return f"{PROG}: {record.levelname.lower()}: {text}"
+        return f"{PROG}: {record.levelname.lower()}: {self.prefix}{text}"
 
 
 class _RegistrationNews(logging.Filter):
@@ -42,7 +48,7 @@ def logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
     """Log lines on stderr for one ``main()`` call; the logger is as before afterwards, so that
     ``main()`` can run again in one process without doubling every line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(message)s"))
+    handler.setFormatter(LineFormatter())
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.propagate = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import signal
 import sys
@@ -17,6 +18,7 @@ import grpc.aio
 
 import aiodiscovery
 
+from .._logs import LineFormatter
 from ._protocol import CHILD_EXIT_TIMEOUT, SERVICE
 
 __all__ = ["serve_main"]
@@ -33,8 +35,18 @@ def _tell(*words: str) -> None:
     print(*words, flush=True)
 
 
+def _log_warnings(name: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter(f"demo server {name}: "))
+    logger = logging.getLogger("aiodiscovery")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
 async def _serve(reader: asyncio.StreamReader, config: dict[str, Any]) -> None:
     name: str = config["name"]
+    _log_warnings(name)
 
     async def say_hello(request: bytes, context: Any) -> bytes:
         # A little work, so that calls are in flight when the server leaves or dies.

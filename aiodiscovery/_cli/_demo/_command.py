@@ -93,8 +93,8 @@ DEMO = Command(
     "ETCD_ENDPOINTS variables are not used here), three gRPC greeter servers as child "
     "processes that register themselves, and a client calling them through resolve(). Then one "
     "server leaves gracefully, one crashes (SIGKILL) and a new one joins, while a line per "
-    "second shows where the calls go. Exits 0 when no call failed except those in flight on "
-    "the crashed server.",
+    "second shows where the calls go. Exits 0 when no call failed except those sent to the "
+    "crashed server.",
     configure=_configure,
     run=_run,
     check=_check,

@@ -16,7 +16,7 @@ from .._output import safe, say
 from ._options import DemoOptions
 from ._script import run_script
 from ._servers import Server, spawn
-from ._traffic import Phase, Traffic
+from ._traffic import Traffic
 from ._verdict import check, summary
 
 __all__ = ["run_demo"]
@@ -75,7 +75,7 @@ async def _run_demo(options: DemoOptions) -> int:
         channel = await aiodiscovery.resolve(client, f"etcd:///{service}")
         stack.push_async_callback(_shielded, channel.close)
         names = {s.address: s.name for s in servers.values()}
-        traffic = Traffic(channel, names, Phase("1. steady: three servers"))
+        traffic = Traffic(channel, names, "1. steady: three servers")
         for server in servers.values():
             await traffic.wait_picked(server.address, 10)
         say(
@@ -85,7 +85,7 @@ async def _run_demo(options: DemoOptions) -> int:
 
         problems: list[str] = []
         async with anyio.create_task_group() as group:
-            traffic.started = anyio.current_time()
+            traffic.start()
             for index in range(options.callers):
                 group.start_soon(traffic.caller, index, options.rate)
             group.start_soon(traffic.reporter, lambda: [n for n, s in servers.items() if s.running])
@@ -96,14 +96,15 @@ async def _run_demo(options: DemoOptions) -> int:
                 # the summary of what ran so far still says how.
                 problems.append(str(exc))
             else:
-                problems.extend(check(traffic, options.callers))
+                problems.extend(check(traffic))
             group.cancel_scope.cancel()
+        traffic.stop()
 
-        summary(traffic)
+        summary(traffic, options.callers, options.rate)
         if problems:
             say("demo FAILED: " + safe("; ".join(problems)))
             return 1
-        say("demo OK: no call failed except those in flight on the crashed server")
+        say("demo OK: no call failed except those sent to the crashed server")
         return 0
     raise AssertionError("unreachable")  # pragma: no cover - the stack never swallows
 

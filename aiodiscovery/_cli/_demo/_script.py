@@ -39,7 +39,7 @@ async def run_script(
     await leaving.send("deregister")
     await leaving.expect("DEREGISTERED", 10)
     say("  s1: left its Registrar block: lease revoked, key deleted; still serving")
-    after = await traffic.wait_dropped(leaving.address, 10)
+    after, _ = await traffic.wait_dropped(leaving.address, 10)
     say(f"  client: dropped s1 {after:.2f} s later (no new picks, in-flight calls finished)")
     await leaving.send("stop")
     await leaving.expect("STOPPED", 10)
@@ -49,18 +49,28 @@ async def run_script(
 
     # 3. crash: SIGKILL, nobody deregisters; the lease expires on etcd's side.
     crashing = servers["s2"]
-    traffic.next_phase(f"3. crash of s2: SIGKILL, no deregistration (lease TTL {options.ttl} s)")
-    say(f"== {traffic.phase.title} ==")
+    crash = traffic.next_phase(
+        f"3. crash of s2: SIGKILL, no deregistration (lease TTL {options.ttl} s)"
+    )
+    say(f"== {crash.title} ==")
     if not crashing.running:
         raise RuntimeError(f"demo server s2 exited by itself (code {crashing.process.returncode})")
+    # Read and kill in one step of the event loop: no call starts in between.
+    before = traffic.subchannel(crashing.address)
     crashing.process.send_signal(signal.SIGKILL)
+    crash.doomed_in_flight = 0 if before is None else before.in_flight
     await crashing.wait_exit(CHILD_EXIT_TIMEOUT)
-    say("  s2: killed with SIGKILL; its connections break, the client stops picking it")
+    say(
+        f"  s2: killed with SIGKILL with {crash.doomed_in_flight} call(s) in flight; its "
+        "connections break"
+    )
     try:
-        after = await traffic.wait_dropped(crashing.address, options.ttl + 15)
+        after, picks = await traffic.wait_dropped(crashing.address, options.ttl + 15)
     except TimeoutError as exc:
         problems.append(f"the crashed server's endpoint was never dropped ({exc})")
     else:
+        if before is not None and picks is not None:
+            crash.doomed_late = picks - before.picks
         say(f"  etcd: s2's lease expired; the client dropped s2 {after:.2f} s after the crash")
     await anyio.sleep(seconds / 2)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 from typing import Any
@@ -100,11 +101,15 @@ class Server:
 
 async def spawn(name: str, config: dict[str, Any]) -> Server:
     """Start server ``name``, hand it ``config`` and wait until it has registered."""
+    # The settings, password included, go through the child's stdin (see _protocol), never its
+    # command line; nor does it inherit an ETCDCTL_PASSWORD it has no use for.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     process = await anyio.open_process(
         [sys.executable, "-m", CHILD_MODULE],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=None,
+        env=environment,
         # Out of the terminal's process group: Ctrl-C reaches the demo only, which then stops
         # the servers in order.
         start_new_session=True,

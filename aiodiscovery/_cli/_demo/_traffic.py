@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import anyio
 import grpc.aio
 
-from aiodiscovery import BalancedChannel
+from aiodiscovery import BalancedChannel, SubchannelStatistics
 
 from .._output import safe, say
 from ._protocol import METHOD
@@ -25,11 +25,19 @@ _CALL_TIMEOUT = 10.0
 
 @dataclass
 class Phase:
-    """One phase of the demo and the calls that ended in it."""
+    """One phase of the demo and the calls that ended in it.
+
+    For the crash phase, ``doomed_in_flight`` counts the calls in flight on the crashed server
+    when it died and ``doomed_late`` those the client sent it afterwards, before it saw the
+    connection break: the calls that may fail.
+    """
 
     title: str
+    started: float
     calls: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
+    doomed_in_flight: int = 0
+    doomed_late: int = 0
 
     @property
     def ok(self) -> int:
@@ -45,20 +53,40 @@ class Phase:
 class Traffic:
     """Concurrent callers at a steady rate; counts per phase and per second."""
 
-    def __init__(self, channel: BalancedChannel, names: dict[str, str], phase: Phase) -> None:
+    def __init__(self, channel: BalancedChannel, names: dict[str, str], title: str) -> None:
         self.channel = channel
         self.names = names  # address -> server name
-        self.phase = phase
-        self.phases = [phase]
+        self.phase = Phase(title, anyio.current_time())
+        self.phases = [self.phase]
         self.second: Counter[str] = Counter()
         self.second_failures = 0
-        self.started = anyio.current_time()
+        self.started = self.ended = self.phase.started
+        # Callers that got at least one reply.
+        self.callers: set[int] = set()
+
+    def start(self) -> None:
+        """Say that the callers start now."""
+        self.started = self.phase.started = anyio.current_time()
+
+    def stop(self) -> None:
+        """Say that the callers have stopped."""
+        self.ended = anyio.current_time()
 
     def next_phase(self, title: str) -> Phase:
         """End the current phase and start the next."""
-        self.phase = Phase(title)
+        self.phase = Phase(title, anyio.current_time())
         self.phases.append(self.phase)
         return self.phase
+
+    def seconds(self, phase: Phase) -> float:
+        """How long ``phase`` ran (so far)."""
+        index = self.phases.index(phase)
+        later = self.phases[index + 1 :]
+        return (later[0].started if later else self.ended) - phase.started
+
+    def subchannel(self, address: str) -> SubchannelStatistics | None:
+        """The client's subchannel for ``address`` now, if it has one."""
+        return self.channel.statistics().subchannels.get(address)
 
     async def caller(self, index: int, rate: float) -> None:
         """Call at ``rate`` calls per second, forever."""
@@ -82,6 +110,7 @@ class Traffic:
             server = safe(reply.decode(errors="replace").rsplit(" ", 1)[-1])
             self.phase.calls[server] += 1
             self.second[server] += 1
+            self.callers.add(index)
 
     def endpoints(self) -> str:
         """The client's subchannels, by server name, with their state unless READY."""
@@ -113,15 +142,20 @@ class Traffic:
                 f"  | endpoints: {self.endpoints()}"
             )
 
-    async def wait_dropped(self, address: str, timeout: float) -> float:
-        """Wait until the client no longer holds ``address`` (not even draining); return when."""
+    async def wait_dropped(self, address: str, timeout: float) -> tuple[float, int | None]:
+        """Wait until the client no longer holds ``address`` (not even draining).
+
+        Returns how long that took and the last count of picks seen for it (``None`` if it was
+        gone at once).
+        """
         start = time.monotonic()
+        picks = None
         with anyio.move_on_after(timeout):
             # The pool offers no event for this; a short poll is fine for a demo.
-            while True:
-                if address not in self.channel.statistics().subchannels:
-                    return time.monotonic() - start
+            while (sub := self.subchannel(address)) is not None:
+                picks = sub.picks
                 await anyio.sleep(0.02)
+            return time.monotonic() - start, picks
         name = self.names.get(address, address)
         raise TimeoutError(f"the client still held {name} ({address}) after {timeout:g} s")
 
@@ -130,7 +164,7 @@ class Traffic:
         start = time.monotonic()
         with anyio.move_on_after(timeout):
             while True:
-                sub = self.channel.statistics().subchannels.get(address)
+                sub = self.subchannel(address)
                 if sub is not None and sub.state == "READY" and not sub.draining:
                     return time.monotonic() - start
                 await anyio.sleep(0.02)
