@@ -4,6 +4,7 @@ etcdctl variables and their precedence, --server-name, and no secret in any outp
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import pty
@@ -302,3 +303,15 @@ def test_server_name_checks_the_certificate_against_another_name(tmp_path: Path)
         refused = run_cli(*args, "list", "named/svc")
         assert refused.returncode == 1
         assert "cannot reach etcd" in one_error_line(refused)
+
+
+def test_no_password_in_a_repr() -> None:
+    from aiodiscovery._cli._parser import build_parser  # noqa: PLC0415
+    from aiodiscovery._cli._settings import settings_from_args  # noqa: PLC0415
+
+    args = build_parser().parse_args(["--user", "root", "--password-stdin", "list", "svc"])
+    stdin = io.StringIO(f"{PASSWORD}\n")
+    settings = settings_from_args(args, {}, stdin)
+    assert (settings.username, settings.password) == ("root", PASSWORD)
+    for shown in (repr(settings), str(settings), repr(vars(args))):
+        assert PASSWORD not in shown

@@ -86,7 +86,10 @@ def assert_promises_kept(output: str, callers: int, rate: float) -> Summary:
 
 
 def test_demo_runs_by_itself_and_cleans_up() -> None:
-    result = run_cli("demo", "--phase-seconds", "1", timeout=90)
+    # Without --endpoints the demo reads no connection variable: these would fail it.
+    nowhere = {"ETCDCTL_ENDPOINTS": "http://127.0.0.1:1", "ETCD_ENDPOINTS": "http://127.0.0.1:1"}
+    env = clean_env(**nowhere, ETCDCTL_USER="root", ETCDCTL_CACERT="/nonexistent")
+    result = run(cli_command("demo", "--phase-seconds", "1"), env=env, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for phase in (
