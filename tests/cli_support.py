@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable, Sequence
 
 from aiodiscovery.testing import EtcdServer, free_port
+
+from .processes import clean_env, cli_command
 
 
 def unreachable() -> str:
@@ -35,12 +38,30 @@ def tls_args(etcd: EtcdServer) -> list[str]:
     return args
 
 
-def read_until_then_close(process: subprocess.Popen[str], marker: str) -> list[str]:
-    """Read stdout until a line holds ``marker``, then close it, as ``head`` does."""
-    assert process.stdout is not None
-    lines: list[str] = []
-    while marker not in (line := process.stdout.readline()):
-        assert line, "\n".join(lines)
-        lines.append(line)
-    process.stdout.close()
-    return lines
+def into_closed_pipe(
+    args: Sequence[str], marker: str, then: Callable[[], object] = lambda: None
+) -> tuple[int, list[str], str]:
+    """Run the command line as ``aiodiscovery ARGS | head`` would: read its output up to the
+    line holding ``marker``, close the pipe, call ``then`` (to make it write again), and wait.
+
+    Returns the exit status, the lines read and what it wrote on stderr.
+    """
+    with subprocess.Popen(
+        cli_command(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    ) as process:
+        assert process.stdout is not None
+        try:
+            lines: list[str] = []
+            while marker not in (line := process.stdout.readline()):
+                assert line, "\n".join(lines)
+                lines.append(line)
+            process.stdout.close()
+            then()
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    return process.returncode, lines, stderr

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
 from aiodiscovery.testing import EtcdServer
 
-from .cli_support import one_error_line, printable, read_until_then_close, unreachable
+from .cli_support import into_closed_pipe, one_error_line, printable, unreachable
 from .processes import Process, clean_env, cli_command, run, run_cli
 
 SEED = '{"Addr":"1.2.3.4","Metadata":"..."}'
@@ -317,18 +316,10 @@ def test_argparse_errors_exit_2() -> None:
 
 
 def test_watch_into_a_closed_pipe_exits_141_quietly(etcd: EtcdServer, service: str) -> None:
-    with subprocess.Popen(
-        cli_command("--endpoints", etcd.url, "watch", service),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    ) as watcher:
-        try:
-            read_until_then_close(watcher, "watching for changes")
-            etcd.etcdctl("put", f"{service}/e1", SEED)
-            _, stderr = watcher.communicate(timeout=15)
-        finally:
-            watcher.kill()
-    assert watcher.returncode == 141, stderr
+    code, _, stderr = into_closed_pipe(
+        ["--endpoints", etcd.url, "watch", service],
+        "watching for changes",
+        then=lambda: etcd.etcdctl("put", f"{service}/e1", SEED),
+    )
+    assert code == 141, stderr
     assert stderr == ""

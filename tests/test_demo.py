@@ -9,7 +9,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import pytest
 
 from aiodiscovery.testing import EtcdServer
 
-from .cli_support import printable, read_until_then_close, tls_args
+from .cli_support import into_closed_pipe, printable, tls_args
 from .processes import ROOT, Process, clean_env, cli_command, run, run_cli
 
 
@@ -183,19 +182,8 @@ def test_demo_fails_when_a_stranger_takes_calls(etcd: EtcdServer, service: str) 
 
 def test_demo_into_a_closed_pipe_exits_141_quietly() -> None:
     # `aiodiscovery demo | head`: the next line written hits the closed pipe.
-    with subprocess.Popen(
-        cli_command("demo", "--phase-seconds", "30"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    ) as demo:
-        try:
-            lines = read_until_then_close(demo, "== 1. steady")
-            _, stderr = demo.communicate(timeout=30)
-        finally:
-            demo.kill()
-    assert demo.returncode == 141, stderr
+    code, lines, stderr = into_closed_pipe(["demo", "--phase-seconds", "30"], "== 1. steady")
+    assert code == 141, stderr
     assert stderr == ""
     addresses = demo_addresses("".join(lines))
     assert len(addresses) == 4
