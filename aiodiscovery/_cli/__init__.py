@@ -15,9 +15,10 @@ It uses the public API only (``aiodiscovery`` and ``aiodiscovery.testing``). Mod
 - ``_parser``: the argument parser, built from the global options and each command's own;
 - ``_settings`` and ``_credentials``: connection settings from options and ``ETCDCTL_*``
   variables, and the password from wherever it may come (never argv, preferably);
-- ``_errors``, ``_argtypes``, ``_output``, ``_logs``: failures and exit codes, option value
-  types, what goes to stdout, what goes to stderr;
-- ``_list``, ``_watch``, ``_add``, ``_del``: one command each;
+- ``_errors``, ``_argtypes``, ``_targets``, ``_output``, ``_logs``: failures and exit codes,
+  option value types, services and keys named on the command line, what goes to stdout, what
+  goes to stderr;
+- ``_command``: what a command is; ``_list``, ``_watch``, ``_add``, ``_del``: one command each;
 - ``_demo``: ``aiodiscovery demo``, a package of its own.
 
 Nothing is imported here, so that a demo server process (``python -m

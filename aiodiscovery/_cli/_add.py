@@ -26,12 +26,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("addr", metavar="ADDR", help="address clients dial, e.g. 10.0.0.1:50051")
     parser.add_argument(
         "--weight",
+        metavar="N",
         type=_argtypes.weight,
         help="the endpoint's weight for weighted balancing (1 to 2**32-1), written in the "
         "metadata as weight=N",
     )
     parser.add_argument(
-        "--zone", help="the endpoint's zone (locality), written in the metadata as zone=Z"
+        "--zone",
+        metavar="Z",
+        help="the endpoint's zone (locality), written in the metadata as zone=Z",
     )
     parser.add_argument(
         "--metadata",
