@@ -6,7 +6,8 @@ and Python services share one registry.
 
 from __future__ import annotations
 
-from ._client import ClientStatistics, EtcdClient, connect, reauthenticate
+from ._auth import parse_user
+from ._client import DEFAULT_TIMEOUT, ClientStatistics, EtcdClient, connect, reauthenticate
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
 from ._endpointset import EndpointSet
 from ._exceptions import (
@@ -18,6 +19,8 @@ from ._exceptions import (
     LeaseNotFoundError,
     TransactionTooLargeError,
 )
+from ._keys import MAX_TTL
+from ._logsafe import safe
 from ._manager import EndpointManager
 from ._members import MemberStatistics
 from ._policies import (
@@ -31,9 +34,13 @@ from ._policies import (
 from ._pool import BalancedChannel, PoolStatistics, SubchannelStatistics, resolve
 from ._prefixwatch import PermissionDeniedError, WatchBatch, WatcherStatistics
 from ._registrar import Registrar, RegistrarState, RegistrarStatistics
+from ._urls import DEFAULT_URL
 from ._watcher import Watcher
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "MAX_TTL",
     "AiodiscoveryError",
     "AuthenticationError",
     "BalancedChannel",
@@ -69,6 +76,8 @@ __all__ = [
     "decode_endpoint",
     "encode_endpoint",
     "parse_target",
+    "parse_user",
     "reauthenticate",
     "resolve",
+    "safe",
 ]

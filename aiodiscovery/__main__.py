@@ -1,10 +1,13 @@
-"""``python -m aiodiscovery``: the command line (see :mod:`aiodiscovery._cli`)."""
+"""``python -m aiodiscovery`` and the ``aiodiscovery`` script: the command line (see
+:mod:`aiodiscovery._cli`)."""
 
 from __future__ import annotations
 
 import sys
 
-from ._cli import main
+from ._cli._main import main
+
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -81,7 +81,7 @@ show aiodiscovery list "$service"
 
 echo
 echo "# 3. aiodiscovery writes in the Go client's format; etcdctl reads it"
-show aiodiscovery add "$service/e1" 10.0.0.1:50051 --metadata '{"weight":2}'
+show aiodiscovery add "$service/e1" 10.0.0.1:50051 --weight 2
 show etcdctl get --prefix "$service/"
 show aiodiscovery del "$service/e1"
 

@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from aiodiscovery.testing import EtcdServer, free_port
+from aiodiscovery.testing import EtcdServer
 
-from .processes import ROOT, Process, clean_env, cli_command, run, run_cli
+from .cli_support import into_closed_pipe, one_error_line, printable, unreachable
+from .processes import Process, clean_env, cli_command, run, run_cli
 
 SEED = '{"Addr":"1.2.3.4","Metadata":"..."}'
-
-
-def unreachable() -> str:
-    return f"http://127.0.0.1:{free_port()}"
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("aiodiscovery: error: "), result.stderr
-    assert result.stdout == ""
-    return lines[0]
 
 
 def lease_of(etcd: EtcdServer, key: str) -> int:
@@ -108,6 +90,37 @@ def test_add_and_del(etcd: EtcdServer, service: str) -> None:
     # Deleting a missing key is not an error (as with etcdctl del): 0 keys deleted.
     result = run_cli("--endpoints", etcd.url, "del", key)
     assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
+
+
+def test_add_weight_and_zone_as_a_string_go_clients_survive(etcd: EtcdServer, service: str) -> None:
+    # Attributes in URL query form, names sorted, in a JSON string: an object here would crash
+    # grpc-go's balancers (etcd-io/etcd#19700).
+    key = f"{service}/e1"
+    args = ("--endpoints", etcd.url, "add", key, "10.0.0.1:50051")
+    result = run_cli(*args, "--zone", "eu west/1", "--weight", "2")
+    assert (result.returncode, result.stdout) == (0, "OK\n"), result.stderr
+    assert etcd.etcdctl("get", key, "--print-value-only").strip() == (
+        '{"Op":0,"Addr":"10.0.0.1:50051","Metadata":"weight=2\\u0026zone=eu+west%2F1"}'
+    )
+    result = run_cli(*args, "--weight", "4294967295")
+    assert result.returncode == 0, result.stderr
+    listing = run_cli("--endpoints", etcd.url, "list", service)
+    assert listing.stdout.splitlines()[1].split() == [
+        key,
+        "10.0.0.1:50051",
+        '"weight=4294967295"',
+        "-",
+    ]
+    for bad in (["--weight", "0"], ["--weight", "4294967296"], ["--weight", "2.5"]):
+        result = run_cli(*args, *bad)
+        assert result.returncode == 2 and "--weight" in result.stderr, result.stderr
+    for bad, message in (
+        (["--weight", "2", "--metadata", "{}"], "give --metadata or --weight/--zone, not both"),
+        (["--zone", ""], "--zone must not be empty"),
+    ):
+        result = run_cli(*args, *bad)
+        assert result.returncode == 2
+        assert message in one_error_line(result)
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -202,6 +215,54 @@ def test_watch_json_lines(etcd: EtcdServer, service: str) -> None:
         assert watcher.wait(15) == 130, watcher.stderr
 
 
+# -- untrusted text ----------------------------------------------------------------------------
+
+
+# An escape sequence, a C1 control (CSI) and DEL: what a writer to etcd could aim at a terminal.
+NASTY = "e\x1b[2J\x9b1m\x7f"
+
+
+def test_registry_text_reaches_no_terminal_raw(etcd: EtcdServer, service: str) -> None:
+    key = f"{service}/{NASTY}"
+    metadata = f"m\x1b]0;title\x07\x85{NASTY}"
+    etcd.etcdctl("put", key, json.dumps({"Addr": "10.0.0.1:1", "Metadata": metadata}))
+
+    table = run_cli("--endpoints", etcd.url, "list", service)
+    assert table.returncode == 0, table.stderr
+    assert printable(table.stdout) and printable(table.stderr), table.stdout
+    assert f"{service}/e\\x1b[2J\\x9b1m\\x7f" in table.stdout
+    as_json = run_cli("--endpoints", etcd.url, "list", service, "--json")
+    assert printable(as_json.stdout), as_json.stdout
+    # Escaped, not lost: the JSON holds the very key and metadata.
+    [entry] = json.loads(as_json.stdout)
+    assert (entry["key"], entry["metadata"]) == (key, metadata)
+
+    for extra in ([], ["--json"]):
+        with Process(cli_command("--endpoints", etcd.url, "watch", service, *extra)) as watcher:
+            lines = [watcher.readline()]
+            if not extra:
+                lines.append(watcher.readline())
+            watcher.signal(signal.SIGTERM)
+            assert watcher.wait(15) == 143, watcher.stderr
+        assert all(printable(line) for line in lines), lines
+        if extra:
+            [update] = json.loads(lines[0])["updates"]
+            assert (update["key"], update["metadata"]) == (key, metadata)
+
+
+def test_add_ttl_prints_its_key_escaped(etcd: EtcdServer, service: str) -> None:
+    key = f"{service}/{NASTY}"
+    with Process(
+        cli_command("--endpoints", etcd.url, "add", key, "10.0.0.4:1", "--ttl", "30")
+    ) as adder:
+        adder.expect(r"^registered ")
+        adder.signal(signal.SIGTERM)
+        assert adder.wait(15) == 143, adder.stderr
+    assert printable(adder.stdout) and printable(adder.stderr), adder.stdout + adder.stderr
+    assert "registered " in adder.stdout and "stopping: " in adder.stdout
+    assert "unregistered " in adder.stderr
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
@@ -228,7 +289,6 @@ def test_unreachable_etcd_is_one_line_and_exit_1() -> None:
         (["add", "foo/e1", ""], "non-empty"),
         (["del", "etcd:///foo/e1"], "not under its service prefix"),
         (["--user", "root", "list", "foo"], "stdin is not a terminal"),
-        (["--user", "root:a", "--password", "b", "list", "foo"], "not both"),
         (["--cacert", "/nonexistent/ca.pem", "list", "foo"], "TLS options (--cacert) need https"),
         (["--cert", "c.pem", "list", "foo"], "--cert was given without --key"),
         (["--endpoints", "ftp://x:1", "list", "foo"], "must use http:// or https://"),
@@ -255,246 +315,11 @@ def test_argparse_errors_exit_2() -> None:
     assert run_cli("--dial-timeout", "soon", "list", "foo").returncode == 2
 
 
-# -- TLS and authentication -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def secure_etcd() -> Iterator[EtcdServer]:
-    with EtcdServer(client_cert_auth=True) as server:
-        server.enable_auth(password="secret")
-        server.etcdctl("put", "secure/svc/e1", SEED)
-        yield server
-
-
-def tls_args(etcd: EtcdServer) -> list[str]:
-    return [
-        "--endpoints",
-        etcd.url,
-        "--cacert",
-        str(etcd.ca_path),
-        "--cert",
-        str(etcd.client_cert_path),
-        "--key",
-        str(etcd.client_key_path),
-    ]
-
-
-def test_tls_and_user_options_reach_connect(secure_etcd: EtcdServer) -> None:
-    result = run_cli(*tls_args(secure_etcd), "--user", "root:secret", "list", "secure/svc")
-    assert result.returncode == 0, result.stderr
-    assert "secure/svc/e1" in result.stdout
-    result = run_cli(
-        "list",
-        "secure/svc",
-        "--json",
-        *tls_args(secure_etcd),
-        "--user",
-        "root",
-        "--password",
-        "secret",
-    )
-    assert result.returncode == 0, result.stderr
-    assert [e["key"] for e in json.loads(result.stdout)] == ["secure/svc/e1"]
-
-
-def test_refused_credentials_exit_1(secure_etcd: EtcdServer) -> None:
-    result = run_cli(*tls_args(secure_etcd), "--user", "root:hunter2", "list", "secure/svc")
-    assert result.returncode == 1
-    line = one_error_line(result)
-    assert "etcd rejected the credentials of user 'root'" in line
-    assert "hunter2" not in result.stderr
-
-
-def test_password_is_asked_on_a_terminal(secure_etcd: EtcdServer) -> None:
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        cli_command(*tls_args(secure_etcd), "--user", "root", "list", "secure/svc"),
-        stdin=terminal,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=clean_env(),
-        start_new_session=True,  # no controlling terminal: getpass uses stdin, the pty
-    )
-    os.close(terminal)
-    try:
-        assert process.stderr is not None
-        prompt = b""
-        deadline = time.monotonic() + 15
-        while b"Password" not in prompt:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no password prompt, got {prompt!r}"
-            ready, _, _ = select.select([process.stderr], [], [], remaining)
-            if ready:
-                chunk = os.read(process.stderr.fileno(), 1024)
-                assert chunk, f"stderr ended before the prompt: {prompt!r}"
-                prompt += chunk
-        os.write(controller, b"secret\n")
-        stdout, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        os.close(controller)
-    assert process.returncode == 0
-    assert b"secure/svc/e1" in stdout
-
-
-# -- the demo ----------------------------------------------------------------------------------
-
-
-def assert_closed(address: str) -> None:
-    host, port = address.rsplit(":", 1)
-    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), 2):
-        pass
-
-
-def demo_addresses(output: str) -> list[str]:
-    etcd = re.search(r"etcd at http://(\S+);", output)
-    assert etcd is not None, output
-    return [etcd[1], *re.findall(r"serving on (\S+),", output)]
-
-
-def test_demo_runs_by_itself_and_cleans_up() -> None:
-    result = run_cli("demo", "--phase-seconds", "1", timeout=90)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    for phase in (
-        "== 1. steady",
-        "== 2. graceful stop of s1",
-        "== 3. crash of s2",
-        "== 4. scale out",
-        "== summary ==",
-    ):
-        assert phase in out
-    assert "client: dropped s1" in out
-    assert "s2's lease expired" in out
-    assert "client: picked up s4" in out
-    assert "demo OK" in out
-    summary = out.split("== summary ==")[1]
-    phases = {
-        m[1]: (int(m[2]), int(m[3]))
-        for m in re.finditer(r"^\s+(\d)\. .+?\s{2,}(\d+)\s+(\d+)\s", summary, re.MULTILINE)
-    }
-    assert sorted(phases) == ["1", "2", "3", "4"], out
-    # Calls in every phase; none failed on the graceful path, before the crash, or after it.
-    assert all(calls > 0 for calls, _ in phases.values()), out
-    assert phases["1"][1] == phases["2"][1] == phases["4"][1] == 0, out
-    # Per-second lines are plain text, readable without a terminal.
-    assert re.search(r"^\s+\d+s\s+calls/s: ", out, re.MULTILINE)
-    # Nothing is left behind: etcd and every server are gone.
-    addresses = demo_addresses(out)
-    assert len(addresses) == 5
-    for address in addresses:
-        assert_closed(address)
-
-
-def test_demo_interrupted_cleans_up_and_exits_130() -> None:
-    with Process(cli_command("demo", "--phase-seconds", "30")) as demo:
-        demo.expect(r"^== 1\. steady", timeout=60)
-        demo.signal(signal.SIGINT)
-        assert demo.wait(20) == 130, demo.stderr
-    assert "interrupted" in demo.stdout
-    addresses = demo_addresses(demo.stdout)
-    assert len(addresses) == 4
-    for address in addresses:
-        assert_closed(address)
-
-
-@pytest.fixture(scope="module")
-def read_only_etcd() -> Iterator[EtcdServer]:
-    """An etcd where user ``viewer`` may read ``demo/`` but not write it."""
-    with EtcdServer() as server:
-        server.enable_auth(password="secret")
-        server.etcdctl("role", "add", "reader")
-        server.etcdctl("role", "grant-permission", "reader", "read", "demo/", "--prefix=true")
-        server.etcdctl("user", "add", "viewer:pw")
-        server.etcdctl("user", "grant-role", "viewer", "reader")
-        yield server
-
-
-def test_demo_servers_that_cannot_register_fail_in_one_line(read_only_etcd: EtcdServer) -> None:
-    # The demo connects (reading is allowed), but its servers' Registrars cannot write.
-    args = ("demo", "--endpoints", read_only_etcd.url, "--user", "viewer:pw")
-    result = run_cli(*args, "--service", "demo/ro", timeout=60)
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.splitlines()
-    # The password travels over plaintext http here: said once, as a warning line.
-    warned = [line for line in lines if line.startswith("aiodiscovery: warning: ")]
-    assert len(warned) == 1 and "plaintext" in warned[0], lines
-    [line] = [line for line in lines if line not in warned]
-    assert re.fullmatch(r"aiodiscovery: error: demo server s\d failed: .*permission denied", line)
-
-
-def test_demo_fails_when_a_stranger_takes_calls(etcd: EtcdServer, service: str) -> None:
-    # Someone else's server registered under the demo's service takes phase 1 calls: the script
-    # runs on, and the summary and one "demo FAILED" line say what went wrong.
-    stranger = [
-        sys.executable,
-        str(ROOT / "examples" / "greeter_server.py"),
-        "--endpoints",
-        etcd.url,
-        "--service",
-        service,
-        "--name",
-        "stranger",
-    ]
-    with Process(stranger) as server:
-        server.expect(r"^stranger: serving on ")
-        args = ("demo", "--endpoints", etcd.url, "--service", service, "--phase-seconds", "1")
-        result = run_cli(*args, timeout=90)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "== summary ==" in result.stdout
-    failed = result.stdout.splitlines()[-1]
-    assert failed.startswith("demo FAILED: phase 1 reached ['s1', 's2', 's3', 'stranger']")
-    assert result.stderr == ""
-
-
-def read_until_then_close(process: subprocess.Popen[str], marker: str) -> list[str]:
-    """Read stdout until a line holds ``marker``, then close it, as ``head`` does."""
-    assert process.stdout is not None
-    lines: list[str] = []
-    while marker not in (line := process.stdout.readline()):
-        assert line, "\n".join(lines)
-        lines.append(line)
-    process.stdout.close()
-    return lines
-
-
-def test_demo_into_a_closed_pipe_exits_141_quietly() -> None:
-    # `aiodiscovery demo | head`: the next line written hits the closed pipe.
-    with subprocess.Popen(
-        cli_command("demo", "--phase-seconds", "30"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    ) as demo:
-        try:
-            lines = read_until_then_close(demo, "== 1. steady")
-            _, stderr = demo.communicate(timeout=30)
-        finally:
-            demo.kill()
-    assert demo.returncode == 141, stderr
-    assert stderr == ""
-    addresses = demo_addresses("".join(lines))
-    assert len(addresses) == 4
-    for address in addresses:
-        assert_closed(address)
-
-
 def test_watch_into_a_closed_pipe_exits_141_quietly(etcd: EtcdServer, service: str) -> None:
-    with subprocess.Popen(
-        cli_command("--endpoints", etcd.url, "watch", service),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    ) as watcher:
-        try:
-            read_until_then_close(watcher, "watching for changes")
-            etcd.etcdctl("put", f"{service}/e1", SEED)
-            _, stderr = watcher.communicate(timeout=15)
-        finally:
-            watcher.kill()
-    assert watcher.returncode == 141, stderr
+    code, _, stderr = into_closed_pipe(
+        ["--endpoints", etcd.url, "watch", service],
+        "watching for changes",
+        then=lambda: etcd.etcdctl("put", f"{service}/e1", SEED),
+    )
+    assert code == 141, stderr
     assert stderr == ""
