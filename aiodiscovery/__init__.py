@@ -20,7 +20,7 @@ from ._exceptions import (
     TransactionTooLargeError,
 )
 from ._keys import MAX_TTL
-from ._logsafe import safe
+from ._logsafe import safe as printable
 from ._manager import EndpointManager
 from ._members import MemberStatistics
 from ._policies import (
@@ -77,7 +77,7 @@ __all__ = [
     "encode_endpoint",
     "parse_target",
     "parse_user",
+    "printable",
     "reauthenticate",
     "resolve",
-    "safe",
 ]

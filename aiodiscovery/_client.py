@@ -45,6 +45,7 @@ __all__ = ["DEFAULT_TIMEOUT", "ClientStatistics", "EtcdClient", "connect", "reau
 
 logger = logging.getLogger("aiodiscovery.etcd")
 
+#: Seconds: the wait for a first member to answer, and each unary request's deadline.
 DEFAULT_TIMEOUT = 5.0
 # Asks etcd to end a stream when its member loses the leader, as Go's WithRequireLeader does, so
 # that a member cut off from the quorum cannot keep a watch or keep-alive looking healthy.

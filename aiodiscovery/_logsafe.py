@@ -1,4 +1,4 @@
-"""Text from the registry or the network, made safe to put into a log line."""
+"""Text from the registry or the network, made safe to put into a log line or a terminal."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 __all__ = ["DEFAULT_URL", "member_address", "parse_urls"]
 
+#: The etcd URL used when none is given (etcdctl's default too).
 DEFAULT_URL = "http://127.0.0.1:2379"
 
 

@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from aiodiscovery import safe
+from aiodiscovery import printable as safe
 
 from ._errors import PROG
 

@@ -1,7 +1,7 @@
 """What the commands print on stdout: lines, tables, leases and JSON, all safe for a terminal.
 
 Keys, addresses and metadata come from anyone who can write to etcd: every piece of registry text
-goes through :func:`aiodiscovery.safe` (the library's rule for its log lines) before it is
+goes through :func:`aiodiscovery.printable` (the library's rule for its log lines) before it is
 printed, so that a newline cannot forge a line nor an escape sequence repaint the terminal.
 """
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiodiscovery import safe
+from aiodiscovery import printable as safe
 
 __all__ = ["compact_json", "json_text", "lease_hex", "safe", "say", "table"]
 
