@@ -6,6 +6,7 @@ and Python services share one registry.
 
 from __future__ import annotations
 
+from ._balancer import PoolStatistics, SubchannelStatistics
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
 from ._etcd import EtcdClient, connect, reauthenticate
 from ._exceptions import (
@@ -26,7 +27,7 @@ from ._policies import (
     SubchannelView,
     WeightedPicker,
 )
-from ._pool import BalancedChannel, PoolStatistics, SubchannelStatistics, resolve
+from ._pool import BalancedChannel, resolve
 from ._registrar import Registrar, RegistrarState, RegistrarStatistics
 from ._watcher import EndpointSet, WatchBatch, Watcher, WatcherStatistics
 
