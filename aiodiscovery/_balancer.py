@@ -135,8 +135,12 @@ class Balancer:
 
     def begin_close(self, grace: float | None) -> None:
         """Stop taking calls, end the waiting ones and cancel :meth:`serve`."""
+        if self.closed:
+            return
         self.closed = True
         self._grace = grace
+        # From here every new call takes the slow path, which refuses it.
+        self.usable = []
         self._waiting.end_all(grpc.StatusCode.CANCELLED, "channel closed")
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
@@ -223,6 +227,8 @@ class Balancer:
 
         ``refresh`` hands the picker the usable list even if it is the same one.
         """
+        if self.closed:
+            return
         subs = [s for s in self._subchannels.values() if s.eligible]
         usable = [s for s in subs if s.state is _State.READY]
         if not usable:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,16 +34,22 @@ __all__ = ["BalancedChannel", "PoolStatistics", "SubchannelStatistics", "resolve
 
 _State = grpc.ChannelConnectivity
 DEFAULT_DRAIN_TIMEOUT = 30.0
+# The pools' tasks: asyncio itself only keeps weak references, and the channel that started one
+# may be garbage collected while its task still winds down.
+_HOSTS: set[asyncio.Task[None]] = set()
 
 
 class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio.Channel`` over every live endpoint of an etcd-registered service.
 
-    Build it with :func:`resolve`. Calls go to a subchannel chosen by the policy among READY ones
-    (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY). With no endpoint at all a
-    call fails at once with ``UNAVAILABLE``, unless it asks ``wait_for_ready=True``: then it waits
-    for an endpoint until its deadline, :meth:`close` or its own ``cancel()``. A removed endpoint
-    drains: it takes no new calls, its calls in flight finish, then its channel closes.
+    Build it with :func:`resolve`, or enter ``async with BalancedChannel(...)``, which opens it
+    the same way (and closes it on the way out). Calls go to a subchannel chosen by the policy
+    among READY ones (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY). With
+    no endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
+    ``wait_for_ready=True``: then it waits for an endpoint until its deadline, :meth:`close` or
+    its own ``cancel()``. A removed endpoint drains: it takes no new calls, its calls in flight
+    finish, then its channel closes. A channel dropped without being closed warns
+    (``ResourceWarning``) and is closed when garbage collected.
     """
 
     def __init__(
@@ -76,11 +83,14 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         started = anyio.Event()
         failure: list[BaseException] = []
         # The channel is a plain object (closed from any task, like every grpc.aio channel), so
-        # the pool's task group needs a task of its own; close() cancels and joins it.
-        self._host = asyncio.get_running_loop().create_task(
+        # the pool's task group needs a task of its own; close() cancels and joins it. The task
+        # runs the pool, which never refers back to this object.
+        self._host = host = asyncio.get_running_loop().create_task(
             self._pool.serve(self._watcher, started, failure),
             name=f"aiodiscovery pool {self.target}",
         )
+        _HOSTS.add(host)
+        host.add_done_callback(_HOSTS.discard)
         try:
             await started.wait()
         except BaseException:
@@ -117,10 +127,30 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         pool.set_state(_State.SHUTDOWN)
 
     async def __aenter__(self) -> BalancedChannel:
+        if self._pool.closed:
+            raise grpc.aio.UsageError("Channel is closed.")
+        if self._host is None:
+            await self._open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def __del__(self) -> None:
+        # As asyncio does for an unclosed transport: say so, and release what can be released.
+        # The pool's task does the releasing (subchannels, watcher, etcd stream) on its loop.
+        host: asyncio.Task[None] | None = getattr(self, "_host", None)
+        if host is None or host.done() or self._pool.closed:
+            return
+        warnings.warn(
+            f"unclosed BalancedChannel {self.target!r}: close it, or use 'async with'",
+            ResourceWarning,
+            source=self,
+            stacklevel=1,
+        )
+        loop = host.get_loop()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._pool.begin_close, None)
 
     # -- grpc.aio.Channel -------------------------------------------------------------------
 
