@@ -6,6 +6,7 @@ and Python services share one registry.
 
 from __future__ import annotations
 
+from ._address import Address, allow_networks, parse_address
 from ._balancer import PoolStatistics, SubchannelStatistics
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
 from ._etcd import EtcdClient, connect, reauthenticate
@@ -32,6 +33,7 @@ from ._registrar import Registrar, RegistrarState, RegistrarStatistics
 from ._watcher import EndpointSet, WatchBatch, Watcher, WatcherStatistics
 
 __all__ = [
+    "Address",
     "AiodiscoveryError",
     "AuthenticationError",
     "BalancedChannel",
@@ -60,9 +62,11 @@ __all__ = [
     "Watcher",
     "WatcherStatistics",
     "WeightedPicker",
+    "allow_networks",
     "connect",
     "decode_endpoint",
     "encode_endpoint",
+    "parse_address",
     "parse_target",
     "reauthenticate",
     "resolve",

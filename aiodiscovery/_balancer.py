@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import grpc
 import grpc.aio
 
+from ._address import Address, AddressFilter
+from ._admission import Admission, Wanted
 from ._deferred import DeferredCall, WaitQueue
+from ._logsafe import safe
 from ._policies import Picker
 from ._subchannel import DRAINING, MethodKey, Subchannel
-from ._watcher import EndpointSet, Watcher
+from ._watcher import EndpointSet
 
-__all__ = ["Balancer", "PoolStatistics", "SubchannelStatistics"]
+__all__ = ["Balancer", "EndpointSource", "PoolStatistics", "SubchannelStatistics"]
 
 logger = logging.getLogger("aiodiscovery")
 
@@ -35,8 +38,24 @@ _FALLBACK_ORDER = (_State.IDLE, _State.CONNECTING, _State.TRANSIENT_FAILURE)
 # The channel's own state: the most hopeful one among its subchannels.
 _HOPE_ORDER = (_State.READY, _State.CONNECTING, _State.IDLE, _State.TRANSIENT_FAILURE)
 
+
+class EndpointSource(Protocol):
+    """Where the pool's endpoint sets come from: a :class:`Watcher`, entered by the pool."""
+
+    @property
+    def snapshot(self) -> EndpointSet:
+        """The current set."""
+
+    def snapshots(self) -> AsyncIterator[EndpointSet]:
+        """The current set, then each newer one."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: Any) -> Any: ...
+
+
 # Makes the grpc.aio channel for one address.
-Dial = Callable[[str], grpc.aio.Channel]
+Dial = Callable[[Address], grpc.aio.Channel]
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,10 @@ class PoolStatistics:
     in_flight: int
     picks: int
     no_endpoint_failures: int
+    # etcd key -> why its endpoint is not dialled (see resolve(address_filter=...)).
+    skipped: dict[str, str] = field(default_factory=dict)
+    # Endpoints skipped so far, one per key and address (each also logged once).
+    skipped_endpoints: int = 0
 
     def by_state(self) -> dict[str, int]:
         """How many subchannels are in each connectivity state."""
@@ -76,7 +99,13 @@ class Balancer:
     """
 
     def __init__(
-        self, target: str, picker: Picker[Subchannel], dial: Dial, drain_timeout: float
+        self,
+        target: str,
+        picker: Picker[Subchannel],
+        dial: Dial,
+        *,
+        drain_timeout: float,
+        address_filter: AddressFilter | None = None,
     ) -> None:
         self.target = target
         self.picker = picker
@@ -87,6 +116,7 @@ class Balancer:
         # Why the pool stopped following etcd, once its task has died without close().
         self.stop_reason: str | None = None
         self._dial = dial
+        self._admission = Admission(target, address_filter)
         self._drain_timeout = drain_timeout
         self._state_changed = anyio.Event()
         self._subchannels: dict[str, Subchannel] = {}
@@ -100,7 +130,7 @@ class Balancer:
     # -- life cycle -------------------------------------------------------------------------
 
     async def serve(
-        self, watcher: Watcher, started: anyio.Event, failure: list[BaseException]
+        self, watcher: EndpointSource, started: anyio.Event, failure: list[BaseException]
     ) -> None:
         """Follow ``watcher`` until cancelled; set ``started`` once the first set is applied.
 
@@ -159,36 +189,44 @@ class Balancer:
     def apply(self, snapshot: EndpointSet) -> None:
         """Bring the subchannels in line with ``snapshot``."""
         self._revision = snapshot.revision
+        wanted = self._admission.select(snapshot)
         metadata_changed = False
-        wanted: dict[str, object] = {}
-        for endpoint in snapshot.values():
-            wanted.setdefault(endpoint.addr, endpoint.metadata)
-        for address, metadata in wanted.items():
-            sub = self._subchannels.get(address)
-            if sub is None:
-                sub = self._draining.pop(address, None)
-                if sub is not None:
-                    logger.info("%s: endpoint %s is back; it stops draining", self.target, address)
-                    sub.release(DRAINING)
-                else:
-                    logger.info("%s: new endpoint %s", self.target, address)
-                    sub = Subchannel(address, metadata, self._dial(address))
-                self._subchannels[address] = sub
-                self._spawn(sub, self._monitor)
-            if sub.metadata != metadata:
-                # Pickers read metadata (the weight) only in update(); the list itself may not
-                # change, so a usable subchannel's new metadata must force one.
-                metadata_changed = metadata_changed or sub in self.usable
-                sub.metadata = metadata
-        for address in [a for a in self._subchannels if a not in wanted]:
-            sub = self._subchannels.pop(address)
+        for addr, want in list(wanted.items()):
+            try:
+                metadata_changed |= self._hold(addr, want)
+            except Exception as exc:
+                # Nothing that comes from one endpoint may stop the pool.
+                self._admission.refuse(addr, want, f"its subchannel failed: {exc!r}")
+                del wanted[addr]
+        for addr in [a for a in self._subchannels if a not in wanted]:
+            sub = self._subchannels.pop(addr)
             sub.hold(DRAINING)
-            self._draining[address] = sub
+            self._draining[addr] = sub
             logger.info(
-                "%s: endpoint %s removed; draining %d calls", self.target, address, sub.in_flight
+                "%s: endpoint %s removed; draining %d calls", self.target, safe(addr), sub.in_flight
             )
             self._spawn(sub, self._drain)
         self._rebuild(refresh=metadata_changed)
+
+    def _hold(self, addr: str, want: Wanted) -> bool:
+        """Hold a subchannel for ``want``; True if a usable one's metadata changed."""
+        sub = self._subchannels.get(addr)
+        if sub is None:
+            sub = self._draining.pop(addr, None)
+            if sub is not None:
+                logger.info("%s: endpoint %s is back; it stops draining", self.target, safe(addr))
+                sub.release(DRAINING)
+            else:
+                logger.info("%s: new endpoint %s", self.target, safe(addr))
+                sub = Subchannel(addr, want.metadata, self._dial(want.address))
+            self._subchannels[addr] = sub
+            self._spawn(sub, self._monitor)
+        if _same(sub.metadata, want.metadata):
+            return False
+        sub.metadata = want.metadata
+        # Pickers read metadata (the weight) only in update(); the list itself may not change,
+        # so a usable subchannel's new metadata must force one.
+        return sub in self.usable
 
     def _spawn(self, sub: Subchannel, work: Callable[[Subchannel], Any]) -> None:
         """Run ``work(sub)`` in place of whatever background work ``sub`` had."""
@@ -212,13 +250,13 @@ class Balancer:
                 logger.warning(
                     "%s: closing removed endpoint %s with %d calls still in flight",
                     self.target,
-                    sub.address,
+                    safe(sub.address),
                     sub.in_flight,
                 )
             del self._draining[sub.address]
             with anyio.CancelScope(shield=True):
                 await sub.channel.close(None)
-            logger.info("%s: endpoint %s closed", self.target, sub.address)
+            logger.info("%s: endpoint %s closed", self.target, safe(sub.address))
 
     # -- the usable list and the channel's state --------------------------------------------
 
@@ -282,10 +320,19 @@ class Balancer:
             call.end(grpc.StatusCode.UNAVAILABLE, self.stop_reason)
         elif not kwargs.get("wait_for_ready"):
             self._no_endpoint_failures += 1
-            call.end(grpc.StatusCode.UNAVAILABLE, f"no endpoint registered for {self.target!r}")
+            call.end(grpc.StatusCode.UNAVAILABLE, self._no_endpoint())
         else:
             self._waiting.add(call, key)
         return call
+
+    def _no_endpoint(self) -> str:
+        skipped = len(self._admission.skipped)
+        if not skipped:
+            return f"no endpoint registered for {self.target!r}"
+        return (
+            f"no endpoint of {self.target!r} can be dialled: {skipped} registered, skipped "
+            "(see the log and statistics().skipped)"
+        )
 
     def _launch_waiting(self) -> None:
         # One at a time, picking before dequeuing: if a picker fails, the calls not yet started
@@ -311,7 +358,17 @@ class Balancer:
             in_flight=sum(s.in_flight for s in subs.values()),
             picks=sum(s.picks for s in subs.values()),
             no_endpoint_failures=self._no_endpoint_failures,
+            skipped=dict(self._admission.skipped),
+            skipped_endpoints=self._admission.skipped_total,
         )
+
+
+def _same(old: object, new: object) -> bool:
+    """Whether two metadata values are equal; deep nesting can make ``==`` itself fail."""
+    try:
+        return old is new or bool(old == new)
+    except Exception:
+        return False
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -24,6 +24,7 @@ import anyio
 import grpc
 import grpc.aio
 
+from ._address import Address, AddressFilter
 from ._balancer import Balancer, PoolStatistics, SubchannelStatistics
 from ._multicallable import multi_callable
 from ._policies import Picker, make_picker
@@ -64,6 +65,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         compression: grpc.Compression | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         start_timeout: float | None = None,
+        address_filter: AddressFilter | None = None,
     ) -> None:
         self.target = target
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
@@ -74,7 +76,13 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             interceptors=list(interceptors) if interceptors else None,
             compression=compression,
         )
-        self._pool = Balancer(target, make_picker(policy), dial, drain_timeout)
+        self._pool = Balancer(
+            target,
+            make_picker(policy),
+            dial,
+            drain_timeout=drain_timeout,
+            address_filter=address_filter,
+        )
         self._host: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -236,20 +244,20 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
 
 def _dial(
-    address: str,
+    address: Address,
     *,
     credentials: grpc.ChannelCredentials | None,
     options: Sequence[tuple[str, Any]],
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None,
     compression: grpc.Compression | None,
 ) -> grpc.aio.Channel:
-    """The ``grpc.aio`` channel of one subchannel."""
+    """The ``grpc.aio`` channel of one subchannel: to ``address`` and nowhere else."""
     if credentials is None:
         return grpc.aio.insecure_channel(
-            address, options=options, compression=compression, interceptors=interceptors
+            address.target, options=options, compression=compression, interceptors=interceptors
         )
     return grpc.aio.secure_channel(
-        address,
+        address.target,
         credentials,
         options=options,
         compression=compression,
@@ -268,6 +276,7 @@ async def resolve(
     compression: grpc.Compression | None = None,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     start_timeout: float | None = None,
+    address_filter: AddressFilter | None = None,
 ) -> BalancedChannel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
@@ -276,6 +285,11 @@ async def resolve(
     etcd until closed. ``policy`` is ``"round_robin"`` (default), ``"pick_first"``, ``"p2c"``,
     ``"weighted"`` or a :class:`Picker` factory; ``credentials``, ``options``, ``interceptors``
     and ``compression`` apply to every subchannel as in ``grpc.aio.secure_channel``.
+
+    An endpoint is dialled only if its ``Addr`` is ``host:port``, ``[IPv6]:port`` or
+    ``IPv4:port`` (never read as a gRPC target URI) and ``address_filter(address)`` (if given,
+    for example :func:`allow_networks`) admits it; the others are skipped with a warning and
+    listed in ``statistics().skipped``.
     """
     channel = BalancedChannel(
         client,
@@ -287,6 +301,7 @@ async def resolve(
         compression=compression,
         drain_timeout=drain_timeout,
         start_timeout=start_timeout,
+        address_filter=address_filter,
     )
     await channel._open()
     return channel
