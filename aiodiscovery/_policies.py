@@ -11,10 +11,13 @@ from __future__ import annotations
 import abc
 import logging
 import random
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+
+from ._logsafe import safe
 
 __all__ = [
     "POLICIES",
@@ -129,25 +132,50 @@ class P2CPicker(Picker[S]):
         return first if first.in_flight <= second.in_flight else second
 
 
+# The largest weight honoured. Smooth weighted round robin costs the same whatever the weights,
+# but a share of more than 10,000 to 1 is no longer balancing, and a bound keeps every picker
+# (ours or a table-based one) from sizing anything by a number the registry chose.
+MAX_WEIGHT = 10_000
+
+
 def endpoint_weight(
     metadata: object, address: str, warned: set[tuple[str, str]] | None = None
 ) -> int:
-    """The weight from metadata ``{"weight": n}``; 1 when absent or not a positive integer.
+    """The weight from metadata ``{"weight": n}``: 1 when absent, at most :data:`MAX_WEIGHT`.
 
-    A bad weight is logged as a warning; pass ``warned`` to log each (address, weight) only once.
+    A weight that is not a number >= 1 counts as 1, a larger one than :data:`MAX_WEIGHT` as
+    :data:`MAX_WEIGHT`, and either is logged as a warning; pass ``warned`` to log each
+    (address, weight) only once.
     """
     if not isinstance(metadata, Mapping) or "weight" not in metadata:
         return 1
     weight = metadata["weight"]
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 1:
-        seen = (address, repr(weight))
-        if warned is not None:
-            if seen in warned:
-                return 1
-            warned.add(seen)
-        logger.warning("endpoint %s has weight %r; using 1 (need a number >= 1)", address, weight)
-        return 1
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 1:
+        # (not >= rather than <, so that NaN is caught.)
+        return _warn_weight(1, "need a number >= 1", address, weight, warned)
+    if weight > MAX_WEIGHT:
+        return _warn_weight(MAX_WEIGHT, f"at most {MAX_WEIGHT}", address, weight, warned)
     return int(weight)
+
+
+def _warn_weight(
+    used: int, rule: str, address: str, weight: object, warned: set[tuple[str, str]] | None
+) -> int:
+    seen = (address, _describe(weight))
+    if warned is not None:
+        if seen in warned:
+            return used
+        warned.add(seen)
+    logger.warning("endpoint %s has weight %s; using %d (%s)", safe(address), seen[1], used, rule)
+    return used
+
+
+def _describe(value: object) -> str:
+    """A short, one-line, never-failing description of a metadata value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        # repr() of a huge integer is slow, and refused past 4,300 digits.
+        return f"an integer of {value.bit_length()} bits"
+    return safe(reprlib.repr(value))
 
 
 class WeightedPicker(Picker[S]):

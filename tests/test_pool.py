@@ -30,6 +30,7 @@ from aiodiscovery import (
     WeightedPicker,
     resolve,
 )
+from aiodiscovery._policies import MAX_WEIGHT
 
 from .helpers import until
 from .servers import EchoServer, method
@@ -160,6 +161,23 @@ def test_bad_weight_is_reported_once_per_address_and_value(
         picker.update([good, bad])
         picker.update([good, bad])
         assert len(caplog.records) == 2 and "weight 0" in caplog.records[1].getMessage()
+
+
+def test_weights_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    picker = WeightedPicker()
+    small = View("b:1", {"weight": 1})
+    with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
+        picker.update([View("a:1", {"weight": 10**9}), small])
+        picks = Counter(picker.pick().address for _ in range(MAX_WEIGHT + 1))
+        assert picks == {"a:1": MAX_WEIGHT, "b:1": 1}
+        # Whatever the registry holds, update() and pick() neither fail nor take long.
+        for weight in (float("nan"), float("inf"), 10**5000, 1e308, [[[[[[[[1]]]]]]]], "x\ny"):
+            picker.update([View("c\nforged:1", {"weight": weight}), small])
+            assert picker.pick().address in {"c\nforged:1", "b:1"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 7
+    assert all("\n" not in m for m in messages)
+    assert "weight an integer of 16610 bits; using 10000" in messages[3]
 
 
 async def test_custom_picker(client: EtcdClient, service: str) -> None:

@@ -193,8 +193,10 @@ async def test_hostile_addrs_are_never_dialled(
         em = EndpointManager(client, service)
         await em.add_endpoint(f"{service}/good", Endpoint(servers[0].address))
         hostile = bait.hostile_addrs()
-        for i, addr in enumerate(hostile):
-            await put_raw(client, f"{service}/bad{i}", addr)
+        # A key can hold a newline too: its warning must stay one line.
+        keys = [f"{service}/bad{i}" for i in range(len(hostile) - 1)] + [f"{service}/x\nforged"]
+        for key, addr in zip(keys, hostile, strict=True):
+            await put_raw(client, key, addr)
         with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
             async with await resolve(client, service) as channel:
                 await ready(channel, 1)
@@ -203,7 +205,7 @@ async def test_hostile_addrs_are_never_dialled(
                 ]
                 assert where(replies) == {"s0": 20}
                 stats = channel.statistics()
-                assert set(stats.skipped) == {f"{service}/bad{i}" for i in range(len(hostile))}
+                assert set(stats.skipped) == set(keys)
                 assert stats.skipped_endpoints == len(hostile)
                 assert list(stats.subchannels) == [servers[0].address]
                 # The pool still follows etcd: a new endpoint takes calls.
@@ -221,6 +223,7 @@ async def test_hostile_addrs_are_never_dialled(
     assert len(warnings) == len(hostile) + 1
     assert all("\n" not in w and "\x00" not in w for w in warnings)
     assert any("\\nforged log line" in w for w in warnings)
+    assert any("/x\\nforged" in w for w in warnings)
 
 
 async def test_an_address_filter_admits_only_what_it_allows(
