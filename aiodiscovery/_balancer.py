@@ -66,6 +66,8 @@ class SubchannelStatistics:
     in_flight: int
     picks: int
     draining: bool
+    # Fresh connections made because the address was registered again while not READY.
+    reconnects: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class Balancer:
         self._state_changed = anyio.Event()
         self._subchannels: dict[str, Subchannel] = {}
         self._draining: dict[str, Subchannel] = {}
+        # Channels replaced by renew(), closing once their calls are done.
+        self._retiring: set[grpc.aio.Channel] = set()
         self._waiting = WaitQueue()
         self._revision = 0
         self._no_endpoint_failures = 0
@@ -176,13 +180,15 @@ class Balancer:
             self._task_group.cancel_scope.cancel()
 
     async def _close_subchannels(self) -> None:
-        subs = [*self._subchannels.values(), *self._draining.values()]
+        channels = [s.channel for s in [*self._subchannels.values(), *self._draining.values()]]
+        channels += self._retiring
         self._subchannels.clear()
         self._draining.clear()
+        self._retiring.clear()
         self.usable = []
         async with anyio.create_task_group() as tg:
-            for sub in subs:
-                tg.start_soon(sub.channel.close, self._grace)
+            for channel in channels:
+                tg.start_soon(channel.close, self._grace)
 
     # -- following the endpoint set ---------------------------------------------------------
 
@@ -211,6 +217,7 @@ class Balancer:
     def _hold(self, addr: str, want: Wanted) -> bool:
         """Hold a subchannel for ``want``; True if a usable one's metadata changed."""
         sub = self._subchannels.get(addr)
+        follow = sub is None
         if sub is None:
             sub = self._draining.pop(addr, None)
             if sub is not None:
@@ -219,7 +226,16 @@ class Balancer:
             else:
                 logger.info("%s: new endpoint %s", self.target, safe(addr))
                 sub = Subchannel(addr, want.metadata, self._dial(want.address))
+                sub.revision = want.revision
             self._subchannels[addr] = sub
+        if want.revision > sub.revision:
+            if sub.revision and sub.state is not _State.READY:
+                # Registered again (a server back on its old address, most likely) while its
+                # connection waits out gRPC's reconnect backoff: connect now instead.
+                self._renew(sub, want.address)
+                follow = True
+            sub.revision = want.revision
+        if follow:
             self._spawn(sub, self._monitor)
         if _same(sub.metadata, want.metadata):
             return False
@@ -227,6 +243,24 @@ class Balancer:
         # Pickers read metadata (the weight) only in update(); the list itself may not change,
         # so a usable subchannel's new metadata must force one.
         return sub in self.usable
+
+    def _renew(self, sub: Subchannel, address: Address) -> None:
+        logger.info(
+            "%s: endpoint %s registered again while %s; connecting afresh",
+            self.target,
+            safe(sub.address),
+            sub.state.name,
+        )
+        old = sub.renew(self._dial(address))
+        self._retiring.add(old)
+        assert self._task_group is not None
+        self._task_group.start_soon(self._retire, old)
+
+    async def _retire(self, channel: grpc.aio.Channel) -> None:
+        # Its calls get as long as a removed endpoint's would; serve()'s exit closes it if
+        # this is cancelled first.
+        await channel.close(self._drain_timeout)
+        self._retiring.discard(channel)
 
     def _spawn(self, sub: Subchannel, work: Callable[[Subchannel], Any]) -> None:
         """Run ``work(sub)`` in place of whatever background work ``sub`` had."""
@@ -348,7 +382,7 @@ class Balancer:
     def statistics(self) -> PoolStatistics:
         """Subchannels by address (state, calls in flight, picks), totals and failures."""
         subs = {
-            a: SubchannelStatistics(s.state.name, s.in_flight, s.picks, s.draining)
+            a: SubchannelStatistics(s.state.name, s.in_flight, s.picks, s.draining, s.reconnects)
             for a, s in [*self._subchannels.items(), *self._draining.items()]
         }
         return PoolStatistics(

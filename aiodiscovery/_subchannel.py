@@ -52,6 +52,10 @@ class Subchannel:
         self.state = _State.IDLE
         self.in_flight = 0
         self.picks = 0
+        # The newest etcd mod revision of the keys naming this address (0: unknown).
+        self.revision = 0
+        # Fresh channels swapped in for this address (see renew()).
+        self.reconnects = 0
         # The background work that follows this subchannel (its connectivity, or its drain):
         # cancelled and replaced whenever that work changes.
         self.scope = anyio.CancelScope()
@@ -127,6 +131,18 @@ class Subchannel:
         self._idle = None
 
     # -- connectivity -----------------------------------------------------------------------
+
+    def renew(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
+        """Make new calls go through ``channel`` from now on; return the channel it replaces.
+
+        grpcio has no call to cut a reconnect backoff short, but a fresh channel connects at
+        once. Calls in flight stay on the old channel (and count here until done); the caller
+        closes it once they are.
+        """
+        old, self.channel = self.channel, channel
+        self._callables = {}
+        self.reconnects += 1
+        return old
 
     async def follow_connectivity(self, changed: Callable[[Subchannel], None]) -> None:
         """Keep :attr:`state` up to date, calling ``changed(self)`` on each change; forever.
