@@ -129,7 +129,12 @@ class DeferredCall(grpc.aio.Call):  # type: ignore[misc]
 
     async def _started(self) -> Any:
         """The real call once started, or None if the call ended before it could start."""
-        await self._settled.wait()
+        if self._settled.is_set():
+            # Yield anyway, as awaiting any grpc.aio call does: a caller retrying a call that
+            # fails at once (no endpoint) in a loop must not starve the event loop.
+            await asyncio.sleep(0)
+        else:
+            await self._settled.wait()
         return self._real
 
     async def _resolve(self) -> Any:

@@ -387,6 +387,28 @@ async def test_no_endpoint_fails_fast_or_waits_for_ready(client: EtcdClient, ser
         await call(channel)
 
 
+async def test_a_call_that_fails_at_once_still_yields(client: EtcdClient, service: str) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with await resolve(client, service) as channel, anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        before = ticks
+        # A caller that retries in a loop: without a checkpoint per call it would never let
+        # anything else run (the whole application would hang while the service is empty).
+        for _ in range(50):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(channel)
+        assert ticks - before >= 25
+        tg.cancel_scope.cancel()
+
+
 def waiting_call(channel: grpc.aio.Channel, **kwargs: Any) -> tuple[Any, list[Any]]:
     """A unary call that waits for an endpoint, and the list its done callback appends to."""
     pending = channel.unary_unary(method("Unary"))(b"w", wait_for_ready=True, **kwargs)
