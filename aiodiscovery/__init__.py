@@ -29,6 +29,7 @@ from ._policies import (
     WeightedPicker,
 )
 from ._pool import BalancedChannel, resolve
+from ._protection import MassRemovalProtection
 from ._registrar import Registrar, RegistrarState, RegistrarStatistics
 from ._watcher import EndpointSet, WatchBatch, Watcher, WatcherStatistics
 
@@ -45,6 +46,7 @@ __all__ = [
     "EtcdError",
     "EtcdUnavailableError",
     "LeaseNotFoundError",
+    "MassRemovalProtection",
     "Operation",
     "P2CPicker",
     "PickFirstPicker",

@@ -1,9 +1,10 @@
-"""The pool behind a :class:`BalancedChannel`: subchannels that follow an endpoint set, and picks.
+"""The pool behind a :class:`BalancedChannel`: what each call may be sent to, and picks.
 
-:class:`Balancer` keeps one :class:`Subchannel` per address of the latest
-:class:`EndpointSet`, drains the removed ones, keeps the list of usable subchannels its picker
-chooses from, and owns the queue of calls waiting for an endpoint. Everything here runs on the
-event loop, in the channel's task or in synchronous call paths; nothing refers back to the
+:class:`Balancer` runs the pool's background task, which keeps a :class:`Membership` in step
+with the endpoint sets; it keeps the list of usable subchannels its picker chooses from (the
+eligible registered ones, READY first, and any kept by mass-removal protection), the channel's
+connectivity state, and owns the queue of calls waiting for an endpoint. Everything here runs
+on the event loop, in the channel's task or in synchronous call paths; nothing refers back to the
 :class:`BalancedChannel` the user holds, so that one can be garbage collected.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,12 +22,12 @@ import anyio.abc
 import grpc
 import grpc.aio
 
-from ._address import Address, AddressFilter
-from ._admission import Admission, Wanted
+from ._address import AddressFilter
 from ._deferred import DeferredCall, WaitQueue
-from ._logsafe import safe
+from ._membership import Dial, Membership
 from ._policies import Picker
-from ._subchannel import DRAINING, MethodKey, Subchannel
+from ._protection import MassRemovalProtection
+from ._subchannel import MethodKey, Subchannel
 from ._watcher import EndpointSet
 
 __all__ = ["Balancer", "EndpointSource", "PoolStatistics", "SubchannelStatistics"]
@@ -54,10 +56,6 @@ class EndpointSource(Protocol):
     async def __aexit__(self, *exc_info: Any) -> Any: ...
 
 
-# Makes the grpc.aio channel for one address.
-Dial = Callable[[Address], grpc.aio.Channel]
-
-
 @dataclass(frozen=True)
 class SubchannelStatistics:
     """One subchannel's state and counters."""
@@ -68,6 +66,8 @@ class SubchannelStatistics:
     draining: bool
     # Fresh connections made because the address was registered again while not READY.
     reconnects: int = 0
+    # Removed from the registry, but kept in use by mass-removal protection.
+    retained: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,10 @@ class PoolStatistics:
     skipped: dict[str, str] = field(default_factory=dict)
     # Endpoints skipped so far, one per key and address (each also logged once).
     skipped_endpoints: int = 0
+    # Seconds mass-removal protection may still keep the retained subchannels (None: off).
+    retained_for: float | None = None
+    # How many times mass-removal protection began.
+    mass_removals: int = 0
 
     def by_state(self) -> dict[str, int]:
         """How many subchannels are in each connectivity state."""
@@ -108,6 +112,7 @@ class Balancer:
         *,
         drain_timeout: float,
         address_filter: AddressFilter | None = None,
+        mass_removal: MassRemovalProtection | None = None,
     ) -> None:
         self.target = target
         self.picker = picker
@@ -117,14 +122,15 @@ class Balancer:
         self.closed = False
         # Why the pool stopped following etcd, once its task has died without close().
         self.stop_reason: str | None = None
-        self._dial = dial
-        self._admission = Admission(target, address_filter)
-        self._drain_timeout = drain_timeout
+        self._members = Membership(
+            target,
+            dial,
+            self._rebuild,
+            drain_timeout=drain_timeout,
+            address_filter=address_filter,
+            mass_removal=mass_removal,
+        )
         self._state_changed = anyio.Event()
-        self._subchannels: dict[str, Subchannel] = {}
-        self._draining: dict[str, Subchannel] = {}
-        # Channels replaced by renew(), closing once their calls are done.
-        self._retiring: set[grpc.aio.Channel] = set()
         self._waiting = WaitQueue()
         self._revision = 0
         self._no_endpoint_failures = 0
@@ -143,7 +149,7 @@ class Balancer:
         """
         try:
             async with watcher, anyio.create_task_group() as tg:
-                self._task_group = tg
+                self._task_group = self._members.task_group = tg
                 self.apply(watcher.snapshot)
                 started.set()
                 async for snapshot in watcher.snapshots():
@@ -158,8 +164,9 @@ class Balancer:
             raise
         finally:
             started.set()
+            self.usable = []
             with anyio.CancelScope(shield=True):
-                await self._close_subchannels()
+                await self._members.close(self._grace)
             # Nothing will ever make a subchannel usable again: say so, and free the waiters.
             self.set_state(_State.SHUTDOWN if self.closed else _State.TRANSIENT_FAILURE)
             self._waiting.end_all(
@@ -179,118 +186,15 @@ class Balancer:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
-    async def _close_subchannels(self) -> None:
-        channels = [s.channel for s in [*self._subchannels.values(), *self._draining.values()]]
-        channels += self._retiring
-        self._subchannels.clear()
-        self._draining.clear()
-        self._retiring.clear()
-        self.usable = []
-        async with anyio.create_task_group() as tg:
-            for channel in channels:
-                tg.start_soon(channel.close, self._grace)
-
     # -- following the endpoint set ---------------------------------------------------------
 
     def apply(self, snapshot: EndpointSet) -> None:
         """Bring the subchannels in line with ``snapshot``."""
         self._revision = snapshot.revision
-        wanted = self._admission.select(snapshot)
-        metadata_changed = False
-        for addr, want in list(wanted.items()):
-            try:
-                metadata_changed |= self._hold(addr, want)
-            except Exception as exc:
-                # Nothing that comes from one endpoint may stop the pool.
-                self._admission.refuse(addr, want, f"its subchannel failed: {exc!r}")
-                del wanted[addr]
-        for addr in [a for a in self._subchannels if a not in wanted]:
-            sub = self._subchannels.pop(addr)
-            sub.hold(DRAINING)
-            self._draining[addr] = sub
-            logger.info(
-                "%s: endpoint %s removed; draining %d calls", self.target, safe(addr), sub.in_flight
-            )
-            self._spawn(sub, self._drain)
-        self._rebuild(refresh=metadata_changed)
-
-    def _hold(self, addr: str, want: Wanted) -> bool:
-        """Hold a subchannel for ``want``; True if a usable one's metadata changed."""
-        sub = self._subchannels.get(addr)
-        follow = sub is None
-        if sub is None:
-            sub = self._draining.pop(addr, None)
-            if sub is not None:
-                logger.info("%s: endpoint %s is back; it stops draining", self.target, safe(addr))
-                sub.release(DRAINING)
-            else:
-                logger.info("%s: new endpoint %s", self.target, safe(addr))
-                sub = Subchannel(addr, want.metadata, self._dial(want.address))
-                sub.revision = want.revision
-            self._subchannels[addr] = sub
-        if want.revision > sub.revision:
-            if sub.revision and sub.state is not _State.READY:
-                # Registered again (a server back on its old address, most likely) while its
-                # connection waits out gRPC's reconnect backoff: connect now instead.
-                self._renew(sub, want.address)
-                follow = True
-            sub.revision = want.revision
-        if follow:
-            self._spawn(sub, self._monitor)
-        if _same(sub.metadata, want.metadata):
-            return False
-        sub.metadata = want.metadata
+        changed = self._members.apply(snapshot)
         # Pickers read metadata (the weight) only in update(); the list itself may not change,
         # so a usable subchannel's new metadata must force one.
-        return sub in self.usable
-
-    def _renew(self, sub: Subchannel, address: Address) -> None:
-        logger.info(
-            "%s: endpoint %s registered again while %s; connecting afresh",
-            self.target,
-            safe(sub.address),
-            sub.state.name,
-        )
-        old = sub.renew(self._dial(address))
-        self._retiring.add(old)
-        assert self._task_group is not None
-        self._task_group.start_soon(self._retire, old)
-
-    async def _retire(self, channel: grpc.aio.Channel) -> None:
-        # Its calls get as long as a removed endpoint's would; serve()'s exit closes it if
-        # this is cancelled first.
-        await channel.close(self._drain_timeout)
-        self._retiring.discard(channel)
-
-    def _spawn(self, sub: Subchannel, work: Callable[[Subchannel], Any]) -> None:
-        """Run ``work(sub)`` in place of whatever background work ``sub`` had."""
-        assert self._task_group is not None
-        sub.scope.cancel()
-        sub.scope = anyio.CancelScope()
-        self._task_group.start_soon(work, sub)
-
-    async def _monitor(self, sub: Subchannel) -> None:
-        with sub.scope:
-            await sub.follow_connectivity(self._subchannel_changed)
-
-    def _subchannel_changed(self, _sub: Subchannel) -> None:
-        self._rebuild()
-
-    async def _drain(self, sub: Subchannel) -> None:
-        with sub.scope:
-            with anyio.move_on_after(self._drain_timeout):
-                await sub.wait_idle()
-            if sub.in_flight:
-                logger.warning(
-                    "%s: closing removed endpoint %s with %d calls still in flight",
-                    self.target,
-                    safe(sub.address),
-                    sub.in_flight,
-                )
-            del self._draining[sub.address]
-            with anyio.CancelScope(shield=True):
-                await sub.channel.close(None)
-            logger.info("%s: endpoint %s closed", self.target, safe(sub.address))
+        self._rebuild(refresh=any(sub in self.usable for sub in changed))
 
     # -- the usable list and the channel's state --------------------------------------------
 
@@ -301,8 +205,11 @@ class Balancer:
         """
         if self.closed:
             return
-        subs = [s for s in self._subchannels.values() if s.eligible]
-        usable = [s for s in subs if s.state is _State.READY]
+        members = self._members
+        subs = [s for s in members.registered.values() if s.eligible]
+        # Kept subchannels are READY; after the registered ones, so pick_first prefers those.
+        kept = list(members.retained.values())
+        usable = [s for s in subs if s.state is _State.READY] + kept
         if not usable:
             for state in _FALLBACK_ORDER:
                 usable = [s for s in subs if s.state is state]
@@ -315,7 +222,7 @@ class Balancer:
             self.usable = usable
             if usable:
                 self._launch_waiting()
-        states = {s.state for s in subs}
+        states = {s.state for s in subs} | {s.state for s in kept}
         for state in _HOPE_ORDER:
             if state in states:
                 break
@@ -337,7 +244,7 @@ class Balancer:
 
     def connect(self) -> None:
         """Ask every IDLE subchannel to connect."""
-        for sub in self._subchannels.values():
+        for sub in self._members.registered.values():
             if sub.state is _State.IDLE:
                 sub.channel.get_state(try_to_connect=True)
 
@@ -360,7 +267,7 @@ class Balancer:
         return call
 
     def _no_endpoint(self) -> str:
-        skipped = len(self._admission.skipped)
+        skipped = len(self._members.admission.skipped)
         if not skipped:
             return f"no endpoint registered for {self.target!r}"
         return (
@@ -381,10 +288,16 @@ class Balancer:
 
     def statistics(self) -> PoolStatistics:
         """Subchannels by address (state, calls in flight, picks), totals and failures."""
+        members = self._members
+        retained = members.retained
         subs = {
-            a: SubchannelStatistics(s.state.name, s.in_flight, s.picks, s.draining, s.reconnects)
-            for a, s in [*self._subchannels.items(), *self._draining.items()]
+            s.address: SubchannelStatistics(
+                s.state.name, s.in_flight, s.picks, s.draining, s.reconnects, s.address in retained
+            )
+            for s in members.held()
         }
+        guard = members.guard
+        until = None if guard is None else guard.until
         return PoolStatistics(
             target=self.target,
             revision=self._revision,
@@ -392,17 +305,11 @@ class Balancer:
             in_flight=sum(s.in_flight for s in subs.values()),
             picks=sum(s.picks for s in subs.values()),
             no_endpoint_failures=self._no_endpoint_failures,
-            skipped=dict(self._admission.skipped),
-            skipped_endpoints=self._admission.skipped_total,
+            skipped=dict(members.admission.skipped),
+            skipped_endpoints=members.admission.skipped_total,
+            retained_for=None if until is None else max(0.0, until - time.monotonic()),
+            mass_removals=0 if guard is None else guard.engagements,
         )
-
-
-def _same(old: object, new: object) -> bool:
-    """Whether two metadata values are equal; deep nesting can make ``==`` itself fail."""
-    try:
-        return old is new or bool(old == new)
-    except Exception:
-        return False
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -28,6 +28,7 @@ from ._address import Address, AddressFilter
 from ._balancer import Balancer, PoolStatistics, SubchannelStatistics
 from ._multicallable import multi_callable
 from ._policies import Picker, make_picker
+from ._protection import MassRemovalProtection
 from ._subchannel import CallKind
 from ._watcher import Watcher
 
@@ -35,6 +36,7 @@ __all__ = ["BalancedChannel", "PoolStatistics", "SubchannelStatistics", "resolve
 
 _State = grpc.ChannelConnectivity
 DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_MASS_REMOVAL = MassRemovalProtection()
 # The pools' tasks: asyncio itself only keeps weak references, and the channel that started one
 # may be garbage collected while its task still winds down.
 _HOSTS: set[asyncio.Task[None]] = set()
@@ -66,6 +68,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         start_timeout: float | None = None,
         address_filter: AddressFilter | None = None,
+        mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
     ) -> None:
         self.target = target
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
@@ -82,6 +85,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             dial,
             drain_timeout=drain_timeout,
             address_filter=address_filter,
+            mass_removal=mass_removal,
         )
         self._host: asyncio.Task[None] | None = None
 
@@ -277,6 +281,7 @@ async def resolve(
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     start_timeout: float | None = None,
     address_filter: AddressFilter | None = None,
+    mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
 ) -> BalancedChannel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
@@ -290,6 +295,10 @@ async def resolve(
     ``IPv4:port`` (never read as a gRPC target URI) and ``address_filter(address)`` (if given,
     for example :func:`allow_networks`) admits it; the others are skipped with a warning and
     listed in ``statistics().skipped``.
+
+    ``mass_removal`` (a :class:`MassRemovalProtection`) keeps removed endpoints that are still
+    READY in use for a while when most of the service vanishes from the registry at once;
+    ``None`` turns that off.
     """
     channel = BalancedChannel(
         client,
@@ -302,6 +311,7 @@ async def resolve(
         drain_timeout=drain_timeout,
         start_timeout=start_timeout,
         address_filter=address_filter,
+        mass_removal=mass_removal,
     )
     await channel._open()
     return channel

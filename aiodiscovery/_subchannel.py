@@ -148,7 +148,8 @@ class Subchannel:
         """Keep :attr:`state` up to date, calling ``changed(self)`` on each change; forever.
 
         An IDLE channel is asked to connect at once: a new or recovered endpoint should take
-        calls as soon as it can, not on the first call that happens to pick it.
+        calls as soon as it can, not on the first call that happens to pick it. Returns when
+        the channel is closed (``changed`` may itself be what drains it).
         """
         channel = self.channel
         state = channel.get_state(try_to_connect=True)
@@ -158,5 +159,8 @@ class Subchannel:
                 changed(self)
             if state is _State.IDLE:
                 channel.get_state(try_to_connect=True)
-            await channel.wait_for_state_change(state)
+            try:
+                await channel.wait_for_state_change(state)
+            except grpc.aio.UsageError:
+                return
             state = channel.get_state(try_to_connect=False)
