@@ -254,6 +254,7 @@ async def test_deregistration_under_load_fails_no_call(client: EtcdClient, servi
                     await until(lambda: servers[2].calls > 50)
                 # The lease is revoked: s2 drains while eight workers keep calling.
                 await until(lambda: drained(channel, servers[2].address))
+                assert channel.statistics().mass_removals == 0
                 frozen = servers[2].calls
                 more = len(replies) + 300
                 await until(lambda: len(replies) > more)
@@ -407,6 +408,23 @@ async def test_a_call_that_fails_at_once_still_yields(client: EtcdClient, servic
                 await call(channel)
         assert ticks - before >= 25
         tg.cancel_scope.cancel()
+
+
+async def test_calls_have_the_types_of_grpc_aio(client: EtcdClient, service: str) -> None:
+    kinds = [
+        ("unary_unary", grpc.aio.UnaryUnaryMultiCallable, grpc.aio.UnaryUnaryCall),
+        ("unary_stream", grpc.aio.UnaryStreamMultiCallable, grpc.aio.UnaryStreamCall),
+        ("stream_unary", grpc.aio.StreamUnaryMultiCallable, grpc.aio.StreamUnaryCall),
+        ("stream_stream", grpc.aio.StreamStreamMultiCallable, grpc.aio.StreamStreamCall),
+    ]
+    async with await resolve(client, service) as channel:
+        for kind, multi_callable_type, call_type in kinds:
+            multi_callable = getattr(channel, kind)(method("Unary"))
+            assert isinstance(multi_callable, multi_callable_type)
+            # With no endpoint the call waits, in an object of the same kind as grpc.aio's.
+            waiting = multi_callable(None, wait_for_ready=True, timeout=30)
+            assert isinstance(waiting, call_type), kind
+            assert waiting.cancel()
 
 
 def waiting_call(channel: grpc.aio.Channel, **kwargs: Any) -> tuple[Any, list[Any]]:
@@ -585,21 +603,14 @@ async def test_a_pool_that_stops_following_etcd_says_so(
     assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
 
-async def test_interceptors_and_options_reach_every_subchannel(
-    client: EtcdClient, service: str
-) -> None:
+async def test_interceptors_reach_every_subchannel(client: EtcdClient, service: str) -> None:
     class AddMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
             details = details._replace(metadata=(*(details.metadata or ()), ("x-test", "icpt")))
             return await continuation(details, request)
 
     async with echo_servers(2) as servers, registered(client, service, servers):
-        channel = await resolve(
-            client,
-            service,
-            interceptors=[AddMetadata()],
-            options=[("grpc.primary_user_agent", "t")],
-        )
+        channel = await resolve(client, service, interceptors=[AddMetadata()])
         try:
             await ready(channel, 2)
             replies = [await channel.unary_unary(method("Meta"))(b"") for _ in range(4)]
