@@ -109,13 +109,14 @@ class Membership:
     def _hold(self, addr: str, want: Wanted) -> Subchannel:
         """The subchannel for ``want``, made or brought back if need be."""
         sub = self.registered.get(addr)
-        follow = sub is None
         if sub is None and addr in self.retained:
+            # Still followed: it only changes role.
             sub = self.retained.pop(addr)
             assert self.guard is not None
             self.guard.returned(addr)
             logger.info("%s: kept endpoint %s is registered again", self.target, safe(addr))
             self.registered[addr] = sub
+        follow = sub is None
         if sub is None:
             sub = self._draining.pop(addr, None)
             if sub is not None:
@@ -152,7 +153,7 @@ class Membership:
         if not keep:
             return
         assert guard is not None and guard.until is not None
-        kept = ", ".join(safe(a) for a in addresses if a in self.retained) or "none"
+        kept = _some([a for a in addresses if a in self.retained])
         if protecting:
             logger.warning("%s: mass-removal protection also keeps %s", self.target, kept)
             return
@@ -262,6 +263,14 @@ class Membership:
             with anyio.CancelScope(shield=True):
                 await sub.channel.close(None)
             logger.info("%s: endpoint %s closed", self.target, safe(sub.address))
+
+
+def _some(addresses: list[str], shown: int = 10) -> str:
+    """A log line's worth of ``addresses``."""
+    if not addresses:
+        return "none"
+    text = ", ".join(safe(a) for a in addresses[:shown])
+    return text if len(addresses) <= shown else f"{text} and {len(addresses) - shown} more"
 
 
 def _same(old: object, new: object) -> bool:

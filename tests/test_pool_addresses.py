@@ -43,9 +43,9 @@ SECRET = "Bearer do-not-leak"
 @pytest.mark.parametrize(
     ("addr", "target", "text"),
     [
-        ("127.0.0.1:50051", "ipv4:127.0.0.1:50051", "127.0.0.1:50051"),
-        ("[::1]:80", "ipv6:[::1]:80", "[::1]:80"),
-        ("[0:0::1]:80", "ipv6:[::1]:80", "[::1]:80"),
+        ("127.0.0.1:50051", "dns:///127.0.0.1:50051", "127.0.0.1:50051"),
+        ("[::1]:80", "dns:///[::1]:80", "[::1]:80"),
+        ("[0:0::1]:80", "dns:///[::1]:80", "[::1]:80"),
         ("localhost:1", "dns:///localhost:1", "localhost:1"),
         ("db-1.svc.cluster.local.:65535", "dns:///db-1.svc.cluster.local.:65535", None),
         ("_grpc.example:443", "dns:///_grpc.example:443", None),
