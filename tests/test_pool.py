@@ -9,7 +9,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,17 @@ async def ready(channel: BalancedChannel, count: int, timeout: float = 10) -> No
 
 async def call(channel: grpc.aio.Channel, payload: bytes = b"x", **kwargs: Any) -> bytes:
     return await channel.unary_unary(method("Unary"))(payload, **kwargs)  # type: ignore[no-any-return]
+
+
+async def resolve_holding(
+    client: EtcdClient, service: str, server: EchoServer
+) -> tuple[BalancedChannel, Any]:
+    """A channel over ``server`` alone, with one Hold call held on it."""
+    channel = await resolve(client, service)
+    await ready(channel, 1)
+    held = channel.unary_unary(method("Hold"))(b"h")
+    await until(lambda: server.holding == 1)
+    return channel, held
 
 
 def where(replies: list[bytes]) -> Counter[str]:
@@ -232,36 +243,55 @@ def drained(channel: BalancedChannel, address: str) -> bool:
     return sub is None or (sub.draining and sub.in_flight == 0)
 
 
+@dataclass
+class Load:
+    """What the workers of :func:`under_load` got."""
+
+    replies: list[bytes] = field(default_factory=list)
+    failures: list[grpc.aio.AioRpcError] = field(default_factory=list)
+
+    async def more(self, count: int) -> None:
+        """Wait until ``count`` more calls have succeeded."""
+        target = len(self.replies) + count
+        await until(lambda: len(self.replies) >= target)
+
+
+@contextlib.asynccontextmanager
+async def under_load(channel: grpc.aio.Channel, workers: int = 8) -> AsyncIterator[Load]:
+    """Workers calling ``channel`` back to back for as long as the block runs."""
+    load = Load()
+    stop = anyio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                load.replies.append(await call(channel, timeout=5))
+            except grpc.aio.AioRpcError as exc:
+                load.failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker)
+        try:
+            yield load
+        finally:
+            stop.set()
+
+
 async def test_deregistration_under_load_fails_no_call(client: EtcdClient, service: str) -> None:
-    failures: list[BaseException] = []
-    replies: list[bytes] = []
     async with echo_servers(3) as servers, registered(client, service, servers[:2]):
-        async with await resolve(client, service) as channel:
-            stop = anyio.Event()
-
-            async def worker() -> None:
-                while not stop.is_set():
-                    try:
-                        replies.append(await call(channel, timeout=5))
-                    except grpc.aio.AioRpcError as exc:
-                        failures.append(exc)
-
-            async with anyio.create_task_group() as tg:
-                async with Registrar(client, service, servers[2].address, ttl=5):
-                    await ready(channel, 3)
-                    for _ in range(8):
-                        tg.start_soon(worker)
-                    await until(lambda: servers[2].calls > 50)
-                # The lease is revoked: s2 drains while eight workers keep calling.
-                await until(lambda: drained(channel, servers[2].address))
-                assert channel.statistics().mass_removals == 0
-                frozen = servers[2].calls
-                more = len(replies) + 300
-                await until(lambda: len(replies) > more)
-                stop.set()
-            assert servers[2].calls == frozen, "no call reached s2 once it was drained"
-    assert failures == []
-    assert set(where(replies)) == {"s0", "s1", "s2"}
+        async with await resolve(client, service) as channel, under_load(channel) as load:
+            async with Registrar(client, service, servers[2].address, ttl=5):
+                await ready(channel, 3)
+                await until(lambda: servers[2].calls > 50)
+            # The lease is revoked: s2 drains while eight workers keep calling.
+            await until(lambda: drained(channel, servers[2].address))
+            assert channel.statistics().mass_removals == 0
+            frozen = servers[2].calls
+            await load.more(300)
+        assert servers[2].calls == frozen, "no call reached s2 once it was drained"
+    assert load.failures == []
+    assert set(where(load.replies)) == {"s0", "s1", "s2"}
 
 
 async def test_server_stopped_without_deregistering(client: EtcdClient, service: str) -> None:

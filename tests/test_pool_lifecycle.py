@@ -17,7 +17,7 @@ from aiodiscovery import BalancedChannel, EtcdClient, resolve
 
 from .helpers import until
 from .servers import method
-from .test_pool import call, echo_servers, ready, registered
+from .test_pool import call, echo_servers, ready, registered, resolve_holding
 
 pytestmark = pytest.mark.anyio
 
@@ -43,10 +43,7 @@ async def test_async_with_opens_a_channel_built_directly(client: EtcdClient, ser
 
 async def test_no_call_is_accepted_once_close_has_begun(client: EtcdClient, service: str) -> None:
     async with echo_servers(1) as [server], registered(client, service, [server]):
-        channel = await resolve(client, service)
-        await ready(channel, 1)
-        held = channel.unary_unary(method("Hold"))(b"h")
-        await until(lambda: server.holding == 1)
+        channel, held = await resolve_holding(client, service, server)
         async with anyio.create_task_group() as tg:
             tg.start_soon(channel.close, 30)
             # close() has run up to its first wait (the held call has 30 s of grace).

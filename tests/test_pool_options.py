@@ -19,7 +19,7 @@ from aiodiscovery.testing import TLSFiles
 
 from .helpers import until
 from .servers import SERVICE, EchoServer, method
-from .test_pool import call, echo_servers, ready, registered, where
+from .test_pool import call, echo_servers, ready, registered, resolve_holding, where
 
 pytestmark = pytest.mark.anyio
 
@@ -210,10 +210,7 @@ async def test_an_endpoint_added_back_while_draining_is_reused(
 
 async def test_close_grace_then_cancels(client: EtcdClient, service: str) -> None:
     async with echo_servers(1) as [server], registered(client, service, [server]):
-        channel = await resolve(client, service)
-        await ready(channel, 1)
-        stuck = channel.unary_unary(method("Hold"))(b"h")
-        await until(lambda: server.holding == 1)
+        channel, stuck = await resolve_holding(client, service, server)
         with anyio.fail_after(10):
             await channel.close(grace=0.2)
         assert stuck.cancelled() and await stuck.code() is grpc.StatusCode.CANCELLED

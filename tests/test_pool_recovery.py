@@ -23,7 +23,7 @@ from aiodiscovery.testing import EtcdServer
 
 from .helpers import until
 from .servers import EchoServer
-from .test_pool import call, drained, echo_servers, ready, registered, where
+from .test_pool import call, drained, echo_servers, ready, registered, under_load, where
 
 pytestmark = pytest.mark.anyio
 
@@ -153,33 +153,18 @@ async def test_mass_removal_protection_is_bounded_and_optional(
 async def test_a_mass_deletion_under_load_fails_no_call(
     etcd: EtcdServer, client: EtcdClient, service: str
 ) -> None:
-    failures: list[grpc.aio.AioRpcError] = []
-    replies: list[bytes] = []
     async with echo_servers(3) as servers, registered(client, service, servers):
         async with await resolve(client, service) as channel:
             await ready(channel, 3)
-            stop = anyio.Event()
-
-            async def worker() -> None:
-                while not stop.is_set():
-                    try:
-                        replies.append(await call(channel, timeout=5))
-                    except grpc.aio.AioRpcError as exc:
-                        failures.append(exc)
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(8):
-                    tg.start_soon(worker)
-                await until(lambda: len(replies) > 100)
+            async with under_load(channel) as load:
+                await load.more(100)
                 await delete_prefix(etcd, service)
                 # Each Registrar notices its key gone and writes it again.
                 await until(lambda: channel.statistics().mass_removals == 1)
                 await until(lambda: registered_ready(channel) == {s.address for s in servers})
-                more = len(replies) + 300
-                await until(lambda: len(replies) > more)
-                stop.set()
-    assert failures == [], [(f.code(), f.details()) for f in failures[:5]]
-    assert set(where(replies)) == {"s0", "s1", "s2"}
+                await load.more(300)
+    assert load.failures == [], [(f.code(), f.details()) for f in load.failures[:5]]
+    assert set(where(load.replies)) == {"s0", "s1", "s2"}
 
 
 async def test_one_of_two_servers_leaving_drains_at_once(client: EtcdClient, service: str) -> None:
