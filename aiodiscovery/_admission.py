@@ -102,7 +102,12 @@ class Admission:
         logger.warning(
             '%s: not dialling endpoint %s, Addr "%s": %s',
             self._target,
-            safe(key),
-            safe(addr),
-            safe(reason),
+            safe(_clip(key)),
+            safe(_clip(addr)),
+            safe(_clip(reason)),
         )
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text``, cut short if need be: enough to recognise any real key or address."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"

@@ -128,7 +128,6 @@ def test_safe_keeps_a_log_line_one_line() -> None:
     assert safe("a\nERROR forged\r\n") == "a\\nERROR forged\\r\\n"
     assert safe("\ud800\x00\u2028\u202e\\") == "\\ud800\\x00\\u2028\\u202e\\\\"
     assert safe("héllo 中") == "héllo 中"
-    assert safe("x" * 1000, limit=10) == "xxxxxxxxxx...(1000 characters)"
 
 
 class Trap:
@@ -167,6 +166,7 @@ class Trap:
             f"{tcp}\x00",
             f"{tcp}\nforged log line",
             "\ud800:1",
+            f"{tcp}{' ' * 5000}",
         ]
 
 
@@ -221,7 +221,7 @@ async def test_hostile_addrs_are_never_dialled(
     assert bait.calls == []
     warnings = [r.getMessage() for r in caplog.records if "not dialling" in r.getMessage()]
     assert len(warnings) == len(hostile) + 1
-    assert all("\n" not in w and "\x00" not in w for w in warnings)
+    assert all("\n" not in w and "\x00" not in w and len(w) < 1000 for w in warnings)
     assert any("\\nforged log line" in w for w in warnings)
     assert any("/x\\nforged" in w for w in warnings)
 
