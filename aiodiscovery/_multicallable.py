@@ -4,6 +4,8 @@ One factory, :func:`multi_callable`, builds all four kinds; each is a subclass o
 abstract multi-callable of that kind, so stubs and type checks see what they expect. A call
 goes straight to the picked subchannel when the pool has a usable one, and returns grpc.aio's
 own call object from it; otherwise the pool defers it (see :mod:`aiodiscovery._deferred`).
+A call made of several attempts (retries on other endpoints) would be one more call class chosen
+here, starting each attempt through :meth:`Subchannel.start` like a plain call.
 """
 
 from __future__ import annotations
