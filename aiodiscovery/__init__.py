@@ -6,7 +6,9 @@ and Python services share one registry.
 
 from __future__ import annotations
 
+from ._address import Address, allow_networks, parse_address
 from ._auth import parse_user
+from ._balancer import PoolStatistics, SubchannelStatistics
 from ._client import DEFAULT_TIMEOUT, ClientStatistics, EtcdClient, connect, reauthenticate
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
 from ._endpointset import EndpointSet
@@ -31,8 +33,9 @@ from ._policies import (
     SubchannelView,
     WeightedPicker,
 )
-from ._pool import BalancedChannel, PoolStatistics, SubchannelStatistics, resolve
+from ._pool import BalancedChannel, resolve
 from ._prefixwatch import PermissionDeniedError, WatchBatch, WatcherStatistics
+from ._protection import MassRemovalProtection
 from ._registrar import Registrar, RegistrarState, RegistrarStatistics
 from ._urls import DEFAULT_URL
 from ._watcher import Watcher
@@ -41,6 +44,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "MAX_TTL",
+    "Address",
     "AiodiscoveryError",
     "AuthenticationError",
     "BalancedChannel",
@@ -53,6 +57,7 @@ __all__ = [
     "EtcdError",
     "EtcdUnavailableError",
     "LeaseNotFoundError",
+    "MassRemovalProtection",
     "MemberStatistics",
     "Operation",
     "P2CPicker",
@@ -72,9 +77,11 @@ __all__ = [
     "Watcher",
     "WatcherStatistics",
     "WeightedPicker",
+    "allow_networks",
     "connect",
     "decode_endpoint",
     "encode_endpoint",
+    "parse_address",
     "parse_target",
     "parse_user",
     "printable",

@@ -11,10 +11,13 @@ from __future__ import annotations
 import abc
 import logging
 import random
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+
+from ._logsafe import safe
 
 __all__ = [
     "POLICIES",
@@ -50,63 +53,71 @@ class SubchannelView(Protocol):
         """Calls started on it and not finished yet."""
 
 
-class Picker(abc.ABC):
-    """Chooses a subchannel for each call among the usable ones."""
+S = TypeVar("S", bound=SubchannelView)
+
+
+class Picker(abc.ABC, Generic[S]):
+    """Chooses a subchannel for each call among the usable ones.
+
+    Generic over the subchannel type: :meth:`pick` returns one of the objects :meth:`update`
+    was given, so the pool gets its own subchannels back (``Picker[SubchannelView]`` is what a
+    policy written against the protocol alone sees).
+    """
 
     @abc.abstractmethod
-    def update(self, subchannels: Sequence[SubchannelView]) -> None:
+    def update(self, subchannels: Sequence[S]) -> None:
         """Take the new list of usable subchannels (never empty), in a stable order."""
 
     @abc.abstractmethod
-    def pick(self) -> SubchannelView:
+    def pick(self) -> S:
         """Return the subchannel for the next call; called only after an :meth:`update`."""
 
 
-class RoundRobinPicker(Picker):
+class RoundRobinPicker(Picker[S]):
     """Each usable subchannel in turn (gRPC's ``round_robin``)."""
 
     def __init__(self) -> None:
-        self._subchannels: Sequence[SubchannelView] = ()
+        self._subchannels: Sequence[S] = ()
         # A random start keeps many clients from all hitting the first server at once.
         self._next = random.randrange(1 << 30)
 
-    def update(self, subchannels: Sequence[SubchannelView]) -> None:
+    def update(self, subchannels: Sequence[S]) -> None:
         """Take the new usable list; the rotation carries on where it was."""
         self._subchannels = subchannels
 
-    def pick(self) -> SubchannelView:
+    def pick(self) -> S:
         """The next subchannel in turn."""
         self._next += 1
         return self._subchannels[self._next % len(self._subchannels)]
 
 
-class PickFirstPicker(Picker):
+class PickFirstPicker(Picker[S]):
     """The first usable subchannel, in registration order (gRPC's ``pick_first``)."""
 
     def __init__(self) -> None:
-        self._first: SubchannelView | None = None
+        self._first: S | None = None
 
-    def update(self, subchannels: Sequence[SubchannelView]) -> None:
+    def update(self, subchannels: Sequence[S]) -> None:
         """Take the new usable list and stick to its first entry."""
         self._first = subchannels[0]
 
-    def pick(self) -> SubchannelView:
+    def pick(self) -> S:
         """The first usable subchannel."""
         assert self._first is not None
         return self._first
 
 
-class P2CPicker(Picker):
+class P2CPicker(Picker[S]):
     """Power of two choices: of two random subchannels, the one with fewer calls in flight."""
 
     def __init__(self) -> None:
-        self._subchannels: Sequence[SubchannelView] = ()
+        self._subchannels: Sequence[S] = ()
 
-    def update(self, subchannels: Sequence[SubchannelView]) -> None:
+    def update(self, subchannels: Sequence[S]) -> None:
         """Take the new usable list."""
         self._subchannels = subchannels
 
-    def pick(self) -> SubchannelView:
+    def pick(self) -> S:
         """The less loaded of two random subchannels."""
         subchannels = self._subchannels
         count = len(subchannels)
@@ -121,28 +132,53 @@ class P2CPicker(Picker):
         return first if first.in_flight <= second.in_flight else second
 
 
+# The largest weight honoured. Smooth weighted round robin costs the same whatever the weights,
+# but a share of more than 10,000 to 1 is no longer balancing, and a bound keeps every picker
+# (ours or a table-based one) from sizing anything by a number the registry chose.
+MAX_WEIGHT = 10_000
+
+
 def endpoint_weight(
     metadata: object, address: str, warned: set[tuple[str, str]] | None = None
 ) -> int:
-    """The weight from metadata ``{"weight": n}``; 1 when absent or not a positive integer.
+    """The weight from metadata ``{"weight": n}``: 1 when absent, at most :data:`MAX_WEIGHT`.
 
-    A bad weight is logged as a warning; pass ``warned`` to log each (address, weight) only once.
+    A weight that is not a number >= 1 counts as 1, a larger one than :data:`MAX_WEIGHT` as
+    :data:`MAX_WEIGHT`, and either is logged as a warning; pass ``warned`` to log each
+    (address, weight) only once.
     """
     if not isinstance(metadata, Mapping) or "weight" not in metadata:
         return 1
     weight = metadata["weight"]
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 1:
-        seen = (address, repr(weight))
-        if warned is not None:
-            if seen in warned:
-                return 1
-            warned.add(seen)
-        logger.warning("endpoint %s has weight %r; using 1 (need a number >= 1)", address, weight)
-        return 1
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 1:
+        # (not >= rather than <, so that NaN is caught.)
+        return _warn_weight(1, "need a number >= 1", address, weight, warned)
+    if weight > MAX_WEIGHT:
+        return _warn_weight(MAX_WEIGHT, f"at most {MAX_WEIGHT}", address, weight, warned)
     return int(weight)
 
 
-class WeightedPicker(Picker):
+def _warn_weight(
+    used: int, rule: str, address: str, weight: object, warned: set[tuple[str, str]] | None
+) -> int:
+    seen = (address, _describe(weight))
+    if warned is not None:
+        if seen in warned:
+            return used
+        warned.add(seen)
+    logger.warning("endpoint %s has weight %s; using %d (%s)", safe(address), seen[1], used, rule)
+    return used
+
+
+def _describe(value: object) -> str:
+    """A short, one-line, never-failing description of a metadata value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        # repr() of a huge integer is slow, and refused past 4,300 digits.
+        return f"an integer of {value.bit_length()} bits"
+    return safe(reprlib.repr(value))
+
+
+class WeightedPicker(Picker[S]):
     """Smooth weighted round robin (as nginx does) on the metadata weight ``{"weight": n}``.
 
     Over any ``sum(weights)`` consecutive picks each subchannel gets exactly its weight, spread
@@ -150,7 +186,7 @@ class WeightedPicker(Picker):
     """
 
     def __init__(self) -> None:
-        self._subchannels: Sequence[SubchannelView] = ()
+        self._subchannels: Sequence[S] = ()
         self._weights: list[int] = []
         self._current: list[int] = []
         self._total = 0
@@ -158,14 +194,14 @@ class WeightedPicker(Picker):
         # one per flap. Only a new bad value (or address) warns again.
         self._warned: set[tuple[str, str]] = set()
 
-    def update(self, subchannels: Sequence[SubchannelView]) -> None:
+    def update(self, subchannels: Sequence[S]) -> None:
         """Take the new usable list and re-read the weights."""
         self._subchannels = subchannels
         self._weights = [endpoint_weight(s.metadata, s.address, self._warned) for s in subchannels]
         self._current = [0] * len(subchannels)
         self._total = sum(self._weights)
 
-    def pick(self) -> SubchannelView:
+    def pick(self) -> S:
         """The subchannel whose running credit is highest."""
         current = self._current
         best = 0
@@ -177,7 +213,7 @@ class WeightedPicker(Picker):
         return self._subchannels[best]
 
 
-POLICIES: dict[str, Callable[[], Picker]] = {
+POLICIES: dict[str, Callable[[], Picker[Any]]] = {
     "round_robin": RoundRobinPicker,
     "pick_first": PickFirstPicker,
     "p2c": P2CPicker,
@@ -185,7 +221,7 @@ POLICIES: dict[str, Callable[[], Picker]] = {
 }
 
 
-def make_picker(policy: str | Callable[[], Picker]) -> Picker:
+def make_picker(policy: str | Callable[[], Picker[Any]]) -> Picker[Any]:
     """Build the picker for ``policy``: a name from :data:`POLICIES` or a picker factory."""
     if isinstance(policy, str):
         try:

@@ -14,9 +14,8 @@ request as it is; it registers itself in etcd under ``bench/echo`` with a ``Regi
 reports its port to this process. The client side runs here, on one event loop, and drives each
 contender with ``--concurrency`` callers that each send a ``--payload``-byte request, await the
 reply and go again. The multi-callable is built once per contender, with ``_registered_method=True``
-as grpcio-tools' generated stubs do. ``BalancedChannel`` does not pass that flag on to its
-subchannels, and with grpcio 1.85 a registered call costs about 1 µs more of Python on the
-client than an unregistered one, so the comparison leans that much towards the pool. Contenders:
+as grpcio-tools' generated stubs do; ``BalancedChannel`` passes that flag on to its subchannels'
+multi-callables. Contenders:
 
 a. ``BalancedChannel`` from ``await resolve(client, "etcd:///bench/echo")``, ``round_robin``, over
    the three servers;

@@ -9,7 +9,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from aiodiscovery import (
     WeightedPicker,
     resolve,
 )
+from aiodiscovery._policies import MAX_WEIGHT
 
 from .helpers import until
 from .servers import EchoServer, method
@@ -63,6 +64,17 @@ async def ready(channel: BalancedChannel, count: int, timeout: float = 10) -> No
 
 async def call(channel: grpc.aio.Channel, payload: bytes = b"x", **kwargs: Any) -> bytes:
     return await channel.unary_unary(method("Unary"))(payload, **kwargs)  # type: ignore[no-any-return]
+
+
+async def resolve_holding(
+    client: EtcdClient, service: str, server: EchoServer
+) -> tuple[BalancedChannel, Any]:
+    """A channel over ``server`` alone, with one Hold call held on it."""
+    channel = await resolve(client, service)
+    await ready(channel, 1)
+    held = channel.unary_unary(method("Hold"))(b"h")
+    await until(lambda: server.holding == 1)
+    return channel, held
 
 
 def where(replies: list[bytes]) -> Counter[str]:
@@ -162,6 +174,23 @@ def test_bad_weight_is_reported_once_per_address_and_value(
         assert len(caplog.records) == 2 and "weight 0" in caplog.records[1].getMessage()
 
 
+def test_weights_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    picker = WeightedPicker()
+    small = View("b:1", {"weight": 1})
+    with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
+        picker.update([View("a:1", {"weight": 10**9}), small])
+        picks = Counter(picker.pick().address for _ in range(MAX_WEIGHT + 1))
+        assert picks == {"a:1": MAX_WEIGHT, "b:1": 1}
+        # Whatever the registry holds, update() and pick() neither fail nor take long.
+        for weight in (float("nan"), float("inf"), 10**5000, 1e308, [[[[[[[[1]]]]]]]], "x\ny"):
+            picker.update([View("c\nforged:1", {"weight": weight}), small])
+            assert picker.pick().address in {"c\nforged:1", "b:1"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 7
+    assert all("\n" not in m for m in messages)
+    assert "weight an integer of 16610 bits; using 10000" in messages[3]
+
+
 async def test_custom_picker(client: EtcdClient, service: str) -> None:
     class Last(Picker):
         def update(self, subchannels: Sequence[SubchannelView]) -> None:
@@ -214,35 +243,55 @@ def drained(channel: BalancedChannel, address: str) -> bool:
     return sub is None or (sub.draining and sub.in_flight == 0)
 
 
+@dataclass
+class Load:
+    """What the workers of :func:`under_load` got."""
+
+    replies: list[bytes] = field(default_factory=list)
+    failures: list[grpc.aio.AioRpcError] = field(default_factory=list)
+
+    async def more(self, count: int) -> None:
+        """Wait until ``count`` more calls have succeeded."""
+        target = len(self.replies) + count
+        await until(lambda: len(self.replies) >= target)
+
+
+@contextlib.asynccontextmanager
+async def under_load(channel: grpc.aio.Channel, workers: int = 8) -> AsyncIterator[Load]:
+    """Workers calling ``channel`` back to back for as long as the block runs."""
+    load = Load()
+    stop = anyio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                load.replies.append(await call(channel, timeout=5))
+            except grpc.aio.AioRpcError as exc:
+                load.failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker)
+        try:
+            yield load
+        finally:
+            stop.set()
+
+
 async def test_deregistration_under_load_fails_no_call(client: EtcdClient, service: str) -> None:
-    failures: list[BaseException] = []
-    replies: list[bytes] = []
     async with echo_servers(3) as servers, registered(client, service, servers[:2]):
-        async with await resolve(client, service) as channel:
-            stop = anyio.Event()
-
-            async def worker() -> None:
-                while not stop.is_set():
-                    try:
-                        replies.append(await call(channel, timeout=5))
-                    except grpc.aio.AioRpcError as exc:
-                        failures.append(exc)
-
-            async with anyio.create_task_group() as tg:
-                async with Registrar(client, service, servers[2].address, ttl=5):
-                    await ready(channel, 3)
-                    for _ in range(8):
-                        tg.start_soon(worker)
-                    await until(lambda: servers[2].calls > 50)
-                # The lease is revoked: s2 drains while eight workers keep calling.
-                await until(lambda: drained(channel, servers[2].address))
-                frozen = servers[2].calls
-                more = len(replies) + 300
-                await until(lambda: len(replies) > more)
-                stop.set()
-            assert servers[2].calls == frozen, "no call reached s2 once it was drained"
-    assert failures == []
-    assert set(where(replies)) == {"s0", "s1", "s2"}
+        async with await resolve(client, service) as channel, under_load(channel) as load:
+            async with Registrar(client, service, servers[2].address, ttl=5):
+                await ready(channel, 3)
+                await until(lambda: servers[2].calls > 50)
+            # The lease is revoked: s2 drains while eight workers keep calling.
+            await until(lambda: drained(channel, servers[2].address))
+            assert channel.statistics().mass_removals == 0
+            frozen = servers[2].calls
+            await load.more(300)
+        assert servers[2].calls == frozen, "no call reached s2 once it was drained"
+    assert load.failures == []
+    assert set(where(load.replies)) == {"s0", "s1", "s2"}
 
 
 async def test_server_stopped_without_deregistering(client: EtcdClient, service: str) -> None:
@@ -367,6 +416,45 @@ async def test_no_endpoint_fails_fast_or_waits_for_ready(client: EtcdClient, ser
     assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
     with pytest.raises(grpc.aio.UsageError, match="closed"):
         await call(channel)
+
+
+async def test_a_call_that_fails_at_once_still_yields(client: EtcdClient, service: str) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with await resolve(client, service) as channel, anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        before = ticks
+        # A caller that retries in a loop: without a checkpoint per call it would never let
+        # anything else run (the whole application would hang while the service is empty).
+        for _ in range(50):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(channel)
+        assert ticks - before >= 25
+        tg.cancel_scope.cancel()
+
+
+async def test_calls_have_the_types_of_grpc_aio(client: EtcdClient, service: str) -> None:
+    kinds = [
+        ("unary_unary", grpc.aio.UnaryUnaryMultiCallable, grpc.aio.UnaryUnaryCall),
+        ("unary_stream", grpc.aio.UnaryStreamMultiCallable, grpc.aio.UnaryStreamCall),
+        ("stream_unary", grpc.aio.StreamUnaryMultiCallable, grpc.aio.StreamUnaryCall),
+        ("stream_stream", grpc.aio.StreamStreamMultiCallable, grpc.aio.StreamStreamCall),
+    ]
+    async with await resolve(client, service) as channel:
+        for kind, multi_callable_type, call_type in kinds:
+            multi_callable = getattr(channel, kind)(method("Unary"))
+            assert isinstance(multi_callable, multi_callable_type)
+            # With no endpoint the call waits, in an object of the same kind as grpc.aio's.
+            waiting = multi_callable(None, wait_for_ready=True, timeout=30)
+            assert isinstance(waiting, call_type), kind
+            assert waiting.cancel()
 
 
 def waiting_call(channel: grpc.aio.Channel, **kwargs: Any) -> tuple[Any, list[Any]]:
@@ -545,21 +633,14 @@ async def test_a_pool_that_stops_following_etcd_says_so(
     assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
 
-async def test_interceptors_and_options_reach_every_subchannel(
-    client: EtcdClient, service: str
-) -> None:
+async def test_interceptors_reach_every_subchannel(client: EtcdClient, service: str) -> None:
     class AddMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
             details = details._replace(metadata=(*(details.metadata or ()), ("x-test", "icpt")))
             return await continuation(details, request)
 
     async with echo_servers(2) as servers, registered(client, service, servers):
-        channel = await resolve(
-            client,
-            service,
-            interceptors=[AddMetadata()],
-            options=[("grpc.primary_user_agent", "t")],
-        )
+        channel = await resolve(client, service, interceptors=[AddMetadata()])
         try:
             await ready(channel, 2)
             replies = [await channel.unary_unary(method("Meta"))(b"") for _ in range(4)]

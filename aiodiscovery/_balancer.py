@@ -1,0 +1,319 @@
+"""The pool behind a :class:`BalancedChannel`: what each call may be sent to, and picks.
+
+:class:`Balancer` runs the pool's background task, which keeps a :class:`Membership` in step
+with the endpoint sets; it keeps the list of usable subchannels its picker chooses from (the
+eligible registered ones, READY first, and any kept by mass-removal protection), the channel's
+connectivity state, and owns the queue of calls waiting for an endpoint. Everything here runs
+on the event loop, in the channel's task or in synchronous call paths; nothing refers back to the
+:class:`BalancedChannel` the user holds, so that one can be garbage collected.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import grpc
+import grpc.aio
+
+from ._address import AddressFilter
+from ._deferred import DeferredCall, WaitQueue
+from ._endpointset import EndpointSet
+from ._membership import Dial, Membership
+from ._policies import Picker
+from ._protection import MassRemovalProtection
+from ._subchannel import MethodKey, Subchannel
+
+__all__ = ["Balancer", "EndpointSource", "PoolStatistics", "SubchannelStatistics"]
+
+logger = logging.getLogger("aiodiscovery")
+
+_State = grpc.ChannelConnectivity
+# Order of preference when no subchannel is READY: IDLE connects on demand, CONNECTING may make it.
+_FALLBACK_ORDER = (_State.IDLE, _State.CONNECTING, _State.TRANSIENT_FAILURE)
+# The channel's own state: the most hopeful one among its subchannels.
+_HOPE_ORDER = (_State.READY, _State.CONNECTING, _State.IDLE, _State.TRANSIENT_FAILURE)
+
+
+class EndpointSource(Protocol):
+    """Where the pool's endpoint sets come from: a :class:`Watcher`, entered by the pool."""
+
+    @property
+    def snapshot(self) -> EndpointSet:
+        """The current set."""
+
+    def snapshots(self) -> AsyncIterator[EndpointSet]:
+        """The current set, then each newer one."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SubchannelStatistics:
+    """One subchannel's state and counters."""
+
+    state: str
+    in_flight: int
+    picks: int
+    draining: bool
+    # Fresh connections made because the address was registered again while not READY.
+    reconnects: int = 0
+    # Removed from the registry, but kept in use by mass-removal protection.
+    retained: bool = False
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """A :class:`BalancedChannel`'s live state: subchannels by address, calls and picks."""
+
+    target: str
+    revision: int
+    subchannels: dict[str, SubchannelStatistics]
+    in_flight: int
+    picks: int
+    no_endpoint_failures: int
+    # etcd key -> why its endpoint is not dialled (see resolve(address_filter=...)).
+    skipped: dict[str, str] = field(default_factory=dict)
+    # Endpoints skipped so far, one per key and address (each also logged once).
+    skipped_endpoints: int = 0
+    # Seconds mass-removal protection may still keep the retained subchannels (None: off).
+    retained_for: float | None = None
+    # How many times mass-removal protection began.
+    mass_removals: int = 0
+
+    def by_state(self) -> dict[str, int]:
+        """How many subchannels are in each connectivity state."""
+        counts: dict[str, int] = {}
+        for sub in self.subchannels.values():
+            counts[sub.state] = counts.get(sub.state, 0) + 1
+        return counts
+
+
+class Balancer:
+    """Subchannels in step with an endpoint set, the usable list, and calls waiting for it.
+
+    The hot path reads :attr:`usable` and :attr:`picker` directly; everything else goes through
+    methods. :meth:`serve` is the body of the channel's background task.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        picker: Picker[Subchannel],
+        dial: Dial,
+        *,
+        drain_timeout: float,
+        address_filter: AddressFilter | None = None,
+        mass_removal: MassRemovalProtection | None = None,
+    ) -> None:
+        self.target = target
+        self.picker = picker
+        # The subchannels the picker was last given; empty means "defer the call".
+        self.usable: list[Subchannel] = []
+        self.state = _State.IDLE
+        self.closed = False
+        # Why the pool stopped following etcd, once its task has died without close().
+        self.stop_reason: str | None = None
+        self._members = Membership(
+            target,
+            dial,
+            self._rebuild,
+            drain_timeout=drain_timeout,
+            address_filter=address_filter,
+            mass_removal=mass_removal,
+        )
+        self._state_changed = anyio.Event()
+        self._waiting = WaitQueue()
+        self._revision = 0
+        self._no_endpoint_failures = 0
+        self._grace: float | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def serve(
+        self, watcher: EndpointSource, started: anyio.Event, failure: list[BaseException]
+    ) -> None:
+        """Follow ``watcher`` until cancelled; set ``started`` once the first set is applied.
+
+        An error before that goes into ``failure``; after it, the pool says why it stopped in
+        the log, in :attr:`stop_reason` and in every call made from then on.
+        """
+        try:
+            async with watcher, anyio.create_task_group() as tg:
+                self._task_group = self._members.task_group = tg
+                self.apply(watcher.snapshot)
+                started.set()
+                async for snapshot in watcher.snapshots():
+                    self.apply(snapshot)
+        except BaseException as exc:
+            failure.append(exc)
+            if not isinstance(exc, anyio.get_cancelled_exc_class()) and started.is_set():
+                logger.exception("%s: the pool stopped following etcd", self.target)
+                self.stop_reason = (
+                    f"the pool of {self.target!r} stopped following etcd: {_cause(exc)!r}"
+                )
+            raise
+        finally:
+            started.set()
+            self.usable = []
+            with anyio.CancelScope(shield=True):
+                await self._members.close(self._grace)
+            # Nothing will ever make a subchannel usable again: say so, and free the waiters.
+            self.set_state(_State.SHUTDOWN if self.closed else _State.TRANSIENT_FAILURE)
+            self._waiting.end_all(
+                grpc.StatusCode.UNAVAILABLE,
+                self.stop_reason or f"the pool of {self.target!r} stopped following etcd",
+            )
+
+    def begin_close(self, grace: float | None) -> None:
+        """Stop taking calls, end the waiting ones and cancel :meth:`serve`."""
+        if self.closed:
+            return
+        self.closed = True
+        self._grace = grace
+        # From here every new call takes the slow path, which refuses it.
+        self.usable = []
+        self._waiting.end_all(grpc.StatusCode.CANCELLED, "channel closed")
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    # -- following the endpoint set ---------------------------------------------------------
+
+    def apply(self, snapshot: EndpointSet) -> None:
+        """Bring the subchannels in line with ``snapshot``."""
+        self._revision = snapshot.revision
+        changed = self._members.apply(snapshot)
+        # Pickers read metadata (the weight) only in update(); the list itself may not change,
+        # so a usable subchannel's new metadata must force one.
+        self._rebuild(refresh=any(sub in self.usable for sub in changed))
+
+    # -- the usable list and the channel's state --------------------------------------------
+
+    def _rebuild(self, *, refresh: bool = False) -> None:
+        """Recompute the usable list and the aggregate state after any change.
+
+        ``refresh`` hands the picker the usable list even if it is the same one.
+        """
+        if self.closed:
+            return
+        members = self._members
+        subs = [s for s in members.registered.values() if s.eligible]
+        # Kept subchannels are READY; after the registered ones, so pick_first prefers those.
+        kept = list(members.retained.values())
+        usable = [s for s in subs if s.state is _State.READY] + kept
+        if not usable:
+            for state in _FALLBACK_ORDER:
+                usable = [s for s in subs if s.state is state]
+                if usable:
+                    break
+        if usable != self.usable or (refresh and usable):
+            if usable:
+                # Before publishing the list: a picker that fails must not be picked from.
+                self.picker.update(usable)
+            self.usable = usable
+            if usable:
+                self._launch_waiting()
+        states = {s.state for s in subs} | {s.state for s in kept}
+        for state in _HOPE_ORDER:
+            if state in states:
+                break
+        else:
+            state = _State.TRANSIENT_FAILURE
+        self.set_state(state)
+
+    def set_state(self, state: grpc.ChannelConnectivity) -> None:
+        """Publish the channel's connectivity ``state``, waking :meth:`wait_for_state_change`."""
+        if state is not self.state:
+            self.state = state
+            changed, self._state_changed = self._state_changed, anyio.Event()
+            changed.set()
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Wait until :attr:`state` differs from ``last_observed_state``."""
+        while self.state is last_observed_state:
+            await self._state_changed.wait()
+
+    def connect(self) -> None:
+        """Ask every IDLE subchannel to connect."""
+        for sub in self._members.registered.values():
+            if sub.state is _State.IDLE:
+                sub.channel.get_state(try_to_connect=True)
+
+    # -- calls without a usable subchannel --------------------------------------------------
+
+    def defer(
+        self, class_: type[DeferredCall], key: MethodKey, request: Any, kwargs: dict[str, Any]
+    ) -> DeferredCall:
+        """A call made while no subchannel is usable: failed at once, or queued to wait."""
+        if self.closed:
+            raise grpc.aio.UsageError("Channel is closed.")
+        call = class_(self.target, request, kwargs)
+        if self.stop_reason is not None:
+            call.end(grpc.StatusCode.UNAVAILABLE, self.stop_reason)
+        elif not kwargs.get("wait_for_ready"):
+            self._no_endpoint_failures += 1
+            call.end(grpc.StatusCode.UNAVAILABLE, self._no_endpoint())
+        else:
+            self._waiting.add(call, key)
+        return call
+
+    def _no_endpoint(self) -> str:
+        skipped = len(self._members.admission.skipped)
+        if not skipped:
+            return f"no endpoint registered for {self.target!r}"
+        return (
+            f"no endpoint of {self.target!r} can be dialled: {skipped} registered, skipped "
+            "(see the log and statistics().skipped)"
+        )
+
+    def _launch_waiting(self) -> None:
+        # One at a time, picking before dequeuing: if a picker fails, the calls not yet started
+        # stay queued and serve()'s exit fails them, instead of their being lost.
+        waiting = self._waiting
+        while len(waiting):
+            sub = self.picker.pick()
+            call, key = waiting.pop_oldest()
+            call.launch(functools.partial(sub.start, key))
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        """Subchannels by address (state, calls in flight, picks), totals and failures."""
+        members = self._members
+        retained = members.retained
+        subs = {
+            s.address: SubchannelStatistics(
+                s.state.name, s.in_flight, s.picks, s.draining, s.reconnects, s.address in retained
+            )
+            for s in members.held()
+        }
+        guard = members.guard
+        until = None if guard is None else guard.until
+        return PoolStatistics(
+            target=self.target,
+            revision=self._revision,
+            subchannels=subs,
+            in_flight=sum(s.in_flight for s in subs.values()),
+            picks=sum(s.picks for s in subs.values()),
+            no_endpoint_failures=self._no_endpoint_failures,
+            skipped=dict(members.admission.skipped),
+            skipped_endpoints=members.admission.skipped_total,
+            retained_for=None if until is None else max(0.0, until - time.monotonic()),
+            mass_removals=0 if guard is None else guard.engagements,
+        )
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The one error inside nested single-error groups, for a readable message."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,77 @@
+"""The multi-callables a :class:`BalancedChannel` hands to stubs: a subchannel picked per call.
+
+One factory, :func:`multi_callable`, builds all four kinds; each is a subclass of grpc.aio's own
+abstract multi-callable of that kind, so stubs and type checks see what they expect. A call
+goes straight to the picked subchannel when the pool has a usable one, and returns grpc.aio's
+own call object from it; otherwise the pool defers it (see :mod:`aiodiscovery._deferred`).
+A call made of several attempts (retries on other endpoints) would be one more call class chosen
+here, starting each attempt through :meth:`Subchannel.start` like a plain call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc.aio
+
+from ._deferred import (
+    DeferredCall,
+    DeferredStreamStreamCall,
+    DeferredStreamUnaryCall,
+    DeferredUnaryStreamCall,
+    DeferredUnaryUnaryCall,
+)
+from ._subchannel import CallKind, MethodKey
+
+if TYPE_CHECKING:
+    from ._balancer import Balancer
+
+__all__ = ["multi_callable"]
+
+
+class _Balanced:
+    """Picks a subchannel for each call of one method."""
+
+    __slots__ = ("_deferred", "_key", "_pool")
+
+    def __init__(self, pool: Balancer, key: MethodKey, deferred: type[DeferredCall]) -> None:
+        self._pool = pool
+        # Keyed by value, not by this object: stubs built per request share one cache entry.
+        self._key = key
+        self._deferred = deferred
+
+    def __call__(self, request: Any = None, **kwargs: Any) -> Any:
+        pool = self._pool
+        if pool.usable:
+            return pool.picker.pick().start(self._key, request, kwargs)
+        return pool.defer(self._deferred, self._key, request, kwargs)
+
+
+class _UnaryUnary(_Balanced, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+
+class _UnaryStream(_Balanced, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+
+class _StreamUnary(_Balanced, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+
+class _StreamStream(_Balanced, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+
+_KINDS: dict[CallKind, tuple[type[_Balanced], type[DeferredCall]]] = {
+    CallKind.UNARY_UNARY: (_UnaryUnary, DeferredUnaryUnaryCall),
+    CallKind.UNARY_STREAM: (_UnaryStream, DeferredUnaryStreamCall),
+    CallKind.STREAM_UNARY: (_StreamUnary, DeferredStreamUnaryCall),
+    CallKind.STREAM_STREAM: (_StreamStream, DeferredStreamStreamCall),
+}
+
+
+def multi_callable(pool: Balancer, key: MethodKey) -> Any:
+    """The balanced multi-callable over ``pool`` for the method ``key`` names."""
+    class_, deferred = _KINDS[key[0]]
+    return class_(pool, key, deferred)
