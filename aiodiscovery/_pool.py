@@ -19,13 +19,13 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import aetcd
 import anyio
 import grpc
 import grpc.aio
 
 from ._address import Address, AddressFilter
 from ._balancer import Balancer, PoolStatistics, SubchannelStatistics
+from ._client import EtcdClient
 from ._multicallable import multi_callable
 from ._policies import Picker, make_picker
 from ._protection import MassRemovalProtection
@@ -57,7 +57,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def __init__(
         self,
-        client: aetcd.Client,
+        client: EtcdClient,
         target: str,
         *,
         policy: str | Callable[[], Picker[Any]] = "round_robin",
@@ -270,7 +270,7 @@ def _dial(
 
 
 async def resolve(
-    client: aetcd.Client,
+    client: EtcdClient,
     target: str,
     *,
     policy: str | Callable[[], Picker[Any]] = "round_robin",
