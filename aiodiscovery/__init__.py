@@ -9,7 +9,8 @@ from __future__ import annotations
 from ._address import Address, allow_networks, parse_address
 from ._auth import parse_user
 from ._balancer import PoolStatistics, SubchannelStatistics
-from ._client import DEFAULT_TIMEOUT, ClientStatistics, EtcdClient, connect, reauthenticate
+from ._client import DEFAULT_TIMEOUT, ClientStatistics, EtcdClient
+from ._connect import connect, reauthenticate
 from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
 from ._endpointset import EndpointSet
 from ._exceptions import (

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aetcd
+import grpc
 from aetcd import rpc
 
 from ._auth import LiveMetadata
-
-if TYPE_CHECKING:
-    from ._client import EtcdClient
+from ._members import MemberSet
 
 __all__ = ["AETCD_METHODS", "AetcdView"]
 
@@ -32,11 +31,25 @@ AETCD_METHODS = frozenset(
 )
 
 
+class _Owner(Protocol):
+    """What the view needs of its :class:`~aiodiscovery.EtcdClient`."""
+
+    timeout: float
+
+    @property
+    def members(self) -> MemberSet: ...
+    @property
+    def channel(self) -> grpc.aio.Channel: ...
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None: ...
+    async def connect(self) -> None: ...
+
+
 class AetcdView(aetcd.Client):  # type: ignore[misc]
     """An ``aetcd.Client`` bound to an :class:`EtcdClient`; closing it closes nothing of the
     client's (the client closes it)."""
 
-    def __init__(self, owner: EtcdClient) -> None:
+    def __init__(self, owner: _Owner) -> None:
         super().__init__(timeout=owner.timeout)
         self.__owner = owner
         self.__watcher: aetcd.watcher.Watcher | None = None

@@ -25,7 +25,7 @@ from aiodiscovery import (
     Watcher,
 )
 from aiodiscovery._auth import is_auth_cancel, is_token_error, parse_user
-from aiodiscovery._client import reauthenticate
+from aiodiscovery._connect import reauthenticate
 from aiodiscovery._kv import prefix_range_end
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy, TLSFiles, free_port
 
