@@ -6,7 +6,17 @@ and Python services share one registry.
 
 from __future__ import annotations
 
-from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
+from ._endpoint import (
+    Endpoint,
+    Operation,
+    Update,
+    decode_endpoint,
+    encode_attributes,
+    encode_endpoint,
+    metadata_attributes,
+    metadata_weight,
+    parse_target,
+)
 from ._etcd import EtcdClient, connect, reauthenticate
 from ._exceptions import (
     AiodiscoveryError,
@@ -61,7 +71,10 @@ __all__ = [
     "WeightedPicker",
     "connect",
     "decode_endpoint",
+    "encode_attributes",
     "encode_endpoint",
+    "metadata_attributes",
+    "metadata_weight",
     "parse_target",
     "reauthenticate",
     "resolve",

@@ -1,0 +1,559 @@
+"""Go's ``encoding/json`` for the endpoint record, modelled exactly and without recursion.
+
+etcd's Go client stores an endpoint as ``json.Marshal`` of ``struct{Op uint8; Addr string;
+Metadata interface{}}`` and reads it back with ``json.Unmarshal``. This module models both, so
+that Go and Python services read every value the same way:
+
+* :func:`decode_record` accepts exactly what ``json.Unmarshal`` accepts into that struct and yields
+  the same Addr and Metadata (field names match case-insensitively, a later duplicate wins, unknown
+  fields hold any valid JSON, ``null`` leaves a field alone, invalid UTF-8 reads as one U+FFFD per
+  bad byte, a lone surrogate escape as U+FFFD, Metadata numbers are float64 values and must fit one,
+  nesting stops at 10,000). Metadata equals Go's value for value; only the Python type may differ:
+  an integer float64 holds exactly (up to 2**53 in magnitude) comes back as an ``int``.
+* :func:`go_json` writes a value as Go 1.22+ does (HTML-safe escapes, ``\\b``/``\\f`` short
+  escapes, map keys sorted, Go's float format).
+
+Nothing here recurses in Python: metadata nested 10,000 deep decodes, encodes, compares and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["MAX_DEPTH", "RecordError", "decode_record", "go_json", "json_equal", "safe_repr"]
+
+# Go's scanner refuses a value nested deeper than this (the record's own object counts).
+MAX_DEPTH = 10_000
+# Go stores Op as a uint8.
+_MAX_OP = 255
+
+
+class RecordError(ValueError):
+    """A value is not an endpoint record Go would read; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: a fast path for the records Go and we write, and the faithful model for the rest.
+
+# The exact shape Go's Manager and encode_endpoint write (Op optional, as in etcd's seed doc).
+_CANONICAL = re.compile(
+    rb'\{(?:"Op":(0|[1-9][0-9]{0,2}),)?"Addr":"([^"\\\x00-\x1f]*+)","Metadata":(.*)\}', re.DOTALL
+)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Metadata this shallow cannot exhaust the C json scanner's recursion limit.
+_FAST_MAX_BRACKETS = 64
+
+
+class _NotFast(Exception):
+    """The fast path cannot vouch for this value: take the faithful path."""
+
+
+def _not_fast(_: str) -> Any:
+    raise _NotFast
+
+
+def _fast_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotFast
+    return value
+
+
+def _fast_int(text: str) -> int | float:
+    value = _integer(text)
+    if isinstance(value, _OutOfRange):
+        raise _NotFast
+    return value
+
+
+_FAST_JSON = json.JSONDecoder(
+    parse_float=_fast_float, parse_int=_fast_int, parse_constant=_not_fast
+)
+
+
+def _decode_fast(value: bytes) -> tuple[str, Any] | None:
+    """Decode a record in the canonical shape, or return None to send it down the slow path.
+
+    Sound because the shape leaves no room for what the C json scanner reads differently from Go:
+    three exact field names once each, an Op that ``ParseUint`` takes, an Addr without escapes, and
+    Metadata that is strict UTF-8, holds no surrogate escape, no NaN/Infinity, no number beyond
+    float64 and little nesting; its numbers go through the same conversion as the slow path's.
+    """
+    match = _CANONICAL.fullmatch(value)
+    if match is None:
+        return None
+    op, raw_addr, meta = match.groups()
+    if op is not None and int(op) > _MAX_OP:
+        return None
+    try:
+        addr = raw_addr.decode()
+        if meta == b"null":
+            return addr, None
+        if (b"\\" in meta and _SURROGATE_ESCAPE.search(meta)) or meta.count(b"[") + meta.count(
+            b"{"
+        ) > _FAST_MAX_BRACKETS:
+            return None
+        return addr, _FAST_JSON.decode(meta.decode())
+    except (ValueError, _NotFast):
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors: the slow path says why.
+        return None
+
+
+# One token of Go's JSON grammar, after optional whitespace. Possessive quantifiers: an
+# unterminated string must fail in linear time.
+_TOKEN = re.compile(
+    rb"[ \t\n\r]*+(?:"
+    rb"([{}\[\],:])"
+    rb'|"((?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+)"'
+    rb"|(-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][-+]?[0-9]++)?+)"
+    rb"|(true|false|null)"
+    rb")"
+)
+_SPACE = re.compile(rb"[ \t\n\r]*+")
+_ESCAPE = re.compile(
+    r"\\(?:u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|(.))",
+    re.DOTALL,
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SHORT_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
+_LITERALS: dict[bytes, Any] = {b"true": True, b"false": False, b"null": None}
+_FIELDS = {"op": "Op", "addr": "Addr", "metadata": "Metadata"}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    high, low, single, short = match.groups()
+    if high is not None:
+        return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + int(low, 16) - 0xDC00)
+    if single is not None:
+        # A lone surrogate is left for _go_string to replace, as Go replaces it with U+FFFD.
+        return chr(int(single, 16))
+    return _SHORT_ESCAPES[short]
+
+
+def _go_string(body: bytes) -> str:
+    """Go's ``unquote``: escapes resolved, each invalid UTF-8 byte and lone surrogate → U+FFFD."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        # surrogateescape maps every undecodable byte to its own surrogate, as Go's DecodeRune
+        # returns (RuneError, 1) for each; the surrogates become U+FFFD below.
+        text = body.decode("utf-8", "surrogateescape")
+    if "\\" in text:
+        text = _ESCAPE.sub(_unescape, text)
+    return _SURROGATE.sub("\ufffd", text)
+
+
+class _OutOfRange:
+    """Stands for a number no float64 holds; an error only where Go converts it (Metadata)."""
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+# float64 holds every integer up to this magnitude exactly.
+_EXACT = 2**53
+
+
+def _integer(text: str | bytes) -> int | float | _OutOfRange:
+    """An integer literal as Go's float64: an exact int while float64 holds it exactly."""
+    if len(text) <= 17:
+        value = int(text)
+        if -_EXACT <= value <= _EXACT:
+            # -0 is a float64 -0 in Go; int("-0") would lose the sign.
+            return value if value or text[:1] not in ("-", b"-") else -0.0
+    number = float(text)
+    return _OUT_OF_RANGE if math.isinf(number) else number
+
+
+def _go_number(text: bytes) -> Any:
+    """A number literal as Go's ``ParseFloat`` reads it into ``interface{}``."""
+    if b"." in text or b"e" in text or b"E" in text:
+        value = float(text)
+        return _OUT_OF_RANGE if math.isinf(value) else value
+    return _integer(text)
+
+
+def _describe(text: bytes) -> str:
+    shown = text.decode("ascii", "replace")
+    return shown if len(shown) <= 40 else f"{shown[:20]}...{shown[-10:]} ({len(shown)} chars)"
+
+
+class _Frame:
+    """An open object or array: its value so far and, for an object, the key being filled."""
+
+    __slots__ = ("array", "key", "value")
+
+    def __init__(self, value: Any, array: bool) -> None:
+        self.value = value
+        self.array = array
+        self.key = ""
+
+
+def _parse(data: bytes) -> tuple[Any, list[tuple[str, Any, bytes | None]], set[int]]:
+    """Check ``data`` against Go's grammar and build it, without recursion.
+
+    Returns the top value (:data:`_RECORD` for an object), the top object's fields as
+    (name, value, number text) in order with duplicates kept, and the indexes of the fields that
+    hold a number beyond float64's range. Nested objects are dicts (a later duplicate key wins).
+    """
+    stack: list[_Frame] = []
+    fields: list[tuple[str, Any, bytes | None]] = []
+    out_of_range: set[int] = set()
+    top: Any = None
+    pos = 0
+    # What may come next: a value, an object key, and/or a ',' or closing bracket.
+    want_value, want_key, may_close = True, False, False
+    while True:
+        match = _TOKEN.match(data, pos)
+        if match is None:
+            where = _SPACE.match(data, pos).end()  # type: ignore[union-attr]
+            if where < len(data):
+                raise RecordError(f"not JSON: unexpected {data[where : where + 1]!r} at {where}")
+            if stack or want_value:
+                raise RecordError("not JSON: unexpected end of input")
+            return top, fields, out_of_range
+        pos = match.end()
+        structural, string, number, literal = match.groups()
+        start = match.start(match.lastindex or 0)
+        if not stack and not want_value:
+            raise RecordError(f"not JSON: data after the top-level value at {start}")
+        if structural is not None:
+            frame = stack[-1] if stack else None
+            if structural in b"{[":
+                if not want_value:
+                    raise RecordError(f"not JSON: unexpected {structural.decode()!r} at {start}")
+                if len(stack) == MAX_DEPTH:
+                    raise RecordError(f"nested deeper than {MAX_DEPTH} levels (Go's limit)")
+                array = structural == b"["
+                container: Any = [] if array else fields if frame is None else {}
+                stack.append(_Frame(container, array))
+                want_value, want_key, may_close = array, not array, True
+                continue
+            if frame is None:
+                raise RecordError(f"not JSON: unexpected {structural.decode()!r} at {start}")
+            if structural in b"}]":
+                if not may_close or frame.array != (structural == b"]"):
+                    raise RecordError(f"not JSON: unexpected {structural.decode()!r} at {start}")
+                stack.pop()
+                value = frame.value
+            elif structural == b":":
+                if frame.array or want_value or want_key or may_close:
+                    raise RecordError(f"not JSON: unexpected ':' at {start}")
+                want_value = True
+                continue
+            else:
+                if want_value or want_key or not may_close:
+                    raise RecordError(f"not JSON: unexpected ',' at {start}")
+                want_value, want_key, may_close = frame.array, not frame.array, False
+                continue
+        elif want_key:
+            if string is None:
+                raise RecordError(f"not JSON: expected a string object key at {start}")
+            stack[-1].key = _go_string(string)
+            want_key = may_close = False
+            continue
+        elif not want_value:
+            raise RecordError(f"not JSON: unexpected value at {start}")
+        elif string is not None:
+            value = _go_string(string)
+        elif number is not None:
+            value = _go_number(number)
+            if value is _OUT_OF_RANGE:
+                out_of_range.add(len(fields))
+        else:
+            value = _LITERALS[literal]
+        # A value is complete: hand it to its container.
+        if not stack:
+            top = _RECORD if value is fields else value
+            want_value = want_key = may_close = False
+            continue
+        parent = stack[-1]
+        if parent.array:
+            parent.value.append(value)
+        elif parent.value is fields:
+            fields.append((parent.key, value, number))
+        else:
+            parent.value[parent.key] = value
+        want_value, want_key, may_close = False, False, True
+
+
+_RECORD = object()
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float | _OutOfRange):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    return "array"
+
+
+def _decode_slow(data: bytes) -> tuple[str, Any]:
+    top, fields, out_of_range = _parse(data)
+    if top is not _RECORD:
+        if top is None:
+            return "", None  # Go ignores a top-level null
+        raise RecordError(f"expected a JSON object, got {_kind(top)}")
+    addr = ""
+    metadata: Any = None
+    for index, (name, value, number) in enumerate(fields):
+        # Go matches a name exactly, else case-insensitively; no non-ASCII rune folds onto the
+        # letters of these three names (only K and S have such runes: U+212A, U+017F).
+        field = _FIELDS.get(name.lower()) if name.isascii() else None
+        if field is None:
+            continue  # an unknown field: skipped, whatever it holds
+        if field == "Metadata":
+            if index in out_of_range:
+                raise RecordError("a number in Metadata is beyond float64's range")
+            metadata = value  # null included: Go sets the interface back to nil
+        elif value is None:
+            continue  # null leaves a string or a number as it was
+        elif field == "Addr":
+            if not isinstance(value, str):
+                raise RecordError(f'"Addr" must be a string, got {_kind(value)}')
+            addr = value
+        elif number is None or not number.isdigit() or len(number) > 3 or int(number) > _MAX_OP:
+            got = _describe(number) if number is not None else _kind(value)
+            raise RecordError(f"Op must be an integer 0..{_MAX_OP}, got {got}")
+    return addr, metadata
+
+
+def decode_record(data: bytes) -> tuple[str, Any]:
+    """Return (Addr, Metadata) as Go's ``json.Unmarshal`` reads ``data`` into the endpoint record.
+
+    Raises :class:`RecordError` where Go fails, and nothing else, whatever the bytes.
+    """
+    fast = _decode_fast(data)
+    return fast if fast is not None else _decode_slow(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding: Go 1.22+'s json.Marshal of the same interface{} value.
+
+# Go escapes these even in compact output (HTML safety, JavaScript line separators); the C
+# encoder below already writes quotes, backslashes and control characters as Go 1.22+ does
+# (\b \f \n \r \t short, others as \u00XX).
+_GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+_quote: Any = json.encoder.encode_basestring
+
+
+_GO_SPECIAL = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
+
+
+def go_string(text: str) -> str:
+    """``text`` as a Go JSON string; a lone surrogate (no Go string holds one) is an error."""
+    quoted = str(_quote(text))
+    if _GO_SPECIAL.search(text) is None:
+        return quoted
+    if _SURROGATE.search(text):
+        raise ValueError(f"{text[:40]!r} holds a lone surrogate, which is not valid Unicode")
+    return quoted.translate(_GO_ESCAPES)
+
+
+def _go_float(value: float) -> str:
+    if not math.isfinite(value):
+        raise ValueError(f"metadata cannot hold {value!r}: JSON has no such number")
+    if value == 0:
+        return "-0" if math.copysign(1, value) < 0 else "0"
+    if 1e-6 <= abs(value) < 1e21:
+        # Go prints the shortest round-tripping digits in positional form in this range.
+        text = format(Decimal(repr(value)), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    mantissa, exponent = repr(value).split("e")
+    return f"{mantissa.removesuffix('.0')}e{exponent[0]}{exponent[1:].lstrip('0') or '0'}"
+
+
+def _go_int(value: int) -> str:
+    if value.bit_length() > 1023:
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(
+                "metadata holds an integer beyond float64's range, which Go cannot read"
+            ) from None
+    return int.__repr__(value)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return _go_int(value)
+    if isinstance(value, float):
+        return _go_float(value)
+    if isinstance(value, str):
+        return go_string(value)
+    raise TypeError(f"metadata must be JSON-serialisable, got {type(value).__name__}")
+
+
+def _members(value: Any) -> Any:
+    """The (separator and key, value) pairs of a container, or None for a scalar."""
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"metadata object keys must be strings, got {list(value)[:5]!r}")
+        # Go decodes objects into map[string]any and writes maps sorted by key bytes (code point
+        # order is the same for valid Unicode).
+        ordered = sorted(value.items(), key=lambda item: item[0])
+        return (
+            "{",
+            "}",
+            ((("," if i else "") + go_string(k) + ":", v) for i, (k, v) in enumerate(ordered)),
+        )
+    if isinstance(value, list | tuple):
+        return "[", "]", (("," if i else "", v) for i, v in enumerate(value))
+    return None
+
+
+def go_json(value: Any, *, depth: int = 0) -> str:
+    """Encode ``value`` as Go's ``json.Marshal`` encodes the same ``interface{}`` value.
+
+    ``depth`` is how deeply the value is nested in the document: a value Go's decoder would
+    refuse (more than 10,000 levels in all) is refused here. Raises :class:`ValueError` for NaN,
+    infinities, integers beyond float64, lone surrogates, cycles and too deep nesting, and
+    :class:`TypeError` for what JSON cannot hold.
+    """
+    if value is None or isinstance(value, str | int | float):
+        return _scalar(value)
+    parts: list[str] = []
+    stack: list[tuple[Any, str, int]] = []
+    path: set[int] = set()
+    current = value
+    while True:
+        members = _members(current)
+        if members is None:
+            parts.append(_scalar(current))
+        else:
+            if id(current) in path:
+                raise ValueError("metadata contains a reference cycle")
+            if depth + len(stack) >= MAX_DEPTH:
+                raise ValueError(f"metadata is nested deeper than Go reads ({MAX_DEPTH} levels)")
+            opening, closing, items = members
+            parts.append(opening)
+            stack.append((items, closing, id(current)))
+            path.add(id(current))
+        while stack:
+            items, closing, ident = stack[-1]
+            item = next(items, None)
+            if item is not None:
+                parts.append(item[0])
+                current = item[1]
+                break
+            parts.append(closing)
+            stack.pop()
+            path.discard(ident)
+        else:
+            return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing and showing metadata without recursion.
+
+
+def _json_kind(value: Any) -> str:
+    if value is None or isinstance(value, bool | str):
+        return type(value).__name__
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return "other"
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same JSON value, however deeply nested.
+
+    Numbers compare by value (``1 == 1.0``), but ``true`` is not ``1``; a tuple equals a list with
+    the same items. Values JSON cannot hold compare with ``==``.
+    """
+    stack = [(a, b)]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        x, y = stack.pop()
+        if x is y:
+            continue
+        kind = _json_kind(x)
+        if kind != _json_kind(y):
+            return False
+        if kind == "array":
+            if len(x) != len(y):
+                return False
+        elif kind == "object":
+            if len(x) != len(y) or x.keys() != y.keys():
+                return False
+        else:
+            if x != y:
+                return False
+            continue
+        pair = (id(x), id(y))
+        if pair in seen:
+            continue  # a cycle: equal so far means equal
+        seen.add(pair)
+        stack.extend(zip(x, y, strict=True) if kind == "array" else ((x[k], y[k]) for k in x))
+    return True
+
+
+def safe_repr(value: Any) -> str:
+    """``repr(value)`` for dicts, lists and tuples nested to any depth (Python's recurses)."""
+    parts: list[str] = []
+    stack: list[tuple[Any, str, int]] = []
+    path: set[int] = set()
+    current = value
+    while True:
+        kind = type(current)
+        if kind not in (dict, list, tuple):
+            parts.append(repr(current))
+        elif id(current) in path:
+            parts.append("{...}" if kind is dict else "[...]" if kind is list else "(...)")
+        else:
+            if kind is dict:
+                items: Any = (
+                    (f"{', ' if i else ''}{k!r}: ", v) for i, (k, v) in enumerate(current.items())
+                )
+                opening, closing = "{", "}"
+            else:
+                items = ((", " if i else "", v) for i, v in enumerate(current))
+                opening = "[" if kind is list else "("
+                closing = "]" if kind is list else ",)" if len(current) == 1 else ")"
+            parts.append(opening)
+            stack.append((items, closing, id(current)))
+            path.add(id(current))
+        while stack:
+            items, closing, ident = stack[-1]
+            item = next(items, None)
+            if item is not None:
+                parts.append(item[0])
+                current = item[1]
+                break
+            parts.append(closing)
+            stack.pop()
+            path.discard(ident)
+        else:
+            return "".join(parts)

@@ -1,0 +1,138 @@
+"""What decoding and encoding an endpoint record costs: the Go-faithful codec against baselines.
+
+Run it from the project root, in the project's virtual environment (no etcd needed)::
+
+    python benchmarks/bench_codec.py                   # about 10 s
+    python benchmarks/bench_codec.py --old-ref main    # also time the codec of a git revision
+
+The watcher decodes every value it sees, so decoding is the hot path. For each typical value the
+table gives the time per call of ``decode_endpoint`` (and of ``encode_endpoint`` for the records
+we write), of plain ``json.loads`` (the floor: no Go rules at all) and, with ``--old-ref``, of the
+same function as it was at that git revision (loaded from ``git show``), with the ratios. Values in
+the exact shape Go's Manager and aiodiscovery write take the fast path; the others show what the
+faithful path costs. Best of several rounds of ``timeit``; absolute figures depend on the host,
+the ratios are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import timeit
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
+
+from aiodiscovery import DecodeError, Endpoint, decode_endpoint, encode_endpoint
+
+VALUES: list[tuple[str, bytes]] = [
+    ("Go Manager, no metadata", b'{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}'),
+    (
+        "string metadata (Go-safe weight)",
+        b'{"Op":0,"Addr":"10.0.0.1:50051","Metadata":"weight=2\\u0026zone=eu-west-1a"}',
+    ),
+    (
+        "object metadata",
+        b'{"Op":0,"Addr":"10.0.0.1:50051","Metadata":{"weight":2,"zone":"eu-west-1a"}}',
+    ),
+    ("etcd seed doc (no Op)", b'{"Addr":"1.2.3.4","Metadata":"..."}'),
+    ("etcdctl by hand (spaces)", b'{"Op": 0, "Addr": "10.0.0.1:50051", "Metadata": null}'),
+    ("lower-case field names", b'{"op":0,"addr":"10.0.0.1:50051","metadata":{"weight":2}}'),
+    ("metadata nested 600 deep", b'{"Addr":"a","Metadata":' + b"[" * 600 + b"]" * 600 + b"}"),
+]
+
+
+def load_old(ref: str) -> types.ModuleType:
+    """The package's _endpoint module as it was at git revision ``ref``."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{ref}:aiodiscovery/_endpoint.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    module = types.ModuleType("aiodiscovery._old_endpoint")
+    module.__package__ = "aiodiscovery"
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"{ref}:aiodiscovery/_endpoint.py", "exec"), module.__dict__)
+    return module
+
+
+def per_call(function: Callable[[], Any], rounds: int) -> float | None:
+    """Best time per call in microseconds, or None if ``function`` raises."""
+    try:
+        function()
+    except (ValueError, RecursionError):
+        return None
+    timer = timeit.Timer(function)
+    number, _ = timer.autorange()
+    return min(timer.repeat(repeat=rounds, number=number)) / number * 1e6
+
+
+def fmt(micros: float | None) -> str:
+    return "fails" if micros is None else f"{micros:.2f} µs"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a / b:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--old-ref", help="also time the codec of this git revision")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    old = load_old(args.old_ref) if args.old_ref else None
+    header = ["decode", "aiodiscovery", "json.loads", "ratio"]
+    if old is not None:
+        header += [f"at {args.old_ref}", "ratio (new / old)"]
+    rows = [header]
+    for name, value in VALUES:
+        print(f"decoding: {name}", file=sys.stderr)
+        new = per_call(lambda v=value: decode_endpoint("k", v), args.rounds)
+        floor = per_call(lambda v=value: json.loads(v), args.rounds)
+        row = [name, fmt(new), fmt(floor), ratio(new, floor)]
+        if old is not None:
+            before = per_call(lambda v=value: _old_decode(old, v), args.rounds)
+            row += [fmt(before), ratio(new, before)]
+        rows.append(row)
+    print(markdown_table(rows))
+    print()
+    rows = [["encode", "aiodiscovery", "json.dumps", "ratio"]]
+    if old is not None:
+        rows[0] += [f"at {args.old_ref}", "ratio (new / old)"]
+    for name, endpoint in [
+        ("no metadata", Endpoint("10.0.0.1:50051")),
+        ("string metadata", Endpoint.with_attributes("10.0.0.1:50051", weight=2, zone="eu")),
+        ("object metadata", Endpoint("10.0.0.1:50051", {"weight": 2, "zone": "eu"})),
+    ]:
+        print(f"encoding: {name}", file=sys.stderr)
+        new = per_call(lambda e=endpoint: encode_endpoint(e), args.rounds)
+        record = {"Op": 0, "Addr": endpoint.addr, "Metadata": endpoint.metadata}
+        floor = per_call(
+            lambda r=record: json.dumps(r, separators=(",", ":")).encode(), args.rounds
+        )
+        row = [name, fmt(new), fmt(floor), ratio(new, floor)]
+        if old is not None:
+            legacy = old.Endpoint(endpoint.addr, endpoint.metadata)
+            before = per_call(lambda e=legacy: old.encode_endpoint(e), args.rounds)
+            row += [fmt(before), ratio(new, before)]
+        rows.append(row)
+    print(markdown_table(rows))
+
+
+def _old_decode(old: types.ModuleType, value: bytes) -> Any:
+    try:
+        return old.decode_endpoint("k", value)
+    except DecodeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()
