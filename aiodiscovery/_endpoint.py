@@ -3,7 +3,7 @@
 The wire format is the one etcd's Go client writes in ``client/v3/naming/endpoints``: a compact JSON
 object ``{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}``. Encoding reproduces Go 1.22+'s
 ``encoding/json`` byte for byte, and decoding reads every value exactly as Go's ``json.Unmarshal``
-does (see :mod:`aiodiscovery._codec`, which models both).
+does (:mod:`aiodiscovery._decoder` and :mod:`aiodiscovery._encoder` model both).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from ._codec import RecordError, decode_record, go_json, go_string, json_equal, safe_repr
+from ._decoder import RecordError, decode_record
+from ._encoder import go_json, go_string
 from ._exceptions import DecodeError
+from ._jsonvalue import json_equal, safe_repr
 
 __all__ = [
     "Endpoint",
@@ -57,8 +59,8 @@ class Endpoint:
     object there. :meth:`with_attributes` builds the Go-safe form, :attr:`attributes` reads it.
 
     Two endpoints are equal when their addresses are and their metadata are the same JSON value
-    (see :func:`aiodiscovery._codec.json_equal`); the hash is the address's. Comparing and printing
-    work at any nesting depth.
+    (numbers by value, ``true`` is not ``1``, a tuple equals a list); the hash is the address's.
+    Comparing and printing work at any nesting depth.
     """
 
     addr: str

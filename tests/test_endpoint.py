@@ -25,21 +25,14 @@ from aiodiscovery import (
     encode_endpoint,
     parse_target,
 )
-from aiodiscovery._codec import (
-    MAX_DEPTH,
-    RecordError,
-    _decode_fast,
-    _decode_slow,
-    decode_record,
-    go_json,
-    json_equal,
-    safe_repr,
-)
+from aiodiscovery._decoder import MAX_DEPTH, RecordError, _decode_fast, _decode_slow, decode_record
+from aiodiscovery._encoder import go_json
 from aiodiscovery._endpoint import (
     encode_attributes,
     metadata_attributes,
     metadata_weight,
 )
+from aiodiscovery._jsonvalue import json_equal, safe_repr
 
 # What Go's Manager.List returns for a value without an address; Endpoint("") itself refuses.
 EMPTY = Endpoint._decoded("", None)

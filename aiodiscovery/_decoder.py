@@ -1,19 +1,17 @@
-"""Go's ``encoding/json`` for the endpoint record, modelled exactly and without recursion.
+"""Go's ``json.Unmarshal`` into etcd's endpoint record, modelled exactly and without recursion.
 
 etcd's Go client stores an endpoint as ``json.Marshal`` of ``struct{Op uint8; Addr string;
-Metadata interface{}}`` and reads it back with ``json.Unmarshal``. This module models both, so
-that Go and Python services read every value the same way:
+Metadata interface{}}`` and reads it back with ``json.Unmarshal``. :func:`decode_record` accepts
+exactly what Go accepts into that struct and yields the same Addr and Metadata: field names match
+case-insensitively, a later duplicate wins, unknown fields hold any valid JSON, ``null`` leaves a
+string or number field alone and resets Metadata, invalid UTF-8 reads as one U+FFFD per bad byte,
+a lone surrogate escape as U+FFFD, Metadata numbers are float64 values and must fit one, nesting
+stops at 10,000. Metadata equals Go's value for value; only the Python type may differ: an
+integer float64 holds exactly (up to 2**53 in magnitude) comes back as an ``int``.
 
-* :func:`decode_record` accepts exactly what ``json.Unmarshal`` accepts into that struct and yields
-  the same Addr and Metadata (field names match case-insensitively, a later duplicate wins, unknown
-  fields hold any valid JSON, ``null`` leaves a field alone, invalid UTF-8 reads as one U+FFFD per
-  bad byte, a lone surrogate escape as U+FFFD, Metadata numbers are float64 values and must fit one,
-  nesting stops at 10,000). Metadata equals Go's value for value; only the Python type may differ:
-  an integer float64 holds exactly (up to 2**53 in magnitude) comes back as an ``int``.
-* :func:`go_json` writes a value as Go 1.22+ does (HTML-safe escapes, ``\\b``/``\\f`` short
-  escapes, map keys sorted, Go's float format).
-
-Nothing here recurses in Python: metadata nested 10,000 deep decodes, encodes, compares and prints.
+A fast path reads the exact shape Go and aiodiscovery write with the C json scanner; everything
+else goes through an iterative parser of Go's grammar, so 10,000-deep metadata decodes and no
+input raises anything but :class:`RecordError`.
 """
 
 from __future__ import annotations
@@ -21,11 +19,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "RecordError", "decode_record", "go_json", "json_equal", "safe_repr"]
+__all__ = ["MAX_DEPTH", "RecordError", "decode_record"]
 
 # Go's scanner refuses a value nested deeper than this (the record's own object counts).
 MAX_DEPTH = 10_000
@@ -345,215 +341,3 @@ def decode_record(data: bytes) -> tuple[str, Any]:
     """
     fast = _decode_fast(data)
     return fast if fast is not None else _decode_slow(data)
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding: Go 1.22+'s json.Marshal of the same interface{} value.
-
-# Go escapes these even in compact output (HTML safety, JavaScript line separators); the C
-# encoder below already writes quotes, backslashes and control characters as Go 1.22+ does
-# (\b \f \n \r \t short, others as \u00XX).
-_GO_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
-_quote: Any = json.encoder.encode_basestring
-
-
-_GO_SPECIAL = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
-
-
-def go_string(text: str) -> str:
-    """``text`` as a Go JSON string; a lone surrogate (no Go string holds one) is an error."""
-    quoted = str(_quote(text))
-    if _GO_SPECIAL.search(text) is None:
-        return quoted
-    if _SURROGATE.search(text):
-        raise ValueError(f"{text[:40]!r} holds a lone surrogate, which is not valid Unicode")
-    return quoted.translate(_GO_ESCAPES)
-
-
-def _go_float(value: float) -> str:
-    if not math.isfinite(value):
-        raise ValueError(f"metadata cannot hold {value!r}: JSON has no such number")
-    if value == 0:
-        return "-0" if math.copysign(1, value) < 0 else "0"
-    if 1e-6 <= abs(value) < 1e21:
-        # Go prints the shortest round-tripping digits in positional form in this range.
-        text = format(Decimal(repr(value)), "f")
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    mantissa, exponent = repr(value).split("e")
-    return f"{mantissa.removesuffix('.0')}e{exponent[0]}{exponent[1:].lstrip('0') or '0'}"
-
-
-def _go_int(value: int) -> str:
-    if value.bit_length() > 1023:
-        try:
-            float(value)
-        except OverflowError:
-            raise ValueError(
-                "metadata holds an integer beyond float64's range, which Go cannot read"
-            ) from None
-    return int.__repr__(value)
-
-
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return _go_int(value)
-    if isinstance(value, float):
-        return _go_float(value)
-    if isinstance(value, str):
-        return go_string(value)
-    raise TypeError(f"metadata must be JSON-serialisable, got {type(value).__name__}")
-
-
-def _members(value: Any) -> Any:
-    """The (separator and key, value) pairs of a container, or None for a scalar."""
-    if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError(f"metadata object keys must be strings, got {list(value)[:5]!r}")
-        # Go decodes objects into map[string]any and writes maps sorted by key bytes (code point
-        # order is the same for valid Unicode).
-        ordered = sorted(value.items(), key=lambda item: item[0])
-        return (
-            "{",
-            "}",
-            ((("," if i else "") + go_string(k) + ":", v) for i, (k, v) in enumerate(ordered)),
-        )
-    if isinstance(value, list | tuple):
-        return "[", "]", (("," if i else "", v) for i, v in enumerate(value))
-    return None
-
-
-def go_json(value: Any, *, depth: int = 0) -> str:
-    """Encode ``value`` as Go's ``json.Marshal`` encodes the same ``interface{}`` value.
-
-    ``depth`` is how deeply the value is nested in the document: a value Go's decoder would
-    refuse (more than 10,000 levels in all) is refused here. Raises :class:`ValueError` for NaN,
-    infinities, integers beyond float64, lone surrogates, cycles and too deep nesting, and
-    :class:`TypeError` for what JSON cannot hold.
-    """
-    if value is None or isinstance(value, str | int | float):
-        return _scalar(value)
-    parts: list[str] = []
-    stack: list[tuple[Any, str, int]] = []
-    path: set[int] = set()
-    current = value
-    while True:
-        members = _members(current)
-        if members is None:
-            parts.append(_scalar(current))
-        else:
-            if id(current) in path:
-                raise ValueError("metadata contains a reference cycle")
-            if depth + len(stack) >= MAX_DEPTH:
-                raise ValueError(f"metadata is nested deeper than Go reads ({MAX_DEPTH} levels)")
-            opening, closing, items = members
-            parts.append(opening)
-            stack.append((items, closing, id(current)))
-            path.add(id(current))
-        while stack:
-            items, closing, ident = stack[-1]
-            item = next(items, None)
-            if item is not None:
-                parts.append(item[0])
-                current = item[1]
-                break
-            parts.append(closing)
-            stack.pop()
-            path.discard(ident)
-        else:
-            return "".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparing and showing metadata without recursion.
-
-
-def _json_kind(value: Any) -> str:
-    if value is None or isinstance(value, bool | str):
-        return type(value).__name__
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return "other"
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` are the same JSON value, however deeply nested.
-
-    Numbers compare by value (``1 == 1.0``), but ``true`` is not ``1``; a tuple equals a list with
-    the same items. Values JSON cannot hold compare with ``==``.
-    """
-    stack = [(a, b)]
-    seen: set[tuple[int, int]] = set()
-    while stack:
-        x, y = stack.pop()
-        if x is y:
-            continue
-        kind = _json_kind(x)
-        if kind != _json_kind(y):
-            return False
-        if kind == "array":
-            if len(x) != len(y):
-                return False
-        elif kind == "object":
-            if len(x) != len(y) or x.keys() != y.keys():
-                return False
-        else:
-            if x != y:
-                return False
-            continue
-        pair = (id(x), id(y))
-        if pair in seen:
-            continue  # a cycle: equal so far means equal
-        seen.add(pair)
-        stack.extend(zip(x, y, strict=True) if kind == "array" else ((x[k], y[k]) for k in x))
-    return True
-
-
-def safe_repr(value: Any) -> str:
-    """``repr(value)`` for dicts, lists and tuples nested to any depth (Python's recurses)."""
-    parts: list[str] = []
-    stack: list[tuple[Any, str, int]] = []
-    path: set[int] = set()
-    current = value
-    while True:
-        kind = type(current)
-        if kind not in (dict, list, tuple):
-            parts.append(repr(current))
-        elif id(current) in path:
-            parts.append("{...}" if kind is dict else "[...]" if kind is list else "(...)")
-        else:
-            if kind is dict:
-                items: Any = (
-                    (f"{', ' if i else ''}{k!r}: ", v) for i, (k, v) in enumerate(current.items())
-                )
-                opening, closing = "{", "}"
-            else:
-                items = ((", " if i else "", v) for i, v in enumerate(current))
-                opening = "[" if kind is list else "("
-                closing = "]" if kind is list else ",)" if len(current) == 1 else ")"
-            parts.append(opening)
-            stack.append((items, closing, id(current)))
-            path.add(id(current))
-        while stack:
-            items, closing, ident = stack[-1]
-            item = next(items, None)
-            if item is not None:
-                parts.append(item[0])
-                current = item[1]
-                break
-            parts.append(closing)
-            stack.pop()
-            path.discard(ident)
-        else:
-            return "".join(parts)
