@@ -118,8 +118,9 @@ class EndpointManager:
         for kv in kvs:
             try:
                 endpoints[kv.key] = decode_endpoint(kv.key, kv.value)
-            except DecodeError as exc:
-                logger.warning("skipping endpoint: %s", exc)
+            except Exception as exc:  # DecodeError, or a decoder bug: only this key may suffer
+                error = exc if isinstance(exc, DecodeError) else DecodeError(kv.key, repr(exc))
+                logger.warning("skipping endpoint: %s", error)
         return endpoints
 
     async def watch(self) -> AsyncGenerator[list[Update], None]:

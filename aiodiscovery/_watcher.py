@@ -274,7 +274,8 @@ class PrefixWatch:
     def _decode(self, kv: KeyValue) -> Endpoint | None:
         try:
             endpoint = decode_endpoint(kv.key, kv.value)
-        except DecodeError as exc:
+        except Exception as exc:  # DecodeError, or a decoder bug: only this key may suffer
+            exc = exc if isinstance(exc, DecodeError) else DecodeError(kv.key, repr(exc))
             self.statistics.bad_values += 1
             if kv.key not in self._bad_keys:
                 self._bad_keys.add(kv.key)
