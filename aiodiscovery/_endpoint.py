@@ -194,11 +194,15 @@ MAX_WEIGHT = 2**32 - 1
 
 
 def _attribute_text(value: object) -> str | None:
+    """A scalar as attribute text (``2``, ``0.5``, ``true``), None for anything else."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float) and (not isinstance(value, float) or math.isfinite(value)):
+    if isinstance(value, int):
+        # Beyond float64 no Go client could read it (nor int() print it fast).
+        return int.__repr__(value) if value.bit_length() <= 1023 else None
+    if isinstance(value, float) and math.isfinite(value):
         return go_json(value)
     return None
 

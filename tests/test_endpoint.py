@@ -412,7 +412,7 @@ def test_attributes_round_trip_in_the_go_safe_string_form() -> None:
     odd = Endpoint.with_attributes("a", {"a b": "x&y=z", "ok": True, "ratio": 0.5})
     assert odd.metadata == "a+b=x%26y%3Dz&ok=true&ratio=0.5"
     assert odd.attributes == {"a b": "x&y=z", "ok": "true", "ratio": "0.5"}
-    for bad in ({"": 1}, {"w": None}, {"w": [1]}, {"w": math.inf}):
+    for bad in ({"": 1}, {"w": None}, {"w": [1]}, {"w": math.inf}, {"w": 10**400}):
         with pytest.raises(ValueError, match="attribute"):
             encode_attributes(bad)
 
@@ -425,7 +425,7 @@ def test_attributes_round_trip_in_the_go_safe_string_form() -> None:
         ("flag&w=%32", {"flag": "", "w": "2"}),
         ("a;b=1&c=2", {"c": "2"}),  # Go's ParseQuery refuses ';'
         ('{"name":"proxy"}', {'{"name":"proxy"}': ""}),  # etcd's grpc-proxy: harmless
-        ({"weight": 2, "zone": "eu", "on": True, "x": None, "y": [1]}, None),
+        ({"weight": 2, "zone": "eu", "on": True, "x": None, "y": [1], "z": 10**400}, None),
         (None, {}),
         (3, {}),
         ([1, 2], {}),
@@ -464,6 +464,18 @@ def test_metadata_weight(metadata: object, weight: int | None) -> None:
 def test_metadata_weight_refuses_bad_values_with_a_clear_error(metadata: object) -> None:
     with pytest.raises(ValueError, match="is not a whole number from 1 to 4294967295"):
         metadata_weight(metadata)
+
+
+@given(json_values | st.text() | st.integers())
+def test_attribute_readers_never_fail_on_any_metadata(metadata: Any) -> None:
+    attributes = metadata_attributes(metadata)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in attributes.items())
+    try:
+        weight = metadata_weight(metadata)
+    except ValueError as exc:
+        assert "is not a whole number" in str(exc)
+    else:
+        assert weight is None or 1 <= weight <= 2**32 - 1
 
 
 # ---------------------------------------------------------------------------------------------
