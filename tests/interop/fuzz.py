@@ -183,7 +183,8 @@ class _Gen:
         if rng.random() < 0.3:
             # The shape Go and we write, which the decoder's fast path takes.
             op = rng.choice([b'"Op":0,', b'"Op":1,', b"", b'"Op":255,', b'"Op":256,'])
-            return b"{" + op + b'"Addr":' + self.string() + b',"Metadata":' + self.value() + b"}"
+            addr = self.string() if rng.random() < 0.5 else b'"10.0.0.1:50051"'
+            return b"{" + op + b'"Addr":' + addr + b',"Metadata":' + self.value() + b"}"
         fields = [self.field(n) for n in ("Op", "Addr", "Metadata") if rng.random() < 0.9]
         for _ in range(rng.choice([0, 0, 1, 2])):
             if rng.random() < 0.5 and fields:
