@@ -9,16 +9,18 @@ a lone surrogate escape as U+FFFD, Metadata numbers are float64 values and must 
 stops at 10,000. Metadata equals Go's value for value; only the Python type may differ: an
 integer float64 holds exactly (up to 2**53 in magnitude) comes back as an ``int``.
 
-A fast path reads the exact shape Go and aiodiscovery write with the C json scanner; everything
-else goes through an iterative parser of Go's grammar, so 10,000-deep metadata decodes and no
-input raises anything but :class:`RecordError`.
+A fast path reads values with CPython's C json scanner wherever it provably reads as Go does;
+the rest goes through an iterative parser of Go's grammar, so 10,000-deep metadata decodes and
+no input raises anything but :class:`RecordError`.
 """
 
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 import re
+import threading
 from typing import Any
 
 __all__ = ["MAX_DEPTH", "RecordError", "decode_record"]
@@ -34,70 +36,160 @@ class RecordError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding: a fast path for the records Go and we write, and the faithful model for the rest.
+# Fast paths: the exact shape Go and we write, then CPython's C json scanner wherever it
+# provably reads as Go does. Whatever they cannot vouch for goes to the faithful parser below.
 
-# The exact shape Go's Manager and encode_endpoint write (Op optional, as in etcd's seed doc).
+# The shape Go's Manager and encode_endpoint write (Op optional, as in etcd's seed document):
+# three exact field names, once each, an Op ParseUint takes and an ASCII Addr without escapes.
 _CANONICAL = re.compile(
-    rb'\{(?:"Op":(0|[1-9][0-9]{0,2}),)?"Addr":"([^"\\\x00-\x1f]*+)","Metadata":(.*)\}', re.DOTALL
+    rb'\{(?:"Op":(?:0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5]),)?'
+    rb'"Addr":"([\x20\x21\x23-\x5b\x5d-\x7e]*+)","Metadata":(.*)\}',
+    re.DOTALL,
 )
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-# Metadata this shallow cannot exhaust the C json scanner's recursion limit.
-_FAST_MAX_BRACKETS = 64
+# Metadata that is an ASCII string with no escapes but Go's for '&', '<' and '>' (attributes).
+_PLAIN_STRING = re.compile(rb'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\u00(?:26|3[cCeE]))*+"')
+_HTML_UNESCAPES = [("\\u0026", "&"), ("\\u003c", "<"), ("\\u003C", "<")]
+_HTML_UNESCAPES += [("\\u003e", ">"), ("\\u003E", ">")]
+# Maybe a surrogate escape; then every escape, left to right, as Go's unquote reads them (so
+# that an escaped backslash followed by "ud800" is not taken for one).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_ESCAPES = re.compile(
+    r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a pair
+    r"|u([dD][89a-fA-F][0-9a-fA-F]{2})"  # a lone surrogate
+    r"|.)",  # anything else
+    re.DOTALL,
+)
+# Numbers the plain C conversions could read differently from Go's float64: an integer past
+# 2**53 (16+ digits), an exponent that may overflow (3+ digits), an integer -0 (sign lost).
+_RISKY_NUMBER = re.compile(r"[0-9]{16}|[eE][-+]?[0-9]{3}|-0(?![.eE0-9])")
+# The record's own fields in order, duplicates kept, from the last object the scanner closed
+# (the outermost one); per thread, as one decode runs start to end in one thread.
+_LAST_OBJECT = threading.local()
 
 
 class _NotFast(Exception):
     """The fast path cannot vouch for this value: take the faithful path."""
 
 
-def _not_fast(_: str) -> Any:
-    raise _NotFast
+def _decode_canonical(data: bytes) -> tuple[str, Any] | None:
+    """Decode a record in the canonical shape, or return None for the general paths.
+
+    The Metadata text must be one JSON value on its own, so the document holds exactly the three
+    fields; it is read as the fast path reads values, giving up where that would.
+    """
+    match = _CANONICAL.fullmatch(data)
+    if match is None:
+        return None
+    raw_addr, meta = match.groups()
+    addr = raw_addr.decode("ascii")
+    if meta == b"null":
+        return addr, None
+    if _PLAIN_STRING.fullmatch(meta):
+        text = meta[1:-1].decode("ascii")
+        if "\\" in text:
+            for escape, char in _HTML_UNESCAPES:
+                text = text.replace(escape, char)
+        return addr, text
+    if not _HAVE_C_SCANNER:
+        return None
+    try:
+        text = meta.decode()
+    except UnicodeDecodeError:
+        return None
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
+        return None
+    decoder = _CHECKED_JSON if _RISKY_NUMBER.search(text) else _PLAIN_JSON
+    try:
+        return addr, decoder.decode(text)
+    except (ValueError, RecursionError, _NotFast):
+        return None
 
 
-def _fast_float(text: str) -> float:
+def _lone_surrogate(match: re.Match[str]) -> str:
+    # Go's unquote: a surrogate escape that is not the first half of a pair reads as U+FFFD.
+    return "\\ufffd" if match.group(1) is not None else match.group(0)
+
+
+def _constant(name: str) -> Any:
+    raise RecordError(f"not JSON: {name} is not a JSON value")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    _LAST_OBJECT.pairs = pairs
+    return dict(pairs)  # Go's map: a later duplicate key wins
+
+
+def _checked_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
         raise _NotFast
     return value
 
 
-def _fast_int(text: str) -> int | float:
+def _checked_int(text: str) -> int | float:
     value = _integer(text)
     if isinstance(value, _OutOfRange):
         raise _NotFast
     return value
 
 
-_FAST_JSON = json.JSONDecoder(
-    parse_float=_fast_float, parse_int=_fast_int, parse_constant=_not_fast
+_PLAIN_JSON = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
+_CHECKED_JSON = json.JSONDecoder(
+    object_pairs_hook=_object,
+    parse_float=_checked_float,
+    parse_int=_checked_int,
+    parse_constant=_constant,
 )
+# The pure-Python scanner (no _json module) has quirks of its own: no fast path then.
+_HAVE_C_SCANNER = json.scanner.c_make_scanner is not None  # type: ignore[attr-defined]
 
 
-def _decode_fast(value: bytes) -> tuple[str, Any] | None:
-    """Decode a record in the canonical shape, or return None to send it down the slow path.
+def _decode_fast(data: bytes) -> tuple[str, Any] | None:
+    """Decode with the C json scanner; None sends ``data`` down the faithful path.
 
-    Sound because the shape leaves no room for what the C json scanner reads differently from Go:
-    three exact field names once each, an Op that ``ParseUint`` takes, an Addr without escapes, and
-    Metadata that is strict UTF-8, holds no surrogate escape, no NaN/Infinity, no number beyond
-    float64 and little nesting; its numbers go through the same conversion as the slow path's.
+    It is fed what Go's decoder sees: invalid UTF-8 replaced by one U+FFFD per byte, lone
+    surrogate escapes by U+FFFD escapes (the pairing rule is Go's), numbers converted as the
+    faithful path converts them (or by C where that is provably the same). Its grammar is Go's
+    but for NaN and Infinity, which are refused here as Go refuses them, so its syntax errors
+    are Go's. It gives up on nesting beyond the recursion limit, numbers beyond float64 (an
+    error only in Metadata) and a refused Op (whose message names the literal).
     """
-    match = _CANONICAL.fullmatch(value)
-    if match is None:
-        return None
-    op, raw_addr, meta = match.groups()
-    if op is not None and int(op) > _MAX_OP:
+    if not _HAVE_C_SCANNER:
         return None
     try:
-        addr = raw_addr.decode()
-        if meta == b"null":
-            return addr, None
-        if (b"\\" in meta and _SURROGATE_ESCAPE.search(meta)) or meta.count(b"[") + meta.count(
-            b"{"
-        ) > _FAST_MAX_BRACKETS:
-            return None
-        return addr, _FAST_JSON.decode(meta.decode())
-    except (ValueError, _NotFast):
-        # UnicodeDecodeError and JSONDecodeError are ValueErrors: the slow path says why.
+        text = data.decode()
+    except UnicodeDecodeError:
+        text = _SURROGATE.sub("\ufffd", data.decode("utf-8", "surrogateescape"))
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
+        text = _ESCAPES.sub(_lone_surrogate, text)
+    decoder = _CHECKED_JSON if _RISKY_NUMBER.search(text) else _PLAIN_JSON
+    try:
+        top = decoder.decode(text)
+    except RecordError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc.msg} at {exc.pos}") from None
+    except (ValueError, RecursionError, _NotFast):
         return None
+    if type(top) is not dict:
+        return None
+    addr = ""
+    metadata: Any = None
+    for name, value in _LAST_OBJECT.pairs:
+        field = _FIELDS.get(name.lower()) if name.isascii() else None
+        if field is None:
+            continue
+        if field == "Metadata":
+            metadata = value
+        elif value is None:
+            continue
+        elif field == "Addr":
+            if type(value) is not str:
+                raise RecordError(f'"Addr" must be a string, got {_kind(value)}')
+            addr = value
+        elif type(value) is not int or not 0 <= value <= _MAX_OP:
+            return None
+    return addr, metadata
 
 
 # One token of Go's JSON grammar, after optional whitespace. Possessive quantifiers: an
@@ -224,7 +316,8 @@ def _parse(data: bytes) -> tuple[Any, list[tuple[str, Any, bytes | None]], set[i
             return top, fields, out_of_range
         pos = match.end()
         structural, string, number, literal = match.groups()
-        start = match.start(match.lastindex or 0)
+        # Where the token begins (a string's opening quote is outside its group).
+        start = match.start(match.lastindex or 0) - (string is not None)
         if not stack and not want_value:
             raise RecordError(f"not JSON: data after the top-level value at {start}")
         if structural is not None:
@@ -339,5 +432,5 @@ def decode_record(data: bytes) -> tuple[str, Any]:
 
     Raises :class:`RecordError` where Go fails, and nothing else, whatever the bytes.
     """
-    fast = _decode_fast(data)
-    return fast if fast is not None else _decode_slow(data)
+    decoded = _decode_canonical(data) or _decode_fast(data)
+    return decoded if decoded is not None else _decode_slow(data)

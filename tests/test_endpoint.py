@@ -25,7 +25,14 @@ from aiodiscovery import (
     encode_endpoint,
     parse_target,
 )
-from aiodiscovery._decoder import MAX_DEPTH, RecordError, _decode_fast, _decode_slow, decode_record
+from aiodiscovery._decoder import (
+    MAX_DEPTH,
+    RecordError,
+    _decode_canonical,
+    _decode_fast,
+    _decode_slow,
+    decode_record,
+)
 from aiodiscovery._encoder import go_json
 from aiodiscovery._endpoint import (
     encode_attributes,
@@ -182,7 +189,7 @@ def test_decode_accepts_what_go_accepts(value: bytes, expected: Endpoint | None)
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (b"", "not JSON: unexpected end of input"),
+        (b"", "not JSON: Expecting value at 0"),
         (b"not json", "not JSON"),
         (b'"1.2.3.4"', "expected a JSON object, got string"),
         (b"[1]", "expected a JSON object, got array"),
@@ -199,11 +206,11 @@ def test_decode_accepts_what_go_accepts(value: bytes, expected: Endpoint | None)
         (b'{"Addr":"a:1","Metadata":1e400}', "beyond float64's range"),
         (b'{"Addr":"a:1","Metadata":[' + b"1" * 310 + b"]}", "beyond float64's range"),
         (b'{"Addr":"a:1","Metadata":1e400,"Metadata":1}', "beyond float64's range"),
-        (b'{"Addr":"a:1"} x', "not JSON: unexpected b'x' at 15"),
-        (b'{"Addr":"a:1"}{}', "data after the top-level value"),
+        (b'{"Addr":"a:1"} x', "not JSON: Extra data at 15"),
+        (b'{"Addr":"a:1"}{}', "not JSON: Extra data at 14"),
         (b'{"Addr":"a\x01"}', "not JSON"),
         (b'{"Addr":"\\x"}', "not JSON"),
-        (b'{"Addr":"a",}', "not JSON: unexpected '}'"),
+        (b'{"Addr":"a",}', "not JSON: Expecting property name enclosed in double quotes"),
         (b'{"Addr" "a"}', "not JSON"),
         (b'{"Addr":01}', "not JSON"),
         (b"\xef\xbb\xbf{}", "not JSON"),  # Go refuses a byte order mark
@@ -216,6 +223,29 @@ def test_decode_rejects_as_go_does_with_the_key_named(value: bytes, reason: str)
     assert info.value.key == "svc/bad-key"
     assert reason in str(info.value)
     assert "svc/bad-key" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", "not JSON: unexpected end of input"),
+        (b'{"Addr":"a:1"', "not JSON: unexpected end of input"),
+        (b'{"Addr":"a:1"} x', "not JSON: unexpected b'x' at 15"),
+        (b'{"Addr":"a:1"}{}', "not JSON: data after the top-level value at 14"),
+        (b'{"Addr":"a",}', "not JSON: unexpected '}' at 12"),
+        (b'{"Addr" "a"}', "not JSON: unexpected value at 8"),
+        (b'{"Addr":"a":1}', "not JSON: unexpected ':' at 11"),
+        (b'{"Addr",1}', "not JSON: unexpected ',' at 7"),
+        (b"{1:2}", "not JSON: expected a string object key at 1"),
+        (b"[1}", "not JSON: unexpected '}' at 2"),
+        (b'{"Addr":NaN}', "not JSON: unexpected b'N' at 8"),
+    ],
+)
+def test_faithful_path_names_syntax_errors(value: bytes, reason: str) -> None:
+    # The fast path words syntax errors as Python's json does; the faithful one as above.
+    with pytest.raises(RecordError) as info:
+        _decode_slow(value)
+    assert str(info.value) == reason
 
 
 def test_decode_nests_to_go_limit_and_no_further() -> None:
@@ -279,6 +309,11 @@ _SPLICES = [
     b'"op":',
     b'"Metadata":null,',
     b'"Addr":"x",',
+    b'"Addr":5,',
+    b'"Op":300,',
+    b'"Op":-0,',
+    b'"Op":1e2,',
+    b'"x":1e400,',
     b"[" * 1100,
     b"]" * 1100,
     b"}",
@@ -298,20 +333,27 @@ def record_bytes(draw: st.DrawFn) -> bytes:
     return data
 
 
+def by_path(decode: Any, data: bytes) -> Any:
+    try:
+        return decode(data)
+    except RecordError as exc:
+        return exc
+
+
 @settings(max_examples=400)
 @given(record_bytes())
 def test_decoder_is_total_and_fast_path_matches_faithful_path(data: bytes) -> None:
-    fast = _decode_fast(data)
-    try:
-        slow: Any = _decode_slow(data)
-    except RecordError:
-        slow = None
-    if fast is not None:
-        assert slow is not None
-        assert fast[0] == slow[0]
-        assert json_equal(fast[1], slow[1])
-        assert safe_repr(fast[1]) == safe_repr(slow[1])  # same types too (int stays int)
-    assert decode_outcome(data)[0] == ("error" if slow is None else "ok")
+    slow = by_path(_decode_slow, data)
+    for fast_path in (_decode_canonical, _decode_fast):
+        fast = by_path(fast_path, data)
+        if isinstance(fast, RecordError):
+            assert isinstance(slow, RecordError)
+        elif fast is not None:
+            assert not isinstance(slow, RecordError)
+            assert fast[0] == slow[0]
+            assert json_equal(fast[1], slow[1])
+            assert safe_repr(fast[1]) == safe_repr(slow[1])  # same types too (int stays int)
+    assert decode_outcome(data)[0] == ("error" if isinstance(slow, RecordError) else "ok")
 
 
 @given(addr=st.text(min_size=1), metadata=json_values)
