@@ -206,6 +206,8 @@ def test_decode_accepts_what_go_accepts(value: bytes, expected: Endpoint | None)
         (b'{"Addr":"a:1","Metadata":1e400}', "beyond float64's range"),
         (b'{"Addr":"a:1","Metadata":[' + b"1" * 310 + b"]}", "beyond float64's range"),
         (b'{"Addr":"a:1","Metadata":1e400,"Metadata":1}', "beyond float64's range"),
+        # Go fails converting the number even where a later duplicate key replaces it.
+        (b'{"Addr":"a:1","Metadata":{"k":[1e400],"k":null}}', "beyond float64's range"),
         (b'{"Addr":"a:1"} x', "not JSON: Extra data at 15"),
         (b'{"Addr":"a:1"}{}', "not JSON: Extra data at 14"),
         (b'{"Addr":"a\x01"}', "not JSON"),

@@ -246,6 +246,8 @@ def fixed_inputs() -> list[bytes]:
         b'{"Op":256,"Addr":"a"}',
         b'{"Addr":"a","Metadata":' + b"1" * 400 + b"}",
         b'{"Addr":"a","Metadata":1,"metadata":null}',
+        b'{"Addr":"a","Metadata":{"k":[1e400],"k":null}}',
+        b'{"Addr":"a","Metadata":[{"k":1e309,"k":1}],"x":1e400}',
         b'{"Addr":"a","addr":null}',
         b'{"Addr":5,"Addr":"a"}',
         b'{"Addr":"a"}x',
