@@ -44,6 +44,10 @@ VALUES: list[tuple[str, bytes]] = [
     ("etcdctl by hand (spaces)", b'{"Op": 0, "Addr": "10.0.0.1:50051", "Metadata": null}'),
     ("lower-case field names", b'{"op":0,"addr":"10.0.0.1:50051","metadata":{"weight":2}}'),
     ("metadata nested 600 deep", b'{"Addr":"a","Metadata":' + b"[" * 600 + b"]" * 600 + b"}"),
+    (
+        "100,000 numbers, spaced (600 KB)",
+        b'{"Addr": "a", "Metadata": [' + b", ".join([b"12345"] * 100_000) + b"]}",
+    ),
 ]
 
 
@@ -76,7 +80,9 @@ def per_call(function: Callable[[], Any], rounds: int) -> float | None:
 
 
 def fmt(micros: float | None) -> str:
-    return "fails" if micros is None else f"{micros:.2f} µs"
+    if micros is None:
+        return "fails"
+    return f"{micros / 1000:.2f} ms" if micros >= 1000 else f"{micros:.2f} µs"
 
 
 def ratio(a: float | None, b: float | None) -> str:
