@@ -274,7 +274,7 @@ def decode_outcome(data: bytes) -> tuple[str, Any]:
         return ("error", str(exc))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 @example(b"\x00")
 @example(b"[" * 20_000)
@@ -342,7 +342,7 @@ def by_path(decode: Any, data: bytes) -> Any:
         return exc
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(record_bytes())
 def test_decoder_is_total_and_fast_path_matches_faithful_path(data: bytes) -> None:
     slow = by_path(_decode_slow, data)
