@@ -342,7 +342,7 @@ def by_path(decode: Any, data: bytes) -> Any:
         return exc
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(record_bytes())
 def test_decoder_is_total_and_fast_path_matches_faithful_path(data: bytes) -> None:
     slow = by_path(_decode_slow, data)
