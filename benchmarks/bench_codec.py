@@ -11,13 +11,14 @@ we write), of plain ``json.loads`` (the floor: no Go rules at all) and, with ``-
 same function as it was at that git revision (loaded from ``git show``), with the ratios. Values in
 the exact shape Go's Manager and aiodiscovery write take the fast path; the others show what the
 faithful path costs. Best of several rounds of ``timeit``; absolute figures depend on the host,
-the ratios are measured in the same run.
+the contenders take turns round by round and the ratios are measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import timeit
@@ -68,15 +69,27 @@ def load_old(ref: str) -> types.ModuleType:
     return module
 
 
-def per_call(function: Callable[[], Any], rounds: int) -> float | None:
-    """Best time per call in microseconds, or None if ``function`` raises."""
-    try:
-        function()
-    except (ValueError, RecursionError):
-        return None
-    timer = timeit.Timer(function)
-    number, _ = timer.autorange()
-    return min(timer.repeat(repeat=rounds, number=number)) / number * 1e6
+def per_call(functions: list[Callable[[], Any]], rounds: int) -> list[float | None]:
+    """Best time per call of each function in microseconds (None if it raises).
+
+    The contenders take turns round by round, so a change in machine load hits them alike.
+    """
+    timers: list[tuple[timeit.Timer, int] | None] = []
+    for function in functions:
+        try:
+            function()
+        except (ValueError, RecursionError):
+            timers.append(None)
+            continue
+        timer = timeit.Timer(function)
+        timers.append((timer, timer.autorange()[0]))
+    best = [math.inf] * len(timers)
+    for _ in range(rounds):
+        for i, entry in enumerate(timers):
+            if entry is not None:
+                timer, number = entry
+                best[i] = min(best[i], timer.timeit(number) / number * 1e6)
+    return [None if entry is None else b for entry, b in zip(timers, best, strict=True)]
 
 
 def fmt(micros: float | None) -> str:
@@ -92,45 +105,44 @@ def ratio(a: float | None, b: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old-ref", help="also time the codec of this git revision")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     old = load_old(args.old_ref) if args.old_ref else None
-    header = ["decode", "aiodiscovery", "json.loads", "ratio"]
-    if old is not None:
-        header += [f"at {args.old_ref}", "ratio (new / old)"]
-    rows = [header]
+    suffix = [f"at {args.old_ref}", "ratio (new / old)"] if old is not None else []
+    rows = [["decode", "aiodiscovery", "json.loads", "ratio", *suffix]]
     for name, value in VALUES:
         print(f"decoding: {name}", file=sys.stderr)
-        new = per_call(lambda v=value: decode_endpoint("k", v), args.rounds)
-        floor = per_call(lambda v=value: json.loads(v), args.rounds)
-        row = [name, fmt(new), fmt(floor), ratio(new, floor)]
+        contenders = [lambda v=value: decode_endpoint("k", v), lambda v=value: json.loads(v)]
         if old is not None:
-            before = per_call(lambda v=value: _old_decode(old, v), args.rounds)
-            row += [fmt(before), ratio(new, before)]
-        rows.append(row)
+            contenders.append(lambda v=value: _old_decode(old, v))
+        rows.append(row(name, per_call(contenders, args.rounds)))
     print(markdown_table(rows))
     print()
-    rows = [["encode", "aiodiscovery", "json.dumps", "ratio"]]
-    if old is not None:
-        rows[0] += [f"at {args.old_ref}", "ratio (new / old)"]
+    rows = [["encode", "aiodiscovery", "json.dumps", "ratio", *suffix]]
     for name, endpoint in [
         ("no metadata", Endpoint("10.0.0.1:50051")),
         ("string metadata", Endpoint.with_attributes("10.0.0.1:50051", weight=2, zone="eu")),
         ("object metadata", Endpoint("10.0.0.1:50051", {"weight": 2, "zone": "eu"})),
     ]:
         print(f"encoding: {name}", file=sys.stderr)
-        new = per_call(lambda e=endpoint: encode_endpoint(e), args.rounds)
         record = {"Op": 0, "Addr": endpoint.addr, "Metadata": endpoint.metadata}
-        floor = per_call(
-            lambda r=record: json.dumps(r, separators=(",", ":")).encode(), args.rounds
-        )
-        row = [name, fmt(new), fmt(floor), ratio(new, floor)]
+        contenders = [
+            lambda e=endpoint: encode_endpoint(e),
+            lambda r=record: json.dumps(r, separators=(",", ":")).encode(),
+        ]
         if old is not None:
             legacy = old.Endpoint(endpoint.addr, endpoint.metadata)
-            before = per_call(lambda e=legacy: old.encode_endpoint(e), args.rounds)
-            row += [fmt(before), ratio(new, before)]
-        rows.append(row)
+            contenders.append(lambda e=legacy: old.encode_endpoint(e))
+        rows.append(row(name, per_call(contenders, args.rounds)))
     print(markdown_table(rows))
+
+
+def row(name: str, times: list[float | None]) -> list[str]:
+    """A table row: ours, the floor, their ratio, and the old codec with its ratio if timed."""
+    cells = [name, fmt(times[0]), fmt(times[1]), ratio(times[0], times[1])]
+    if len(times) > 2:
+        cells += [fmt(times[2]), ratio(times[0], times[2])]
+    return cells
 
 
 def _old_decode(old: types.ModuleType, value: bytes) -> Any:
