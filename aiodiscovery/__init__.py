@@ -11,7 +11,17 @@ from ._auth import parse_user
 from ._balancer import PoolStatistics, SubchannelStatistics
 from ._client import DEFAULT_TIMEOUT, ClientStatistics, EtcdClient
 from ._connect import connect, reauthenticate
-from ._endpoint import Endpoint, Operation, Update, decode_endpoint, encode_endpoint, parse_target
+from ._endpoint import (
+    Endpoint,
+    Operation,
+    Update,
+    decode_endpoint,
+    encode_attributes,
+    encode_endpoint,
+    metadata_attributes,
+    metadata_weight,
+    parse_target,
+)
 from ._endpointset import EndpointSet
 from ._exceptions import (
     AiodiscoveryError,
@@ -81,7 +91,10 @@ __all__ = [
     "allow_networks",
     "connect",
     "decode_endpoint",
+    "encode_attributes",
     "encode_endpoint",
+    "metadata_attributes",
+    "metadata_weight",
     "parse_address",
     "parse_target",
     "parse_user",

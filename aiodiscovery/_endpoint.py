@@ -1,23 +1,25 @@
-"""The endpoint record, its Go-compatible JSON codec, updates and target parsing.
+"""The endpoint record, its Go-compatible codec, attributes, updates and target parsing.
 
 The wire format is the one etcd's Go client writes in ``client/v3/naming/endpoints``: a compact JSON
-object ``{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}``. Encoding reproduces Go's
-``encoding/json`` byte for byte (field order, HTML-safe escapes, map keys sorted, float format), and
-decoding accepts exactly what Go's decoder accepts for that struct.
+object ``{"Op":0,"Addr":"10.0.0.1:50051","Metadata":null}``. Encoding reproduces Go 1.22+'s
+``encoding/json`` byte for byte, and decoding reads every value exactly as Go's ``json.Unmarshal``
+does (:mod:`aiodiscovery._decoder` and :mod:`aiodiscovery._encoder` model both).
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from ._decoder import RecordError, decode_record
+from ._encoder import go_json, go_string
 from ._exceptions import DecodeError
+from ._jsonvalue import json_equal, safe_repr
 
 __all__ = [
     "Endpoint",
@@ -25,17 +27,13 @@ __all__ = [
     "Operation",
     "Update",
     "decode_endpoint",
+    "encode_attributes",
     "encode_endpoint",
     "lease_id",
+    "metadata_attributes",
+    "metadata_weight",
     "parse_target",
 ]
-
-# Go's encoder escapes these even in compact mode (HTML safety and JavaScript line separators).
-_GO_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
-# Go stores Op as a uint8: any other JSON number makes the whole value undecodable.
-_MAX_OP = 255
 
 
 class Operation(enum.IntEnum):
@@ -45,20 +43,69 @@ class Operation(enum.IntEnum):
     DELETE = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Endpoint:
-    """One address of a service, with optional JSON-serialisable metadata.
+    """One address of a service, with optional JSON metadata.
 
     ``addr`` is what gRPC dials (``"10.0.0.5:50051"``); ``metadata`` is any JSON value and is stored
     as Go's ``Metadata`` field (``None`` is written as ``null``).
+
+    ``Endpoint("")`` raises :class:`ValueError`: an empty address names nothing dialable, so
+    registering one is a mistake. Yet a value in etcd with an empty or missing ``Addr`` (``{}``,
+    ``null``, ``{"Addr":""}``) decodes to an endpoint whose ``addr`` is ``""``, because that is
+    what Go's ``Manager.List`` and resolver return; the pool skips such an endpoint.
+
+    In a fleet with Go clients, keep metadata a string: grpc-go's ``round_robin`` panics on an
+    object there. :meth:`with_attributes` builds the Go-safe form, :attr:`attributes` reads it.
+
+    Two endpoints are equal when their addresses are and their metadata are the same JSON value
+    (numbers by value, ``true`` is not ``1``, a tuple equals a list); the hash is the address's.
+    Comparing and printing work at any nesting depth.
     """
 
     addr: str
     metadata: Any = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.addr, str) or not self.addr:
-            raise ValueError(f"Endpoint.addr must be a non-empty string, got {self.addr!r}")
+        if not isinstance(self.addr, str):
+            raise TypeError(f"Endpoint.addr must be a string, got {self.addr!r}")
+        if not self.addr:
+            raise ValueError("Endpoint.addr must be a non-empty string: '' names nothing to dial")
+
+    @classmethod
+    def _decoded(cls, addr: str, metadata: Any) -> Endpoint:
+        """An endpoint as read from etcd, whose address may be empty (as Go reads it)."""
+        endpoint = object.__new__(cls)
+        object.__setattr__(endpoint, "addr", addr)
+        object.__setattr__(endpoint, "metadata", metadata)
+        return endpoint
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Endpoint):
+            return NotImplemented
+        return self.addr == other.addr and json_equal(self.metadata, other.metadata)
+
+    def __hash__(self) -> int:
+        return hash(self.addr)
+
+    def __repr__(self) -> str:
+        return f"Endpoint(addr={self.addr!r}, metadata={safe_repr(self.metadata)})"
+
+    @classmethod
+    def with_attributes(
+        cls, addr: str, attributes: Mapping[str, object] | None = None, /, **more: object
+    ) -> Endpoint:
+        """An endpoint whose metadata carries ``attributes`` in the Go-safe string form.
+
+        ``Endpoint.with_attributes("10.0.0.5:50051", weight=2, zone="eu-west-1a")`` has the metadata
+        ``"weight=2&zone=eu-west-1a"``; see :func:`encode_attributes`.
+        """
+        return cls(addr, encode_attributes({**(attributes or {}), **more}))
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """The attributes in the metadata (see :func:`metadata_attributes`)."""
+        return metadata_attributes(self.metadata)
 
 
 class LeaseLike(Protocol):
@@ -108,125 +155,114 @@ class Update:
         return cls(Operation.DELETE, key)
 
 
-def _go_float(value: float) -> str:
-    if not math.isfinite(value):
-        raise ValueError(f"metadata cannot hold {value!r}: JSON has no such number")
-    if value == 0:
-        return "-0" if math.copysign(1, value) < 0 else "0"
-    if 1e-6 <= abs(value) < 1e21:
-        # Go prints the shortest round-tripping digits in positional form in this range.
-        text = format(Decimal(repr(value)), "f")
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    mantissa, exponent = repr(value).split("e")
-    return f"{mantissa.removesuffix('.0')}e{exponent[0]}{exponent[1:].lstrip('0') or '0'}"
-
-
-def _go_string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False).translate(_GO_ESCAPES)
-
-
-def _go_json(value: Any) -> str:
-    """Encode ``value`` as Go's ``encoding/json`` encodes the same ``interface{}`` value."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _go_float(value)
-    if isinstance(value, str):
-        return _go_string(value)
-    if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError(f"metadata object keys must be strings: {value!r}")
-        # Go decodes objects into map[string]any and writes maps with sorted keys.
-        items = sorted(value.items())
-        return "{" + ",".join(f"{_go_string(k)}:{_go_json(v)}" for k, v in items) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_go_json(v) for v in value) + "]"
-    raise TypeError(f"metadata must be JSON-serialisable, got {type(value).__name__}")
-
-
 def encode_endpoint(endpoint: Endpoint) -> bytes:
-    """Encode ``endpoint`` exactly as Go's ``endpoints.Manager`` writes it to etcd."""
+    """Encode ``endpoint`` exactly as Go's ``endpoints.Manager`` (built with Go 1.22+) writes it.
+
+    Raises :class:`ValueError` or :class:`TypeError` for metadata Go could not read back: NaN or
+    infinities, integers beyond float64's range, lone surrogates, cycles, nesting past Go's
+    10,000 levels, or values JSON cannot hold.
+    """
     return (
-        f'{{"Op":{int(Operation.ADD)},"Addr":{_go_string(endpoint.addr)},'
-        f'"Metadata":{_go_json(endpoint.metadata)}}}'
+        f'{{"Op":{int(Operation.ADD)},"Addr":{go_string(endpoint.addr)},'
+        f'"Metadata":{go_json(endpoint.metadata, depth=1)}}}'
     ).encode()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        # Go's float64 cannot hold 1e400 either, and we could not write it back.
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
 def decode_endpoint(key: str, value: bytes) -> Endpoint:
-    """Decode an etcd value the way Go's resolver does, or raise :class:`DecodeError`.
+    """Decode an etcd value exactly as Go's ``json.Unmarshal`` reads it, or raise
+    :class:`DecodeError` (and nothing else, whatever ``value`` holds).
 
-    Field names match case-insensitively, unknown fields and ``Op`` are ignored (a listed key is
-    always an add), and a later duplicate field wins, as in Go. ``key`` only serves the error.
+    Field names match case-insensitively, a later duplicate wins, unknown fields and the stored
+    ``Op`` are ignored (a listed key is always an add, but Op must still fit a uint8); ``null``,
+    ``{}`` and a missing or empty ``Addr`` give an endpoint with ``addr == ""`` as in Go. Metadata
+    numbers are Go's float64 values (an integral one comes back as an ``int``). ``key`` only
+    serves the error.
     """
     try:
-        # Go reads invalid UTF-8 as U+FFFD instead of failing, and so do we.
-        pairs = _DECODER.decode(value.decode("utf-8", errors="replace"))
-    except ValueError as exc:
-        raise DecodeError(key, f"not JSON ({exc})") from None
-    if not isinstance(pairs, _Object):
-        raise DecodeError(key, f"expected a JSON object, got {type(_plain(pairs)).__name__}")
-    addr: Any = None
-    metadata: Any = None
-    for name, field_value in pairs:
-        folded = name.casefold()
-        if folded == "addr":
-            # Go fails the whole value on a mistyped field even if a later duplicate is fine.
-            if field_value is not None and not isinstance(field_value, str):
-                raise DecodeError(
-                    key, f'"Addr" must be a string, got {type(_plain(field_value)).__name__}'
-                )
-            if field_value is not None:
-                addr = field_value
-        elif folded == "metadata":
-            metadata = _plain(field_value)
-        elif (
-            folded == "op"
-            and field_value is not None
-            and not (type(field_value) is int and 0 <= field_value <= _MAX_OP)
-        ):
-            raise DecodeError(key, f"Op must be an integer 0..{_MAX_OP}, got {field_value!r}")
-    if addr is None:
-        raise DecodeError(key, 'no "Addr" field')
-    if not addr:
-        raise DecodeError(key, '"Addr" is empty')
-    return Endpoint(addr, metadata)
+        addr, metadata = decode_record(value)
+    except RecordError as exc:
+        raise DecodeError(key, str(exc)) from None
+    return Endpoint._decoded(addr, metadata)
 
 
-class _Object(list[tuple[str, Any]]):
-    """A JSON object as its ordered (name, value) pairs, so that field order can be honoured."""
+# ---------------------------------------------------------------------------------------------
+# Attributes: key=value pairs in metadata, in a form Go clients survive.
+
+_WEIGHT = re.compile(r"[0-9]+(?:\.[0-9]*)?")
+# gRPC's own endpoint weights are uint32.
+MAX_WEIGHT = 2**32 - 1
 
 
-def _plain(value: Any) -> Any:
-    """Turn decoded :class:`_Object` pairs back into dicts (a later duplicate name wins)."""
-    if isinstance(value, _Object):
-        return {k: _plain(v) for k, v in value}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _attribute_text(value: object) -> str | None:
+    """A scalar as attribute text (``2``, ``0.5``, ``true``), None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        # Beyond float64 no Go client could read it (nor int() print it fast).
+        return int.__repr__(value) if value.bit_length() <= 1023 else None
+    if isinstance(value, float) and math.isfinite(value):
+        return go_json(value)
+    return None
 
 
-# Built once: json.loads with hooks would build a fresh decoder for every value.
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_Object, parse_constant=_reject_constant, parse_float=_finite_float
-)
+def encode_attributes(attributes: Mapping[str, object]) -> str:
+    """Attributes as a URL query string (``"weight=2&zone=eu-west-1a"``), sorted by name.
+
+    Values are strings, numbers or booleans (written as Go writes them: ``2``, ``0.5``, ``true``).
+    A string in metadata is safe for every Go client, where a JSON object panics grpc-go's
+    ``round_robin`` (etcd-io/etcd#19700); Go reads it back with ``url.ParseQuery``.
+    """
+    pairs = []
+    for name, value in sorted(attributes.items()):
+        text = _attribute_text(value)
+        if not isinstance(name, str) or not name or text is None:
+            raise ValueError(
+                f"attribute {name!r}={value!r}: names are non-empty strings, values strings, "
+                "finite numbers or booleans"
+            )
+        pairs.append((name, text))
+    return urlencode(pairs)
+
+
+def metadata_attributes(metadata: object) -> dict[str, str]:
+    """The attributes in endpoint metadata, as name -> text.
+
+    Reads the Go-safe form, a string in URL query form (``"weight=2&zone=eu-west-1a"``; the first
+    of repeated names wins, as Go's ``url.Values.Get``; pieces that are not ``name=value`` are
+    skipped), and the legacy object form (``{"weight": 2}``, whose scalar members are read as
+    text: ``"2"``). Any other metadata has no attributes. Never raises.
+    """
+    found: dict[str, str] = {}
+    if isinstance(metadata, str):
+        for name, value in parse_qsl(metadata, keep_blank_values=True):
+            # Go's ParseQuery refuses ';' in a pair; neither reads it.
+            if name and ";" not in name and ";" not in value:
+                found.setdefault(name, value)
+    elif isinstance(metadata, Mapping):
+        for name, value in metadata.items():
+            text = _attribute_text(value)
+            if isinstance(name, str) and text is not None:
+                found[name] = text
+    return found
+
+
+def metadata_weight(metadata: object) -> int | None:
+    """The ``weight`` attribute of endpoint metadata: ``None`` when there is none.
+
+    A weight is a whole number from 1 to 2**32 - 1 (a fraction is dropped: ``"2.5"`` is 2), in
+    either form (``"weight=3"`` or ``{"weight": 3}``). Anything else raises :class:`ValueError`
+    saying what is wrong, so that a balancer can warn and fall back to 1.
+    """
+    text = metadata_attributes(metadata).get("weight")
+    if text is None:
+        return None
+    whole = text.partition(".")[0]
+    if _WEIGHT.fullmatch(text) is None or len(whole) > 10 or not 1 <= int(whole) <= MAX_WEIGHT:
+        raise ValueError(f"weight {text[:40]!r} is not a whole number from 1 to {MAX_WEIGHT}")
+    return int(whole)
+
 
 _TARGET_HELP = "a valid target looks like 'etcd:///foo/bar/my-service' or 'foo/bar/my-service'"
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import abc
 import logging
 import random
-import reprlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
+from ._endpoint import metadata_weight
 from ._logsafe import safe
 
 __all__ = [
@@ -141,41 +141,35 @@ MAX_WEIGHT = 10_000
 def endpoint_weight(
     metadata: object, address: str, warned: set[tuple[str, str]] | None = None
 ) -> int:
-    """The weight from metadata ``{"weight": n}``: 1 when absent, at most :data:`MAX_WEIGHT`.
+    """The weight in endpoint metadata: 1 when absent, at most :data:`MAX_WEIGHT`.
 
-    A weight that is not a number >= 1 counts as 1, a larger one than :data:`MAX_WEIGHT` as
-    :data:`MAX_WEIGHT`, and either is logged as a warning; pass ``warned`` to log each
-    (address, weight) only once.
+    The weight is the ``weight`` attribute, in the Go-safe string form (``"weight=3"``, see
+    :meth:`Endpoint.with_attributes`) or the legacy object form (``{"weight": 3}``, which crashes
+    grpc-go clients of the same service). A weight that is not a whole number >= 1 counts as 1, a
+    larger one than :data:`MAX_WEIGHT` as :data:`MAX_WEIGHT`, and either is logged as a warning;
+    pass ``warned`` to log each (address, problem) only once.
     """
-    if not isinstance(metadata, Mapping) or "weight" not in metadata:
+    try:
+        weight = metadata_weight(metadata)
+    except ValueError as exc:
+        return _warn_weight(1, str(exc), address, warned)
+    if weight is None:
         return 1
-    weight = metadata["weight"]
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 1:
-        # (not >= rather than <, so that NaN is caught.)
-        return _warn_weight(1, "need a number >= 1", address, weight, warned)
     if weight > MAX_WEIGHT:
-        return _warn_weight(MAX_WEIGHT, f"at most {MAX_WEIGHT}", address, weight, warned)
-    return int(weight)
+        return _warn_weight(
+            MAX_WEIGHT, f"weight {weight} is more than {MAX_WEIGHT}", address, warned
+        )
+    return weight
 
 
-def _warn_weight(
-    used: int, rule: str, address: str, weight: object, warned: set[tuple[str, str]] | None
-) -> int:
-    seen = (address, _describe(weight))
+def _warn_weight(used: int, problem: str, address: str, warned: set[tuple[str, str]] | None) -> int:
+    seen = (address, problem)
     if warned is not None:
         if seen in warned:
             return used
         warned.add(seen)
-    logger.warning("endpoint %s has weight %s; using %d (%s)", safe(address), seen[1], used, rule)
+    logger.warning("endpoint %s: %s; using %d", safe(address), safe(problem), used)
     return used
-
-
-def _describe(value: object) -> str:
-    """A short, one-line, never-failing description of a metadata value."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        # repr() of a huge integer is slow, and refused past 4,300 digits.
-        return f"an integer of {value.bit_length()} bits"
-    return safe(reprlib.repr(value))
 
 
 class WeightedPicker(Picker[S]):

@@ -81,7 +81,8 @@ async def serve(args: argparse.Namespace) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
 
-        endpoint = aiodiscovery.Endpoint(address, {"name": args.name})
+        # String metadata ("name=a"): Go clients of the same service cannot read object metadata.
+        endpoint = aiodiscovery.Endpoint.with_attributes(address, name=args.name)
         async with aiodiscovery.Registrar(client, args.service, endpoint, ttl=args.ttl) as reg:
             print(f"{args.name}: serving on {address}, registered as {reg.key}", flush=True)
             with contextlib.suppress(TimeoutError):

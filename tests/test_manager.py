@@ -128,7 +128,7 @@ async def test_list_skips_bad_values_with_one_warning_each(
     em = EndpointManager(client, service)
     await client.put(f"{service}/a-good".encode(), b'{"Addr":"a:1"}')
     await client.put(f"{service}/b-bad".encode(), b"not json")
-    await client.put(f"{service}/c-bad".encode(), b'{"Addr":""}')
+    await client.put(f"{service}/c-bad".encode(), b'{"Addr":42}')
     await client.put(f"{service}/d-good".encode(), b'{"Addr":"d:1","Metadata":"m"}')
     with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
         endpoints = await em.list_endpoints()
@@ -139,7 +139,7 @@ async def test_list_skips_bad_values_with_one_warning_each(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert f"{service}/b-bad" in warnings[0] and "not JSON" in warnings[0]
-    assert f"{service}/c-bad" in warnings[1] and "empty" in warnings[1]
+    assert f"{service}/c-bad" in warnings[1] and '"Addr" must be a string' in warnings[1]
 
 
 async def test_list_reads_past_one_page(

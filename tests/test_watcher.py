@@ -117,7 +117,7 @@ async def test_bad_values_drop_the_key_warn_once_and_never_stop_the_watch(
         assert summary(await next_batch(batches)) == [("ADD", "good1", "g:1")]
         assert summary(await next_batch(batches)) == [("ADD", "good2", "g:2")]
         # A known key whose value turns bad leaves the set: it no longer names an endpoint.
-        await client.put(f"{service}/good1".encode(), b'{"Addr":""}')
+        await client.put(f"{service}/good1".encode(), b'{"Addr":[]}')
         assert summary(await next_batch(batches)) == [("DELETE", "good1", None)]
         await converges(watcher, {f"{service}/good2": Endpoint("g:2")})
         assert watcher.statistics().bad_values == 3
