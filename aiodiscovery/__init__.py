@@ -18,6 +18,8 @@ from ._exceptions import (
     LeaseNotFoundError,
     TransactionTooLargeError,
 )
+from ._health import HealthCheckError
+from ._lease import LeaseKeeper, LeaseState, LeaseStatistics
 from ._manager import EndpointManager
 from ._members import MemberStatistics
 from ._policies import (
@@ -45,7 +47,11 @@ __all__ = [
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailableError",
+    "HealthCheckError",
+    "LeaseKeeper",
     "LeaseNotFoundError",
+    "LeaseState",
+    "LeaseStatistics",
     "MemberStatistics",
     "Operation",
     "P2CPicker",
