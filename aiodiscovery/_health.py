@@ -173,15 +173,16 @@ class HealthWatch:
         # its listener is followed again as soon as it is back.
         return watch(request_type(service=self.service), wait_for_ready=True)
 
-    async def start(self, timeout: float) -> None:
-        """Open the stream and take the first status, within ``timeout`` seconds.
+    async def start(self, deadline: float, timeout: float) -> None:
+        """Open the stream and take the first status before ``deadline`` (anyio's clock), the
+        end of a ``timeout`` of that many seconds.
 
         Raises :class:`HealthCheckError` if the server has no health service, or sends no status
         in time.
         """
         backoff = Backoff(initial=RETRY_INITIAL, cap=RETRY_CAP)
         last = "no answer"
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_at(deadline):
             while True:
                 call = self._open()
                 try:

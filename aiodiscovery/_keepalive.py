@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from aetcd import rpc
 
 from ._backoff import Backoff
 from ._exceptions import EtcdError
+from ._logsafe import safe
 from ._rpc import close_call, rpc_step, translate_error
 from ._transport import Transport
 
@@ -77,8 +79,13 @@ class _StreamBroken(Exception):
     """A keep-alive stream stopped serving; a fresh one is needed."""
 
 
-async def keep_alive(client: Transport, grant: LeaseGrant, counts: KeepAliveCounts) -> str:
-    """Refresh ``grant`` every TTL/3 on one stream at a time; return why it was lost."""
+async def keep_alive(
+    client: Transport, grant: LeaseGrant, counts: KeepAliveCounts, label: Callable[[], str]
+) -> str:
+    """Refresh ``grant`` every TTL/3 on one stream at a time; return why it was lost.
+
+    ``label()`` says what the lease is for, in log lines.
+    """
     backoff = Backoff(initial=RETRY_INITIAL, cap=max(RETRY_INITIAL, grant.ttl / 3))
     # The watchdog's deadline moves with each successful refresh. Reaching it means etcd may have
     # dropped the lease, and we cannot know: it counts as lost, even if etcd (which extends leases
@@ -89,7 +96,7 @@ async def keep_alive(client: Transport, grant: LeaseGrant, counts: KeepAliveCoun
                 return await _stream(client, grant, counts, watchdog, backoff)
             except (EtcdError, _StreamBroken) as exc:
                 failure = exc
-            logger.debug("keep-alive of lease %x: %s; opening a new stream", grant.id, failure)
+            logger.debug("keep-alive of %s: %s; opening a new stream", label(), safe(failure))
             await backoff.sleep()
             if isinstance(failure, EtcdError):
                 # etcd 3.5.1 does not check the token of a LeaseKeepAlive stream; later versions

@@ -295,7 +295,7 @@ class LeaseKeeper:
                     if exc.code in PERMANENT_CODES:
                         raise
                     last = exc
-                    logger.debug("granting a lease: %s; retrying", exc)
+                    logger.debug("granting a %s: %s; retrying", self._label(), safe(exc))
                 await backoff.sleep()
         urls = ", ".join(self.client.urls)
         raise EtcdUnavailableError(
@@ -325,7 +325,7 @@ class LeaseKeeper:
         with anyio.CancelScope() as self._hold_scope:
             if self._reported is None:
                 try:
-                    reason = await keep_alive(self.client, grant, self._keepalive)
+                    reason = await keep_alive(self.client, grant, self._keepalive, self._label)
                 except anyio.get_cancelled_exc_class():
                     # Ours (report_lost, or the keeper closing) re-raises at this checkpoint; one
                     # gRPC raised for a call it cancelled itself does not, and must not end the
@@ -345,7 +345,7 @@ class LeaseKeeper:
             try:
                 return await self._grant_lease()
             except EtcdError as exc:
-                logger.debug("granting a new lease for %s: %s; retrying", self._label(), exc)
+                logger.debug("granting a new lease for %s: %s; retrying", self._label(), safe(exc))
             except Exception:
                 # Never give up, not even for a bug: log it loudly and retry.
                 logger.exception("granting a new lease for %s failed; retrying", self._label())
@@ -363,7 +363,7 @@ class LeaseKeeper:
         grant.reason = reason
         grant.lost.set()
         self._set_state(LeaseState.LOST)
-        logger.warning("%s lost: %s; granting a new lease", self._label(), reason)
+        logger.warning("%s lost: %s; granting a new lease", self._label(), safe(reason))
 
     # -- grant and revoke -----------------------------------------------------------------------
 
@@ -401,7 +401,7 @@ class LeaseKeeper:
             try:
                 await self._revoke(lease, self.client.timeout)
             except Exception as exc:
-                logger.debug("revoking stale lease %x: %s", lease, exc)
+                logger.debug("revoking stale %s: %s", self._label(lease), safe(exc))
             finally:
                 # One try is enough: it expires on its own, and a set that only grows would leak.
                 self._leases.discard(lease)
@@ -422,7 +422,7 @@ class LeaseKeeper:
                     logger.warning(
                         "could not revoke %s: %s; its keys stay until the lease's TTL runs out",
                         self._label(lease),
-                        exc,
+                        safe(exc),
                     )
                 else:
                     revoked = revoked or lease == current

@@ -97,7 +97,7 @@ class LeasedKey:
                     start = current + 1
                 return await self._watch(start, backoff)
             except (EtcdError, _StreamBroken) as exc:
-                logger.debug("watch of %s: %s; watching again", safe(self.key), exc)
+                logger.debug("watch of %s: %s; watching again", safe(self.key), safe(exc))
                 start = None
             await backoff.sleep()
 

@@ -279,6 +279,8 @@ class Registrar:
         self._entered = True
         keeper = self._keeper
         deadline = anyio.current_time() + self.start_timeout
+        # Attached first, so that the keeper's log lines name the key from the start.
+        keeper._attach(self, self.key)
         try:
             if self._private:
                 try:
@@ -291,10 +293,9 @@ class Registrar:
                     ) from exc
             else:
                 keeper._check_open()
-            keeper._attach(self, self.key)
             health = self._health
             if health is not None:
-                await health.start(max(0.0, deadline - anyio.current_time()))
+                await health.start(deadline, self.start_timeout)
             if health is None or health.serving:
                 await self._work.first_put(deadline)
             else:

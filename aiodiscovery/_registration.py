@@ -99,7 +99,7 @@ class Registration:
                     if exc.code in PERMANENT_CODES:
                         raise
                     last = exc
-                    logger.debug("registering %s: %s; retrying", self._label, exc)
+                    logger.debug("registering %s: %s; retrying", self._label, safe(exc))
                 else:
                     return
                 await backoff.sleep()
@@ -136,7 +136,7 @@ class Registration:
                 logger.warning(
                     "could not delete %s: %s; it stays until lease %x is revoked or expires",
                     self._label,
-                    exc,
+                    safe(exc),
                     grant.id,
                 )
                 return
@@ -195,7 +195,7 @@ class Registration:
             try:
                 await self._register(grant)
             except EtcdError as exc:
-                logger.debug("registering %s again: %s; retrying", self._label, exc)
+                logger.debug("registering %s again: %s; retrying", self._label, safe(exc))
                 await backoff.sleep()
                 return
         assert self.grant is not None
@@ -208,9 +208,9 @@ class Registration:
         self.set_state(RegistrarState.LOST)
         if kind == "lease":
             # The keeper said so (and backs off); the key is written under its next lease.
-            logger.info("registration of %s lost with its lease: %s", self._label, reason)
+            logger.info("registration of %s lost with its lease: %s", self._label, safe(reason))
             return
-        logger.warning("registration of %s lost: %s; registering again", self._label, reason)
+        logger.warning("registration of %s lost: %s; registering again", self._label, safe(reason))
         if anyio.current_time() - self._registered_at >= self.keeper.ttl:
             # Quick retries are for a registration that held; one knocked down again and again
             # (someone deleting the key in a loop) backs off to the cap instead.
@@ -302,7 +302,7 @@ class Registration:
             try:
                 await self.key.delete(grant.id)
             except EtcdError as exc:
-                logger.debug("deregistering %s: %s; retrying", self._label, exc)
+                logger.debug("deregistering %s: %s; retrying", self._label, safe(exc))
             else:
                 return
             await backoff.sleep()
