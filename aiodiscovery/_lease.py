@@ -38,44 +38,51 @@ from anyio.lowlevel import checkpoint
 
 from ._backoff import Backoff
 from ._client import EtcdClient
-from ._exceptions import EtcdError, EtcdUnavailableError, LeaseNotFoundError
-from ._keepalive import RETRY_CAP, RETRY_INITIAL, KeepAliveCounts, LeaseGrant, keep_alive
+from ._exceptions import EtcdError, LeaseNotFoundError
+from ._keepalive import (
+    RETRY_CAP,
+    RETRY_INITIAL,
+    KeepAliveCounts,
+    LeaseGrant,
+    attempt_timeout,
+    keep_alive,
+    lease_text,
+    retry_until,
+)
 from ._keys import check_ttl
 from ._logsafe import safe
+from ._statecell import StateCell
 from ._taskgroup import TaskHost
 
 __all__ = [
     "DEFAULT_REVOKE_TIMEOUT",
     "DEFAULT_TTL",
-    "PERMANENT_CODES",
     "LeaseKeeper",
     "LeaseState",
     "LeaseStatistics",
-    "attempt_timeout",
+    "check_lifetimes",
 ]
 
 logger = logging.getLogger("aiodiscovery.registrar")
 
 DEFAULT_TTL = 10
 DEFAULT_REVOKE_TIMEOUT = 2.0
-#: Errors no retry can fix; at start they surface at once instead of after the whole timeout.
-PERMANENT_CODES = frozenset(
-    {"INVALID_ARGUMENT", "OUT_OF_RANGE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
-)
-# A request that takes longer than this cannot help keep a lease of the given TTL alive: the next
-# one goes to another member instead (see _members).
-_MIN_ATTEMPT = 0.5
 # Keys named in one log line; the rest are counted.
 _KEYS_LOGGED = 3
 
 
-def attempt_timeout(client_timeout: float, ttl: int) -> float:
-    """How long one request of a (re)registration may take under a lease of ``ttl`` seconds.
-
-    A share of the TTL, so that a member that does not answer is left (the client abandons a
-    member whose request timed out) while the lease can still be saved on another one.
-    """
-    return min(client_timeout, max(_MIN_ATTEMPT, ttl / 3))
+def check_lifetimes(
+    owner: str, client: object, start_timeout: float | None, revoke_timeout: float
+) -> None:
+    """The arguments a LeaseKeeper and a Registrar (``owner``) share: their client, timeouts."""
+    if start_timeout is not None and start_timeout <= 0:
+        raise ValueError(f"start_timeout must be positive, got {start_timeout!r}")
+    if revoke_timeout <= 0:
+        raise ValueError(f"revoke_timeout must be positive, got {revoke_timeout!r}")
+    if not isinstance(client, EtcdClient):
+        raise TypeError(
+            f"{owner} needs the client aiodiscovery.connect() returns, got {type(client).__name__}"
+        )
 
 
 class LeaseState(enum.Enum):
@@ -140,23 +147,14 @@ class LeaseKeeper:
         revoke_timeout: float = DEFAULT_REVOKE_TIMEOUT,
     ) -> None:
         check_ttl(ttl)
-        if start_timeout is not None and start_timeout <= 0:
-            raise ValueError(f"start_timeout must be positive, got {start_timeout!r}")
-        if revoke_timeout <= 0:
-            raise ValueError(f"revoke_timeout must be positive, got {revoke_timeout!r}")
-        if not isinstance(client, EtcdClient):
-            raise TypeError(
-                f"{type(self).__name__} needs the client aiodiscovery.connect() returns, got "
-                f"{type(client).__name__}"
-            )
+        check_lifetimes("LeaseKeeper", client, start_timeout, revoke_timeout)
         self.client = client
         self.ttl = ttl
         self.start_timeout = client.timeout if start_timeout is None else start_timeout
         self.revoke_timeout = revoke_timeout
         #: How long each request of a (re)registration under this lease may take.
         self.attempt_timeout = attempt_timeout(client.timeout, ttl)
-        self._state = LeaseState.GRANTING
-        self._changed = anyio.Event()
+        self._cell = StateCell(LeaseState.GRANTING, LeaseState.CLOSED)
         self._entered = False
         self._host: TaskHost | None = None
         self._grant: LeaseGrant | None = None
@@ -177,23 +175,23 @@ class LeaseKeeper:
     @property
     def state(self) -> LeaseState:
         """The current :class:`LeaseState`."""
-        return self._state
+        return self._cell.value
 
     @property
     def closed(self) -> bool:
         """Whether the block was left (or entering failed): nothing is kept any more."""
-        return self._state is LeaseState.CLOSED
+        return self._cell.value is LeaseState.CLOSED
 
     @property
     def alive(self) -> bool:
         """Whether a lease is granted and being kept alive."""
-        return self._state is LeaseState.ALIVE
+        return self._cell.value is LeaseState.ALIVE
 
     @property
     def lease_id(self) -> int | None:
         """The current lease, or the lost one while a new one is granted; ``None`` before
         entering and after leaving."""
-        if self._grant is None or self._state is LeaseState.CLOSED:
+        if self._grant is None or self._cell.value is LeaseState.CLOSED:
             return None
         return self._grant.id
 
@@ -210,7 +208,8 @@ class LeaseKeeper:
         Raises :class:`RuntimeError` if the keeper closes first.
         """
         losses = self._losses
-        await self._wait_until(lambda: self._state is LeaseState.LOST or self._losses != losses)
+        cell = self._cell
+        await cell.wait_until(lambda: cell.value is LeaseState.LOST or self._losses != losses, self)
 
     def report_lost(self, lease_id: int, reason: str) -> None:
         """Say that etcd no longer knows ``lease_id`` (a put under it failed with
@@ -226,7 +225,7 @@ class LeaseKeeper:
         """A snapshot of the keeper's counters and current lease."""
         grant = self._grant
         return LeaseStatistics(
-            state=self._state,
+            state=self._cell.value,
             lease_id=self.lease_id,
             ttl=grant.ttl if grant is not None else None,
             keys=tuple(self._keys.values()),
@@ -241,11 +240,9 @@ class LeaseKeeper:
         )
 
     def __repr__(self) -> str:
-        lease = self.lease_id
-        lease_text = f"{lease:x}" if lease is not None else "-"
         return (
-            f"<LeaseKeeper {self._state.value} lease={lease_text} ttl={self.ttl} "
-            f"keys={len(self._keys)}>"
+            f"<LeaseKeeper {self._cell.value.value} lease={lease_text(self.lease_id)} "
+            f"ttl={self.ttl} keys={len(self._keys)}>"
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -275,35 +272,21 @@ class LeaseKeeper:
 
     async def _close(self) -> bool:
         """Stop everything, then revoke every lease; return whether the current one was revoked."""
-        self._set_state(LeaseState.CLOSED)
+        self._cell.set(LeaseState.CLOSED)
         if self._host is not None:
             # Stop the background first: a keep-alive that saw the revoke would grant anew.
             await self._host.close()
         return await self._revoke_all()
 
     async def _first_grant(self) -> LeaseGrant:
-        backoff = Backoff(initial=RETRY_INITIAL, cap=RETRY_CAP)
-        last: EtcdError | None = None
-        # etcd that is starting or electing a leader answers within moments: retry until the
-        # deadline rather than fail on the first UNAVAILABLE.
-        with anyio.move_on_after(self.start_timeout):
-            await self.client.connect()
-            while True:
-                try:
-                    return await self._grant_lease()
-                except EtcdError as exc:
-                    if exc.code in PERMANENT_CODES:
-                        raise
-                    last = exc
-                    logger.debug("granting a %s: %s; retrying", self._label(), safe(exc))
-                await backoff.sleep()
+        deadline = anyio.current_time() + self.start_timeout
         urls = ", ".join(self.client.urls)
-        raise EtcdUnavailableError(
-            f"etcd at {urls} did not grant a lease within {self.start_timeout:g} s "
-            f"(last error: {last or 'none, no answer'})",
-            code=last.code if last is not None else "DEADLINE_EXCEEDED",
-            details=last.details if last is not None else "",
-        ) from last
+        failure = f"etcd at {urls} did not grant a lease within {self.start_timeout:g} s"
+        with anyio.move_on_at(deadline):
+            await self.client.connect()
+        return await retry_until(
+            deadline, self._grant_lease, f"granting a {self._label()}", failure
+        )
 
     async def _maintain(self, grant: LeaseGrant) -> None:
         """The background loop: hold the lease until it is lost, then grant a new one, forever."""
@@ -354,7 +337,7 @@ class LeaseKeeper:
         self._grant = grant
         self._reported = None
         self._keepalive.last_refresh = time.time()
-        self._set_state(LeaseState.ALIVE)
+        self._cell.set(LeaseState.ALIVE)
         logger.debug("%s granted (TTL %d s)", self._label(), grant.ttl)
 
     def _lose(self, grant: LeaseGrant, reason: str) -> None:
@@ -362,7 +345,7 @@ class LeaseKeeper:
         self._last_loss_reason = reason
         grant.reason = reason
         grant.lost.set()
-        self._set_state(LeaseState.LOST)
+        self._cell.set(LeaseState.LOST)
         logger.warning("%s lost: %s; granting a new lease", self._label(), safe(reason))
 
     # -- grant and revoke -----------------------------------------------------------------------
@@ -446,7 +429,7 @@ class LeaseKeeper:
 
     def _check_open(self) -> None:
         """Raise :class:`RuntimeError` unless the keeper is entered and not closed."""
-        if self._host is None or not self._host.running or self._state is LeaseState.CLOSED:
+        if self._host is None or not self._host.running or self._cell.value is LeaseState.CLOSED:
             raise RuntimeError(f"{self!r} is not open: enter it before the Registrars that use it")
 
     def _start(self, func: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
@@ -457,7 +440,7 @@ class LeaseKeeper:
 
     async def _live_grant(self) -> LeaseGrant:
         """The current lease once it is alive; :class:`RuntimeError` once the keeper closes."""
-        await self._wait_until(lambda: self._state is LeaseState.ALIVE)
+        await self._cell.wait_until(lambda: self._cell.value is LeaseState.ALIVE, self)
         assert self._grant is not None
         return self._grant
 
@@ -472,17 +455,3 @@ class LeaseKeeper:
             keys[_KEYS_LOGGED:] = [f"{len(keys) - _KEYS_LOGGED} more"]
         lease_text = f"lease {lease:x}" if lease is not None else "lease"
         return f"{lease_text} ({', '.join(keys) or 'no keys'})"
-
-    def _set_state(self, state: LeaseState) -> None:
-        if state is self._state or self._state is LeaseState.CLOSED:
-            return
-        self._state = state
-        # One event per change: waiters wake, re-check their condition and wait on the next one.
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
-        while not predicate():
-            if self._state is LeaseState.CLOSED:
-                raise RuntimeError(f"{self!r} is closed")
-            await self._changed.wait()

@@ -30,8 +30,14 @@ from ._client import EtcdClient
 from ._endpoint import Endpoint, encode_endpoint, parse_target
 from ._exceptions import EtcdUnavailableError
 from ._health import DEFAULT_HEALTH_GRACE, HealthWatch
+from ._keepalive import lease_text
 from ._keys import check_key, check_ttl
-from ._lease import DEFAULT_REVOKE_TIMEOUT, DEFAULT_TTL, LeaseKeeper
+from ._lease import (
+    DEFAULT_REVOKE_TIMEOUT,
+    DEFAULT_TTL,
+    LeaseKeeper,
+    check_lifetimes,
+)
 from ._leasedkey import LeasedKey
 from ._logsafe import safe
 from ._registration import RegistrarState, Registration
@@ -147,15 +153,7 @@ class Registrar:
     ) -> None:
         if ttl is not None:
             check_ttl(ttl)
-        if start_timeout is not None and start_timeout <= 0:
-            raise ValueError(f"start_timeout must be positive, got {start_timeout!r}")
-        if revoke_timeout <= 0:
-            raise ValueError(f"revoke_timeout must be positive, got {revoke_timeout!r}")
-        if not isinstance(client, EtcdClient):
-            raise TypeError(
-                f"Registrar needs the client aiodiscovery.connect() returns, got "
-                f"{type(client).__name__}"
-            )
+        check_lifetimes("Registrar", client, start_timeout, revoke_timeout)
         self.client = client
         self.target = target
         self.prefix = parse_target(target)
@@ -264,11 +262,9 @@ class Registrar:
         )
 
     def __repr__(self) -> str:
-        lease = self.lease_id
-        lease_text = f"{lease:x}" if lease is not None else "-"
         return (
             f"<Registrar {self.key!r} addr={self.endpoint.addr!r} {self._work.state.value} "
-            f"lease={lease_text} ttl={self.ttl}>"
+            f"lease={lease_text(self.lease_id)} ttl={self.ttl}>"
         )
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._backoff import Backoff
-from ._exceptions import EtcdError, EtcdUnavailableError, LeaseNotFoundError
+from ._exceptions import EtcdError, LeaseNotFoundError
 from ._health import HealthWatch
-from ._keepalive import RETRY_CAP, RETRY_INITIAL, LeaseGrant
-from ._lease import PERMANENT_CODES, LeaseKeeper, LeaseState
+from ._keepalive import RETRY_CAP, RETRY_INITIAL, LeaseGrant, retry_until
+from ._lease import LeaseKeeper, LeaseState
 from ._leasedkey import LeasedKey
 from ._logsafe import safe
+from ._statecell import StateCell
 
 __all__ = ["RegistrarState", "Registration"]
 
@@ -65,8 +66,7 @@ class Registration:
         self.health = health
         self.addr = addr
         self._label = safe(key.key)
-        self.state = RegistrarState.REGISTERING
-        self._changed = anyio.Event()
+        self._cell = StateCell(RegistrarState.REGISTERING, RegistrarState.CLOSED)
         self._scope = anyio.CancelScope()
         self._done: anyio.Event | None = None
         #: The lease of the last put that succeeded.
@@ -88,28 +88,16 @@ class Registration:
 
         Raises :class:`EtcdUnavailableError` at the deadline, at once for a permanent error.
         """
-        backoff = Backoff(initial=RETRY_INITIAL, cap=RETRY_CAP)
-        last: EtcdError | None = None
-        with anyio.move_on_at(deadline):
-            while True:
-                grant = await self.keeper._live_grant()
-                try:
-                    await self._register(grant)
-                except EtcdError as exc:
-                    if exc.code in PERMANENT_CODES:
-                        raise
-                    last = exc
-                    logger.debug("registering %s: %s; retrying", self._label, safe(exc))
-                else:
-                    return
-                await backoff.sleep()
         urls = ", ".join(self.keeper.client.urls)
-        raise EtcdUnavailableError(
+        failure = (
             f"could not register {self.key.key!r}: etcd at {urls} did not grant a lease and "
-            f"accept the put in time (last error: {last or 'none, no answer'})",
-            code=last.code if last is not None else "DEADLINE_EXCEEDED",
-            details=last.details if last is not None else "",
-        ) from last
+            "accept the put in time"
+        )
+
+        async def attempt() -> None:
+            await self._register(await self.keeper._live_grant())
+
+        await retry_until(deadline, attempt, f"registering {self._label}", failure)
 
     def start(self) -> None:
         """Run :meth:`run` in the keeper's task group."""
@@ -309,21 +297,18 @@ class Registration:
 
     # -- state plumbing -------------------------------------------------------------------------
 
+    @property
+    def state(self) -> RegistrarState:
+        """The current state."""
+        return self._cell.value
+
     def set_state(self, state: RegistrarState) -> None:
         """Move to ``state`` (never out of CLOSED) and wake the waiters."""
-        if state is self.state or self.state is RegistrarState.CLOSED:
-            return
-        self.state = state
-        # One event per change: waiters wake, re-check their condition and wait on the next one.
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._cell.set(state)
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds; :class:`RuntimeError` once CLOSED."""
-        while not predicate():
-            if self.state is RegistrarState.CLOSED:
-                raise RuntimeError(f"the registrar of {self._label} is closed")
-            await self._changed.wait()
+        await self._cell.wait_until(predicate, f"the registrar of {self._label}")
 
 
 async def _first(waiters: Sequence[Callable[[], Awaitable[T]]], fallback: T) -> T:
