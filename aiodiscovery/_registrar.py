@@ -183,6 +183,7 @@ class Registrar:
         )
         self._work = Registration(self._key, self._keeper, self._health, self.endpoint.addr)
         self._entered = False
+        self._shut_down = False
 
     # -- public state ---------------------------------------------------------------------------
 
@@ -279,6 +280,7 @@ class Registrar:
         keeper._attach(self, self.key)
         try:
             if self._private:
+                keeper.start_timeout = self.start_timeout
                 try:
                     await keeper.__aenter__()
                 except EtcdUnavailableError as exc:
@@ -316,7 +318,10 @@ class Registrar:
             await self._shut()
 
     async def _shut(self) -> None:
-        """Stop the background work, then take the key away; shielded by the callers."""
+        """Stop the background work, then take the key away (once); shielded by the callers."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         work = self._work
         await work.stop()
         if self._health is not None:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import anyio
 import pytest
 
 from aiodiscovery import (
     EtcdClient,
+    EtcdUnavailableError,
     LeaseKeeper,
     LeaseState,
     Registrar,
     RegistrarState,
     connect,
 )
-from aiodiscovery.testing import EtcdServer
+from aiodiscovery.testing import EtcdServer, free_port
 
 from .helpers import eventually
 from .test_registrar import (
+    LOOP_SLACK,
     counted_since,
     grpc_counts,
     lease_ttl,
@@ -135,6 +138,19 @@ async def test_registrars_left_out_of_order(client: EtcdClient, service: str) ->
     assert await read_key(client, b.key) is None
 
 
+async def test_a_registrar_entered_in_one_task_is_left_from_another(
+    client: EtcdClient, service: str
+) -> None:
+    reg = Registrar(client, service, "10.0.6.3:1", ttl=2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reg.__aenter__)
+    # The task that entered it is gone; the registration is not.
+    await stats_reach(reg, "keepalive_round_trips", 1)
+    assert reg.registered and await read_key(client, reg.key) is not None
+    await reg.__aexit__(None, None, None)
+    assert reg.state is RegistrarState.CLOSED and await read_key(client, reg.key) is None
+
+
 async def test_registrars_left_out_of_order_on_a_shared_lease(
     client: EtcdClient, service: str
 ) -> None:
@@ -180,6 +196,21 @@ async def test_report_lost_replaces_the_lease_at_once(client: EtcdClient, servic
         assert stats.losses == 1 and stats.last_loss_reason == "a put under it was refused"
         # The old lease is revoked in the background: its keys are not ours any more.
         await eventually(lambda: lease_ttl(client, old), lambda ttl: ttl == -1)
+
+
+async def test_etcd_unreachable_at_start_fails_within_start_timeout() -> None:
+    client = EtcdClient(f"http://127.0.0.1:{free_port()}")
+    await client.connect()
+    try:
+        keeper = LeaseKeeper(client, ttl=2, start_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(EtcdUnavailableError, match=r"did not grant a lease within 1 s"):
+            async with keeper:
+                pytest.fail("entered without etcd")
+        assert time.monotonic() - started < 1.0 + LOOP_SLACK
+        assert keeper.state is LeaseState.CLOSED and keeper.statistics().grants >= 1
+    finally:
+        await client.close()
 
 
 async def test_misuse_fails_clearly(etcd: EtcdServer, client: EtcdClient, service: str) -> None:

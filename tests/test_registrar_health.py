@@ -25,11 +25,11 @@ from aiodiscovery import (
     Watcher,
 )
 from aiodiscovery._health import WATCH_METHOD
-from aiodiscovery.testing import free_port
+from aiodiscovery.testing import EtcdServer, free_port
 
 from .helpers import eventually, until
 from .servers import EchoServer
-from .test_registrar import LOOP_SLACK, lease_ttl, read_key
+from .test_registrar import LOOP_SLACK, lease_ttl, read_key, run_etcdctl
 
 pytestmark = pytest.mark.anyio
 
@@ -114,7 +114,7 @@ async def test_graceful_shutdown_drains_the_server(client: EtcdClient, service: 
 
 
 async def test_on_a_shared_lease_only_the_unhealthy_service_goes(
-    client: EtcdClient, service: str
+    etcd: EtcdServer, client: EtcdClient, service: str
 ) -> None:
     async with health_server() as server:
         await server.health.set("a", SERVING)
@@ -129,8 +129,25 @@ async def test_on_a_shared_lease_only_the_unhealthy_service_goes(
             found = await read_key(client, b.key)
             assert found is not None and found[1] == keeper.lease_id and b.registered
             assert keeper.alive and keeper.statistics().losses == 0
+            # The shared lease is lost meanwhile: only the serving one is written again.
+            old = keeper.lease_id
+            assert old is not None
+            await run_etcdctl(etcd, "lease", "revoke", f"{old:x}")
+            found = await eventually(
+                lambda: read_key(client, b.key),
+                lambda found: found is not None and found[1] != old,
+            )
+            assert found is not None and found[1] == keeper.lease_id
+            assert await read_key(client, a.key) is None and a.state is RegistrarState.UNHEALTHY
+            # Serving again: written under the keeper's new lease.
+            await server.health.set("a", SERVING)
+            found = await eventually(
+                lambda: read_key(client, a.key), lambda found: found is not None
+            )
+            assert found is not None and found[1] == keeper.lease_id
             await server.health.enter_graceful_shutdown()
-            await eventually(lambda: read_key(client, b.key), lambda found: found is None)
+            for reg in (a, b):
+                await eventually(lambda reg=reg: read_key(client, reg.key), lambda f: f is None)
             assert a.state is b.state is RegistrarState.UNHEALTHY
 
 
