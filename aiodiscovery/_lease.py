@@ -1,14 +1,5 @@
 """LeaseKeeper: one etcd lease kept alive while a block runs, like Go's ``concurrency.Session``.
 
-::
-
-    async with (
-        LeaseKeeper(client, ttl=10) as lease,
-        Registrar(client, "svc-a", endpoint, lease=lease),
-        Registrar(client, "svc-b", endpoint, lease=lease),
-    ):
-        await server.wait_for_termination()
-
 Entering grants the lease; one long-lived ``LeaseKeepAlive`` stream refreshes it every TTL/3 (see
 :mod:`._keepalive`). A lease that is lost (etcd says it expired or was revoked, no refresh got
 through for a whole TTL, or someone reports a put refused for it) is replaced by a new grant with
