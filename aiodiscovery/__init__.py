@@ -32,7 +32,9 @@ from ._exceptions import (
     LeaseNotFoundError,
     TransactionTooLargeError,
 )
+from ._health import HealthCheckError
 from ._keys import MAX_TTL
+from ._lease import LeaseKeeper, LeaseState, LeaseStatistics
 from ._logsafe import safe as printable
 from ._manager import EndpointManager
 from ._members import MemberStatistics
@@ -67,7 +69,11 @@ __all__ = [
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailableError",
+    "HealthCheckError",
+    "LeaseKeeper",
     "LeaseNotFoundError",
+    "LeaseState",
+    "LeaseStatistics",
     "MassRemovalProtection",
     "MemberStatistics",
     "Operation",

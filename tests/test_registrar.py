@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,12 +29,16 @@ from aiodiscovery import (
     decode_endpoint,
     encode_endpoint,
 )
-from aiodiscovery._registrar import _RETRY_CAP
+from aiodiscovery._keepalive import RETRY_CAP, attempt_timeout
 from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
 
 from .helpers import eventually, until
 
 pytestmark = pytest.mark.anyio
+
+#: What a loaded 2-core machine may add to any wake-up: the slack every timing bound below adds
+#: to what the README promises.
+LOOP_SLACK = 1.0
 
 
 async def read_key(client: EtcdClient, key: str) -> tuple[bytes, int] | None:
@@ -56,12 +62,40 @@ async def run_etcdctl(etcd: EtcdServer, *args: str) -> str:
     return await anyio.to_thread.run_sync(lambda: etcd.etcdctl(*args))
 
 
-async def stats_reach(reg: Registrar, field: str, value: int, timeout: float = 15.0) -> None:
+async def stats_reach(reg: Any, field: str, value: int, timeout: float = 15.0) -> None:
+    """Wait until ``reg.statistics().<field>`` reaches ``value`` (a Registrar or a LeaseKeeper)."""
     await eventually(lambda: _stat(reg, field), lambda current: current >= value, timeout=timeout)
 
 
-async def _stat(reg: Registrar, field: str) -> int:
+async def _stat(reg: Any, field: str) -> int:
     return int(getattr(reg.statistics(), field))
+
+
+_METRIC = re.compile(
+    r'^grpc_server_(started|msg_received)_total\{grpc_method="(\w+)",grpc_service="([\w.]+)"'
+)
+
+
+def _grpc_counts(url: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            match = _METRIC.match(line)
+            if match is not None and match[3].startswith("etcdserverpb."):
+                name = f"{match[2]} {'started' if match[1] == 'started' else 'received'}"
+                counts[name] = counts.get(name, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+async def grpc_counts(etcd: EtcdServer) -> dict[str, float]:
+    """What etcd itself counted since it started (its /metrics): calls and streams started
+    (``"LeaseKeepAlive started"``, ``"Watch started"``, ``"Put started"``, ...) and request
+    messages received (``"LeaseKeepAlive received"``, ...)."""
+    return await anyio.to_thread.run_sync(_grpc_counts, etcd.url)
+
+
+def counted_since(before: dict[str, float], after: dict[str, float], name: str) -> int:
+    return int(after.get(name, 0) - before.get(name, 0))
 
 
 # -- construction ------------------------------------------------------------------------------
@@ -90,12 +124,12 @@ async def test_key_value_and_validation(client: EtcdClient, service: str) -> Non
 
 
 async def test_registered_while_the_block_runs_and_gone_right_after(
-    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+    etcd: EtcdServer, client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # DEBUG: a stream given up on is logged there, and counted below.
-    caplog.set_level(logging.DEBUG, logger="aiodiscovery")
+    caplog.set_level(logging.INFO, logger="aiodiscovery")
     endpoint = Endpoint("10.0.0.5:50051", {"zone": "a"})
-    async with Registrar(client, service, endpoint, ttl=1) as reg:
+    before = await grpc_counts(etcd)
+    async with Registrar(client, service, endpoint, ttl=2) as reg:
         assert reg.state is RegistrarState.REGISTERED and reg.registered
         await reg.wait_registered()
         lease = reg.lease_id
@@ -110,29 +144,30 @@ async def test_registered_while_the_block_runs_and_gone_right_after(
         }
         # Several TTLs: the key must be there, on the same lease, at every look.
         with anyio.fail_after(15):
-            while reg.statistics().keepalive_round_trips < 10:
+            while reg.statistics().keepalive_round_trips < 9:
                 assert await read_key(client, reg.key) == found
                 await anyio.sleep(0.1)
         stats = reg.statistics()
         assert stats.registrations == 1 and stats.losses == 0 and stats.re_registrations == 0
-        # One long-lived stream each, not one per refresh: a new one only replaces one that failed
-        # (with a TTL of 1 s a keep-alive reply is given up on after 1/3 s, which a loaded machine
-        # can take now and then; each such replacement is logged).
-        replaced = {
-            kind: sum(marker in r.getMessage() for r in caplog.records)
-            for kind, marker in (("keepalive", "opening a new stream"), ("watch", "watching again"))
-        }
-        assert stats.keepalive_streams == 1 + replaced["keepalive"], (stats, replaced)
-        assert stats.watch_streams == 1 + replaced["watch"], (stats, replaced)
-        assert stats.lease_id == lease and stats.ttl == 1 and stats.last_refresh is not None
+        assert stats.lease_id == lease and stats.ttl == 2 and stats.last_refresh is not None
         assert f"lease={lease:x}" in repr(reg)
+    after = await grpc_counts(etcd)
+    # etcd's own count of what reached it. One long-lived keep-alive stream, not one per
+    # refresh: a stream is replaced only when a reply is overdue (2/3 s at TTL 2, which a loaded
+    # machine can take now and then), so each one carried several refreshes.
+    streams = counted_since(before, after, "LeaseKeepAlive started")
+    assert streams == stats.keepalive_streams, (streams, stats)
+    assert streams * 3 <= stats.keepalive_round_trips, stats
+    messages = counted_since(before, after, "LeaseKeepAlive received")
+    assert stats.keepalive_round_trips <= messages <= stats.keepalives_sent, (messages, stats)
+    assert counted_since(before, after, "Watch started") == stats.watch_streams, stats
     assert await read_key(client, reg.key) is None
     assert await lease_ttl(client, lease) == -1
     assert reg.state is RegistrarState.CLOSED and reg.lease_id is None
     with pytest.raises(RuntimeError, match="closed"):
         await reg.wait_registered()
-    assert any("registered" in r.message and reg.key in r.message for r in caplog.records)
-    assert any("unregistered" in r.message for r in caplog.records)
+    assert any(r.message.startswith(f"registered {reg.key}") for r in caplog.records)
+    assert any(r.message.startswith(f"unregistered {reg.key}") for r in caplog.records)
 
 
 async def test_an_error_in_the_block_propagates_unchanged_and_revokes(
@@ -211,17 +246,20 @@ async def test_registrar_killed_with_sigkill_expires_after_about_one_ttl(
 async def test_lease_revoked_or_key_deleted_comes_back(
     etcd: EtcdServer, client: EtcdClient, service: str, fault: str
 ) -> None:
-    async with Registrar(client, service, "10.0.0.8:50051", ttl=1) as reg:
+    # A TTL long enough that no refresh is ever late on a loaded machine: the losses counted are
+    # the fault's alone (noticing either fault does not wait for the TTL).
+    async with Registrar(client, service, "10.0.0.8:50051", ttl=5) as reg:
         old = reg.lease_id
         assert old is not None
         if fault == "del":
             await run_etcdctl(etcd, "del", reg.key)
         else:
             await run_etcdctl(etcd, "lease", "revoke", f"{old:x}")
+        # A deleted key is written again under the same lease, which is still alive; a revoked
+        # lease is replaced by a new one.
         found = await eventually(
             lambda: read_key(client, reg.key),
-            lambda found: found is not None and found[1] != old,
-            timeout=5,
+            lambda found: found is not None and (found[1] == old) == (fault == "del"),
         )
         assert found is not None
         await reg.wait_registered()
@@ -232,11 +270,11 @@ async def test_lease_revoked_or_key_deleted_comes_back(
         if fault == "del":
             # Only the watch can notice: the lease itself is still alive.
             assert "deleted" in reason, reason
+            assert stats.leases_granted == 1 and await lease_ttl(client, old) >= 0  # alive
         else:
             # The watch's DELETE or the keep-alive's TTL=0 reply, whichever arrives first.
             assert "deleted" in reason or "expired or revoked" in reason, reason
-        # The old lease is revoked too (after a del it was still alive, just empty).
-        await eventually(lambda: lease_ttl(client, old), lambda ttl: ttl == -1, timeout=5)
+            assert await lease_ttl(client, old) == -1
         # It keeps being refreshed on the new lease.
         before = stats.keepalive_round_trips
         await stats_reach(reg, "keepalive_round_trips", before + 3)
@@ -255,12 +293,14 @@ async def test_etcd_down_longer_than_the_ttl_then_back(caplog: pytest.LogCapture
                 old = reg.lease_id
                 assert old is not None
                 etcd.kill()
-                killed = time.monotonic()
                 with anyio.fail_after(ttl + 3):
                     await reg.wait_lost()
                 assert reg.state is RegistrarState.LOST and not reg.registered
-                lost_after = time.monotonic() - killed
-                assert lost_after <= ttl + 1, lost_after
+                last_refresh = reg.statistics().last_refresh
+                assert last_refresh is not None
+                # The promise: LOST at most one TTL after the last successful refresh.
+                lost_after = time.time() - last_refresh
+                assert lost_after <= ttl + LOOP_SLACK, lost_after
                 assert "keep-alive" in (reg.statistics().last_loss_reason or "")
                 await etcd.restart()
                 back = time.monotonic()
@@ -286,18 +326,19 @@ async def test_etcd_down_longer_than_the_ttl_then_back(caplog: pytest.LogCapture
                 await eventually(lambda: lease_ttl(client, old), lambda t: t == -1, timeout=5)
                 assert reg.statistics().re_registrations == 1
                 print(
-                    f"lost {lost_after:.2f} s after the kill; back {delay:.2f} s after etcd was, "
-                    f"{own_delay:.2f} s after the channel reconnected"
+                    f"lost {lost_after:.2f} s after the last refresh; back {delay:.2f} s after "
+                    f"etcd was, {own_delay:.2f} s after the channel reconnected"
                 )
-                # What the registrar adds once etcd is reachable: at most one retry delay
-                # (_RETRY_CAP), then a grant and a put; 1 s of slack for those two requests and a
-                # loaded machine. (A stalled request would take the 5 s request timeout.)
-                assert own_delay < _RETRY_CAP + 1.0, own_delay
+                # The promise: back within one retry delay (at most RETRY_CAP) plus a grant and
+                # a put of etcd answering again. An attempt sent just before etcd answered may
+                # take its whole per-attempt timeout first; the grant and the put are quick.
+                bound = RETRY_CAP + attempt_timeout(client.timeout, ttl) + LOOP_SLACK
+                assert own_delay < bound, own_delay
                 # The whole delay adds gRPC's own reconnect backoff, which may have grown to its
-                # maximum (2 s, +20 % jitter: _channel_options in _etcd.py) while etcd was down;
-                # etcd.restart() returns only once etcd reports healthy, so its health polling
-                # makes `back` late, never the delay longer.
-                assert delay < 2.0 * 1.2 + _RETRY_CAP + 1.0, delay
+                # maximum (2 s, +20 % jitter: _channel_options in _client.py) while etcd was
+                # down; etcd.restart() returns only once etcd reports healthy, so its health
+                # polling makes `back` late, never the delay longer.
+                assert delay < 2.0 * 1.2 + bound, delay
         finally:
             await client.close()
 
@@ -308,7 +349,8 @@ async def test_a_frozen_etcd_costs_a_fresh_stream_not_the_lease(
     async with EtcdServer() as etcd:
         client = await aiodiscovery.connect(etcd.url)
         try:
-            async with Registrar(client, "svc/frozen", "10.0.1.2:1", ttl=3) as reg:
+            ttl = 6
+            async with Registrar(client, "svc/frozen", "10.0.1.2:1", ttl=ttl) as reg:
                 await stats_reach(reg, "keepalive_round_trips", 1)
                 lease, before = reg.lease_id, reg.statistics()
                 # SIGSTOP: the connection stays open and a keep-alive just never gets its reply.
@@ -316,11 +358,12 @@ async def test_a_frozen_etcd_costs_a_fresh_stream_not_the_lease(
                 # on a new one, which etcd answers once it runs again, within the TTL.
                 etcd.stop()
                 try:
-                    # Expected after about 2 s (the next refresh is at most TTL/3 away, then
-                    # TTL/3 of patience). Polled closely: the new stream's keep-alive must be
-                    # answered before the lease's TTL runs out, so etcd resumes right away.
+                    # Expected within 2/3 of the TTL (the next refresh is at most TTL/3 away,
+                    # then TTL/3 of patience). Polled closely: the new stream's keep-alive must
+                    # be answered before the lease's TTL runs out, so etcd resumes right away.
                     await until(
-                        lambda: reg.statistics().keepalive_streams > before.keepalive_streams, 3
+                        lambda: reg.statistics().keepalive_streams > before.keepalive_streams,
+                        2 * ttl / 3 + LOOP_SLACK,
                     )
                 finally:
                     etcd.resume()
@@ -331,7 +374,7 @@ async def test_a_frozen_etcd_costs_a_fresh_stream_not_the_lease(
                 reg.revoke_timeout = 0.5
                 etcd.stop()
                 left = time.monotonic()
-            assert time.monotonic() - left < 1.5
+            assert time.monotonic() - left < reg.revoke_timeout + LOOP_SLACK
             assert any("took longer than 0.5 s" in r.message for r in caplog.records)
             etcd.resume()
         finally:
@@ -381,62 +424,38 @@ async def test_killing_the_member_in_use_never_lapses_the_registration() -> None
             await observer.close()
 
 
-class _TokenRefusedCall:
-    """A LeaseKeepAlive call that etcd refuses for its token, as versions after 3.5.1 may."""
-
-    async def write(self, request: object) -> None:
-        raise grpc.aio.AioRpcError(
-            grpc.StatusCode.UNAUTHENTICATED,
-            grpc.aio.Metadata(),
-            grpc.aio.Metadata(),
-            details="etcdserver: invalid auth token",
-        )
-
-    async def read(self) -> object:
-        raise AssertionError("never read: the write failed")
-
-    def cancel(self) -> bool:
-        return True
-
-    async def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAUTHENTICATED
-
-
-class _LeaseStub:
-    """The client's lease stub, with the first keep-alive stream refused for its token; records
-    the token every keep-alive stream is opened with."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.tokens: list[str | None] = []
-
-    def LeaseKeepAlive(self, *, metadata: tuple[tuple[str, str], ...]) -> Any:
-        self.tokens.append(dict(metadata).get("token"))
-        if len(self.tokens) == 1:
-            return _TokenRefusedCall()
-        return self.real.LeaseKeepAlive(metadata=metadata)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
-async def test_a_keep_alive_refused_for_its_token_renews_it_before_the_next_stream() -> None:
+async def test_streams_come_back_with_a_new_token_after_etcd_forgets_the_old_one() -> None:
+    """Simple tokens live in etcd's memory: a restart invalidates every one of them and breaks
+    every stream. The keep-alive and the key's watch must come back on the restarted etcd, the
+    watch with a renewed token (etcd checks a watch's token when it is created), so that the key
+    is still defended; the lease must survive (etcd extends leases when it restarts)."""
     password = "keep-alive-pw"
     async with EtcdServer() as etcd:
         await anyio.to_thread.run_sync(lambda: etcd.enable_auth(password=password))
-        client = await aiodiscovery.connect(etcd.url, username="root", password=password)
+        with pytest.warns(UserWarning, match="plaintext"):
+            client = await aiodiscovery.connect(etcd.url, username="root", password=password)
         try:
-            stub = _LeaseStub(client.members.active.lease)
-            client.members.active.lease = stub
-            async with Registrar(client, "svc/token", "10.0.4.1:1", ttl=3) as reg:
+            async with Registrar(client, "svc/token", "10.0.4.1:1", ttl=10) as reg:
                 await stats_reach(reg, "keepalive_round_trips", 1)
+                lease, before = reg.lease_id, reg.statistics()
+                token = client.metadata
+                await etcd.restart()
+                # A refresh on a new stream, then the key's watch on a new stream too.
+                await stats_reach(reg, "keepalive_streams", before.keepalive_streams + 1)
+                await stats_reach(reg, "keepalive_round_trips", before.keepalive_round_trips + 1)
+                await stats_reach(reg, "watch_streams", before.watch_streams + 1)
+                assert client.metadata != token
+                assert client.statistics().authentications >= 2
+                # The watch on the restarted etcd works: a delete is seen, the key comes back.
+                await run_etcdctl(etcd, "del", reg.key)
+                found = await eventually(
+                    lambda: read_key(client, reg.key), lambda found: found is not None
+                )
+                assert found is not None and found[1] == lease
                 stats = reg.statistics()
-                assert stats.keepalive_streams == 2 and stats.losses == 0, stats
-            # The second stream already carried the token renewed after the first was refused.
-            first, second = stub.tokens[:2]
-            assert first is not None and second is not None and first != second
-            assert client.statistics().token_rejections == 1
-            assert client.statistics().authentications == 2
+                assert stats.losses == 1 and "deleted" in (stats.last_loss_reason or ""), stats
+                assert reg.lease_id == lease
+            assert await read_key(client, reg.key) is None
         finally:
             await client.close()
 

@@ -1,0 +1,306 @@
+"""Following a server's status through the standard gRPC health protocol (``grpc.health.v1``).
+
+:class:`HealthWatch` keeps one ``grpc.health.v1.Health/Watch`` stream open to a server and says
+whether one of its services (``""``: the whole server) is SERVING, for a Registrar that registers
+the server only while it is. Any implementation of the protocol works, such as
+``grpc_health.v1.health.aio.HealthServicer`` from ``grpcio-health-checking``.
+
+The protocol's two messages are built here from their descriptor with the protobuf runtime that
+etcd's own stubs already need, so following a server's health needs no extra package and nothing
+generated at build time.
+
+A stream that breaks is opened again at once, then with jittered backoff. Meanwhile the last status
+holds for ``grace`` seconds (a reconnect after a server's GOAWAY takes milliseconds and must not
+flap the registry); past that, no word from the server counts as not serving, because a server
+whose health service cannot be reached cannot be reached by clients either.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import math
+from typing import Any
+
+import anyio
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from ._backoff import Backoff
+from ._exceptions import AiodiscoveryError
+from ._keepalive import RETRY_CAP, RETRY_INITIAL
+from ._logsafe import safe
+from ._rpc import close_call, rpc_step
+
+__all__ = ["DEFAULT_HEALTH_GRACE", "HealthCheckError", "HealthWatch"]
+
+logger = logging.getLogger("aiodiscovery.registrar")
+
+#: How long the last health status holds while the stream to the server is being reopened.
+DEFAULT_HEALTH_GRACE = 1.0
+WATCH_METHOD = "/grpc.health.v1.Health/Watch"
+# Reconnect soon after a server's listener comes back (gRPC's default backoff grows to 120 s).
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
+
+
+class _Status(enum.IntEnum):
+    """``grpc.health.v1.HealthCheckResponse.ServingStatus``."""
+
+    UNKNOWN = 0
+    SERVING = 1
+    NOT_SERVING = 2
+    SERVICE_UNKNOWN = 3
+
+
+#: The status shown once the server has not answered for longer than the grace.
+UNREACHABLE = "UNREACHABLE"
+#: The status shown when the server answers that it has no health service.
+UNIMPLEMENTED = "UNIMPLEMENTED"
+
+
+class HealthCheckError(AiodiscoveryError):
+    """A server's health cannot be followed: it has no health service (the ``Health/Watch``
+    call is UNIMPLEMENTED), or it gave no status in time."""
+
+
+@functools.cache
+def _messages() -> tuple[Any, Any]:
+    """``HealthCheckRequest`` and ``HealthCheckResponse``, from ``grpc/health/v1/health.proto``."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="aiodiscovery/grpc_health_v1.proto", package="grpc.health.v1", syntax="proto3"
+    )
+    field = descriptor_pb2.FieldDescriptorProto
+    request = proto.message_type.add(name="HealthCheckRequest")
+    request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    response = proto.message_type.add(name="HealthCheckResponse")
+    statuses = response.enum_type.add(name="ServingStatus")
+    for status in _Status:
+        statuses.value.add(name=status.name, number=status.value)
+    response.field.add(
+        name="status",
+        number=1,
+        type=field.TYPE_ENUM,
+        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
+        label=field.LABEL_OPTIONAL,
+    )
+    # A pool of our own: grpcio-health-checking's module may be loaded into the default one.
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return tuple(
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.health.v1.{name}"))
+        for name in ("HealthCheckRequest", "HealthCheckResponse")
+    )
+
+
+def _status_name(value: int) -> str:
+    # proto3 enums are open: a status this code does not know says nothing about serving.
+    return _Status(value).name if value in _Status._value2member_map_ else _Status.UNKNOWN.name
+
+
+class HealthWatch:
+    """Follows the health status of ``service`` on the server at ``address``.
+
+    ``channel`` is the channel to ask (a secure one for a TLS server); by default one is made to
+    ``address`` and closed by :meth:`close`. ``label`` names what the log lines are about.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        service: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        grace: float = DEFAULT_HEALTH_GRACE,
+        label: str = "",
+    ) -> None:
+        if not isinstance(service, str):
+            raise TypeError(f"health_check must be a service name (a str), got {service!r}")
+        if not grace >= 0:
+            raise ValueError(f"health_grace must be zero or more seconds, got {grace!r}")
+        self.address = address
+        self.service = service
+        self.grace = grace
+        self.label = label
+        self._channel = channel
+        self._own_channel = channel is None
+        self._call: Any = None
+        #: The last status heard (``"SERVING"``, ``"NOT_SERVING"``, ...), ``"UNREACHABLE"`` once
+        #: the server has been silent past the grace, ``None`` before the first.
+        self.status: str | None = None
+        #: Whether the service counts as serving now.
+        self.serving = False
+        #: ``Health/Watch`` streams opened.
+        self.streams = 0
+        self._changed = anyio.Event()
+        self._deadline = math.inf
+        self._scope: anyio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<HealthWatch {self.address} service={self.service!r} {self.status}>"
+
+    def _what(self) -> str:
+        return f"{self.label}: health of service {self.service!r} at {safe(self.address)}"
+
+    # -- waiting --------------------------------------------------------------------------------
+
+    async def wait_serving(self) -> None:
+        """Return once the service counts as serving."""
+        while not self.serving:
+            await self._changed.wait()
+
+    async def wait_not_serving(self) -> None:
+        """Return once the service no longer counts as serving."""
+        while self.serving:
+            await self._changed.wait()
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        request_type, response_type = _messages()
+        watch = self._channel.unary_stream(
+            WATCH_METHOD,
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=lambda data: response_type.FromString(data).status,
+        )
+        self.streams += 1
+        # Waits for the server to listen instead of failing at once: a server that is restarting
+        # its listener is followed again as soon as it is back.
+        return watch(request_type(service=self.service), wait_for_ready=True)
+
+    async def start(self, deadline: float, timeout: float) -> None:
+        """Open the stream and take the first status before ``deadline`` (anyio's clock), the
+        end of a ``timeout`` of that many seconds.
+
+        Raises :class:`HealthCheckError` if the server has no health service, or sends no status
+        in time.
+        """
+        backoff = Backoff(initial=RETRY_INITIAL, cap=RETRY_CAP)
+        last = "no answer"
+        with anyio.move_on_at(deadline):
+            while True:
+                call = self._open()
+                try:
+                    value = await rpc_step(call.read())
+                except grpc.aio.AioRpcError as exc:
+                    await close_call(call)
+                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        raise HealthCheckError(
+                            f"the server at {safe(self.address)} has no gRPC health service "
+                            f"({WATCH_METHOD} is UNIMPLEMENTED): add one (such as "
+                            "grpc_health.v1.health.aio.HealthServicer) or drop health_check="
+                        ) from None
+                    last = f"{exc.code().name}: {safe(exc.details())}"
+                except BaseException:
+                    await close_call(call)
+                    raise
+                else:
+                    if value is not grpc.aio.EOF:
+                        self._call = call
+                        self._receive(value)
+                        return
+                    await close_call(call)
+                    last = "the server ended the stream"
+                await backoff.sleep()
+        raise HealthCheckError(
+            f"no health status for service {self.service!r} from {safe(self.address)} within "
+            f"{timeout:g} s (last error: {last})"
+        )
+
+    async def follow(self) -> None:
+        """Follow the status until cancelled, reopening the stream whenever it breaks."""
+        backoff = Backoff(initial=RETRY_INITIAL, cap=RETRY_CAP)
+        while True:
+            with anyio.CancelScope(deadline=self._deadline) as self._scope:
+                try:
+                    why = await self._read(backoff)
+                except Exception as exc:
+                    logger.exception("%s: unexpected error", self._what())
+                    why = f"unexpected error {exc!r}"
+                self._lost(why)
+                await backoff.sleep()
+            self._scope = None
+            if self._deadline <= anyio.current_time():
+                self._silent()
+
+    async def _read(self, backoff: Backoff) -> str:
+        """Read statuses from one stream until it ends; return why it ended."""
+        call, self._call = self._call or self._open(), None
+        try:
+            while True:
+                value = await rpc_step(call.read())
+                if value is grpc.aio.EOF:
+                    return "the server ended the stream"
+                self._receive(value)
+                backoff.reset()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._unimplemented()
+            return f"{exc.code().name}: {safe(exc.details())}"
+        finally:
+            await close_call(call)
+
+    async def close(self) -> None:
+        """Close the stream, and the channel if this watch made it."""
+        with anyio.CancelScope(shield=True):
+            if self._call is not None:
+                await close_call(self._call)
+                self._call = None
+            if self._own_channel and self._channel is not None:
+                await self._channel.close()
+                self._channel = None
+
+    # -- status changes -------------------------------------------------------------------------
+
+    def _receive(self, value: int) -> None:
+        self._deadline = math.inf
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+        self._set(_status_name(value))
+
+    def _lost(self, why: str) -> None:
+        if self.status in (None, UNREACHABLE, UNIMPLEMENTED) or self._deadline < math.inf:
+            logger.debug("%s: stream ended (%s); opening it again", self._what(), why)
+            return
+        logger.debug(
+            "%s: stream ended (%s); opening it again, status %s holds for %g s",
+            self._what(),
+            why,
+            self.status,
+            self.grace,
+        )
+        self._deadline = anyio.current_time() + self.grace
+        if self._scope is not None:
+            self._scope.deadline = self._deadline
+
+    def _silent(self) -> None:
+        self._deadline = math.inf
+        if self.serving:
+            logger.warning(
+                "%s: no status for %g s (the server cannot be reached); it counts as not serving",
+                self._what(),
+                self.grace,
+            )
+        self._set(UNREACHABLE)
+
+    def _unimplemented(self) -> None:
+        if self.status != UNIMPLEMENTED:
+            logger.warning(
+                "%s: the server no longer has a health service (UNIMPLEMENTED); it counts as "
+                "not serving",
+                self._what(),
+            )
+        self._set(UNIMPLEMENTED)
+
+    def _set(self, status: str) -> None:
+        if status == self.status:
+            return
+        self.status = status
+        self.serving = status == _Status.SERVING.name
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
