@@ -3,6 +3,11 @@
 Every long-running process the kit starts goes through :func:`spawn`: on Linux the kernel kills it
 when the thread that started it dies (``PR_SET_PDEATHSIG``), and an ``atexit`` hook kills whatever
 is left when the interpreter exits normally.
+
+The death signal is set by util-linux's ``setpriv`` when it is installed, not by Python code run
+between fork and exec: grpcio's fork handlers run in that window, and with gRPC busy in other
+threads a child was seen to die there before it could exec etcd. Without a ``preexec_fn``
+CPython can use vfork, which runs no fork handler at all.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +30,7 @@ __all__ = ["etcd_binary", "log_excerpt", "reap", "reap_async", "spawn"]
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
 _PR_SET_PDEATHSIG = 1
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 # SIGKILL cannot be caught or ignored: only a process stuck in the kernel outlives this.
 _REAP_TIMEOUT = 10.0
 
@@ -61,14 +68,20 @@ def spawn(command: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
     Call it from a thread that lives as long as the process should (the main thread, the event
     loop's): on Linux the child is tied to the thread that started it.
     """
+    argv = list(command)
+    preexec = None
+    if _SETPRIV is not None:
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    elif sys.platform == "linux":
+        preexec = _die_with_parent
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            list(command),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=preexec,  # noqa: PLW1509
         )
     _LIVE.add(process)
     return process
