@@ -124,7 +124,8 @@ class LeasedKey:
                 self._note_overwrite(int(event.kv.lease))
 
         try:
-            await run_watch(self.client, create, handle)
+            # The lease's keep-alive already expects an answer from this member every TTL/3.
+            await run_watch(self.client, create, handle, probe_idle=False)
         except _KeyDeleted:
             return "the key was deleted (by another client, or with its lease)"
         # run_watch ends only by raising; this keeps a future change from ending silently.

@@ -34,10 +34,12 @@ class _Stream:
         client: Transport,
         create: rpc.WatchCreateRequest,
         handle: Callable[[rpc.WatchResponse], None],
+        probe_idle: bool,
     ) -> None:
         self.client = client
         self.create = create
         self.handle = handle
+        self.probe_idle = probe_idle
         self.member = client.members.active
         self.abandoned = self.member.abandoned()
         self.call = self.member.watch.Watch(metadata=client.stream_metadata())
@@ -106,7 +108,7 @@ class _Stream:
             if self.abandoned.is_set():
                 self._fail(self._left("the client left its etcd member"))
                 return
-            if time.monotonic() - member.last_heard < members.heartbeat:
+            if not self.probe_idle or time.monotonic() - member.last_heard < members.heartbeat:
                 continue
             if not await members.alive(member):
                 members.abandon(member, f"no answer within {members.heartbeat:g} s")
@@ -123,12 +125,18 @@ async def run_watch(
     client: Transport,
     create: rpc.WatchCreateRequest,
     handle: Callable[[rpc.WatchResponse], None],
+    *,
+    probe_idle: bool = True,
 ) -> None:
     """Open one watch stream and pass every response to ``handle`` until the stream ends.
 
     It never returns normally: it raises :class:`EtcdError` when the stream breaks, etcd closes
     it, the create request goes unanswered for the client's timeout, or the member stops
     answering; or whatever ``handle`` raises. The call is closed before it returns.
+
+    ``probe_idle=False`` is for a watch whose owner already expects regular answers from the
+    same member (a Registrar's keep-alive): the stream still leaves when the member is abandoned,
+    but sends no probe of its own.
     """
     await client.connect()
-    raise await _Stream(client, create, handle).run()
+    raise await _Stream(client, create, handle, probe_idle).run()
