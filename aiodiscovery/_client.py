@@ -32,6 +32,7 @@ from ._auth import TOKEN_KEY, AuthInterceptor, TokenAuth, is_auth_cancel, is_tok
 from ._exceptions import AuthenticationError, EtcdError
 from ._hub import WatchHub
 from ._members import DEFAULT_HEARTBEAT, Member, MemberSet, MemberStatistics
+from ._metrics import track
 from ._rpc import member_trouble, rpc_step, translate_error
 from ._taskgroup import TaskHost
 from ._tls import PemSource, tls_config
@@ -198,6 +199,7 @@ class EtcdClient:
         members = [Member(url, self._dial(url)) for url in self.urls]
         self._members = MemberSet(members, heartbeat=self.heartbeat)
         await self._host.open()
+        track(self, "client")
 
     def _warn_plaintext(self, stacklevel: int) -> None:
         if self._auth is None or self._tls is not None or self._warned_plaintext:

@@ -185,6 +185,10 @@ class WatchHub:
     def __len__(self) -> int:
         return len(self._watches)
 
+    def shared(self) -> list[SharedWatch]:
+        """The prefixes watched now."""
+        return list(self._watches.values())
+
     def __contains__(self, prefix: object) -> bool:
         return prefix in self._watches
 

@@ -42,6 +42,7 @@ from ._keepalive import (
 )
 from ._keys import check_ttl
 from ._logsafe import safe
+from ._metrics import track
 from ._statecell import StateCell
 from ._taskgroup import TaskHost
 
@@ -251,6 +252,7 @@ class LeaseKeeper:
         except BaseException:
             await self._close()
             raise
+        track(self, "lease")
         return self
 
     async def __aexit__(

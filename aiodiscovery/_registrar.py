@@ -40,6 +40,7 @@ from ._lease import (
 )
 from ._leasedkey import LeasedKey
 from ._logsafe import safe
+from ._metrics import track
 from ._registration import RegistrarState, Registration
 
 __all__ = [
@@ -306,6 +307,7 @@ class Registrar:
             with anyio.CancelScope(shield=True):
                 await self._shut()
             raise
+        track(self, "registrar")
         return self
 
     async def __aexit__(
