@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
+import immutables
 from aetcd import rpc
 
 from ._backoff import Backoff
 from ._endpoint import Endpoint, Update, decode_endpoint
+from ._endpointset import Entries, Entry
 from ._exceptions import DecodeError, EtcdError
 from ._kv import KeyValue, decode_key, list_prefix, prefix_range_end, valid_key
 from ._logsafe import safe
@@ -85,18 +87,15 @@ class PrefixWatch:
     :meth:`run` calls ``publish`` with the first full state (``relist=True``, possibly empty),
     then with one batch per etcd revision, a ``relist`` batch with the difference whenever the
     watch had to start over, and an empty batch when etcd vouched that nothing changed up to a
-    newer revision (a progress notification). ``endpoints``, ``leases`` and ``mod_revisions``
-    always describe the state after the last published batch.
+    newer revision (a progress notification). ``entries`` (key -> endpoint, lease and mod
+    revision; a persistent map, so that holding on to it costs nothing) always describes the
+    state after the last published batch.
     """
 
     def __init__(self, client: Transport, prefix: str, *, backoff_cap: float = 3.0) -> None:
         self.client = client
         self.prefix = prefix
-        self.endpoints: dict[str, Endpoint] = {}
-        self.leases: dict[str, int] = {}
-        # key -> mod revision of its last put: a re-put of the same value is news too (a server
-        # back on its old address).
-        self.mod_revisions: dict[str, int] = {}
+        self.entries: Entries = immutables.Map()
         self.revision = 0
         self._counts = _Counters()
         self._backoff = Backoff(initial=0.05, cap=backoff_cap)
@@ -106,7 +105,7 @@ class PrefixWatch:
         """A snapshot of the counters."""
         c = self._counts
         return WatcherStatistics(
-            endpoints=len(self.endpoints),
+            endpoints=len(self.entries),
             revision=self.revision,
             batches=c.batches,
             events=c.events,
@@ -178,23 +177,21 @@ class PrefixWatch:
                 )
         # A key bad before and still bad is warned about once; one gone since is forgotten.
         self._bad_keys &= {kv.key for kv in kvs}
-        fresh: dict[str, Endpoint] = {}
-        leases: dict[str, int] = {}
-        mod_revisions: dict[str, int] = {}
+        fresh: dict[str, Entry] = {}
         for kv in kvs:
             endpoint = self._decode(kv)
             if endpoint is not None:
-                fresh[kv.key] = endpoint
-                leases[kv.key] = kv.lease
-                mod_revisions[kv.key] = kv.mod_revision
-        updates = [Update.delete(k) for k in self.endpoints if k not in fresh]
+                fresh[kv.key] = Entry(endpoint, kv.lease, kv.mod_revision)
+        old = self.entries
+        updates = [Update.delete(k) for k in old if k not in fresh]
         updates += [
-            Update.add(key, endpoint, lease=leases[key])
-            for key, endpoint in fresh.items()
-            if self.mod_revisions.get(key) != mod_revisions[key]
-            or self.endpoints.get(key) != endpoint
+            Update.add(key, entry.endpoint, lease=entry.lease)
+            for key, entry in fresh.items()
+            if (known := old.get(key)) is None
+            or known.mod_revision != entry.mod_revision
+            or known.endpoint != entry.endpoint
         ]
-        self.endpoints, self.leases, self.mod_revisions = fresh, leases, mod_revisions
+        self.entries = immutables.Map(fresh)
         # A list is authoritative, even about a revision lower than the one we had.
         self.revision = revision
         return self._commit(revision, updates, relist=True)
@@ -243,6 +240,7 @@ class PrefixWatch:
 
     def _apply(self, revision: int, events: list[rpc.Event]) -> WatchBatch:
         updates: list[Update] = []
+        entries = self.entries
         for event in events:
             key = decode_key(event.kv.key)
             endpoint = None
@@ -252,14 +250,13 @@ class PrefixWatch:
             else:
                 self._bad_keys.discard(key)
             if endpoint is not None:
-                self.endpoints[key] = endpoint
-                self.leases[key] = event.kv.lease
-                self.mod_revisions[key] = event.kv.mod_revision
+                entries = entries.set(key, Entry(endpoint, event.kv.lease, event.kv.mod_revision))
                 updates.append(Update.add(key, endpoint, lease=event.kv.lease))
-            elif self.endpoints.pop(key, None) is not None:
+            elif key in entries:
                 # A deleted key, or one whose new value no longer names an endpoint.
-                del self.leases[key], self.mod_revisions[key]
+                entries = entries.delete(key)
                 updates.append(Update.delete(key))
+        self.entries = entries
         self._counts.events += len(events)
         return self._commit(revision, updates, relist=False)
 
