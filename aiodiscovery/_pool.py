@@ -312,7 +312,7 @@ async def resolve(
     READY in use for a while when most of the service vanishes from the registry at once;
     ``None`` turns that off.
 
-    ``subset_size=N`` connects to about ``N`` of the endpoints (between ``ceil(0.75 N)`` and
+    ``subset_size=N`` connects to about ``N`` of the endpoints (between ``ceil(0.6 N)`` and
     ``floor(1.5 N)``), chosen so that many clients spread evenly over the servers and a server
     coming or going moves few connections; give each client a ``client_id``, ideally its
     instance number (0, 1, 2, ...: numbers spread best), else the process's

@@ -4,7 +4,7 @@ Each address has a fixed position on a ring, a hash of the address (salted with 
 so that one server registered under two services is not favoured by the same clients in both).
 Each client has a position of its own and takes the addresses in the arc of length ``N / S``
 that starts there (``N`` the subset size, ``S`` the number of addresses), in ring order, but
-never fewer than ``ceil(0.75 N)`` nor more than ``floor(1.5 N)`` (the arc is then extended or cut
+never fewer than ``ceil(0.6 N)`` nor more than ``floor(1.5 N)`` (the arc is then extended or cut
 short). That is "consistent subsetting" with arcs of equal length rather than equal counts:
 
 - *spread*: a server is in the subset of every client whose position lies in the arc of length
@@ -63,7 +63,7 @@ def client_point(client_id: int | str, salt: str) -> float:
 
 def subset_bounds(size: int) -> tuple[int, int]:
     """The fewest and the most addresses a subset of ``size`` holds (when there are enough)."""
-    return math.ceil(0.75 * size), max(size, math.floor(1.5 * size))
+    return math.ceil(0.6 * size), max(size, math.floor(1.5 * size))
 
 
 class Ring:
