@@ -2,7 +2,9 @@
 
 A snapshot wraps a persistent hash map (``immutables.Map``, a HAMT): a change makes a new map
 that shares all but a few nodes with the old one, so taking a snapshot after each change costs
-the same with 100,000 endpoints as with 10, where copying a dict would cost the whole set. The
+the same with 100,000 endpoints as with 10, where copying a dict would cost the whole set. (Right
+after a list it wraps the list's own dict, which nobody changes: the first change builds the map,
+so that loading a big service pays for no map it may never need.) The
 prefix watch that publishes snapshots also keeps a short :class:`ChangeLog`, so a consumer that
 follows snapshots (the pool) can ask which keys changed since the last one it applied instead of
 comparing whole sets.
@@ -30,7 +32,9 @@ class Entry(NamedTuple):
     mod_revision: int
 
 
-Entries = immutables.Map[str, Entry]
+# A snapshot's storage: a persistent map, or a dict that nobody changes any more (what a list
+# returns: turned into a map only when the first change comes, so a load builds no map).
+Entries = immutables.Map[str, Entry] | Mapping[str, Entry]
 
 
 class ChangeLog:
@@ -39,15 +43,16 @@ class ChangeLog:
     def __init__(self, limit: int = 4096) -> None:
         #: The number of batches recorded so far; a snapshot remembers the value it was taken at.
         self.seq = 0
-        self._batches: deque[tuple[str, ...]] = deque(maxlen=limit)
+        self._batches: deque[tuple[str, ...] | None] = deque(maxlen=limit)
 
-    def record(self, keys: tuple[str, ...]) -> None:
-        """Note one batch that changed ``keys``."""
+    def record(self, keys: tuple[str, ...] | None) -> None:
+        """Note one batch that changed ``keys`` (None: any key may have changed)."""
         self.seq += 1
         self._batches.append(keys)
 
     def changed(self, after: int, upto: int) -> set[str] | None:
-        """The keys changed by batches ``after + 1`` to ``upto``; None once forgotten."""
+        """The keys changed by batches ``after + 1`` to ``upto``; None once forgotten, or if
+        any of them could have changed any key."""
         if after < self.seq - len(self._batches) or upto > self.seq:
             return None
         keys: set[str] = set()
@@ -57,6 +62,8 @@ class ChangeLog:
             if seq <= after:
                 break
             if seq <= upto:
+                if batch is None:
+                    return None
                 keys.update(batch)
             seq -= 1
         return keys
@@ -81,9 +88,9 @@ class EndpointSet(Mapping[str, Endpoint]):
     ) -> None:
         mods = mod_revisions or {}
         items = (endpoints or {}).items()
-        self._entries: Entries = immutables.Map(
-            {key: Entry(endpoint, 0, mods.get(key, 0)) for key, endpoint in items}
-        )
+        self._entries: Entries = {
+            key: Entry(endpoint, 0, mods.get(key, 0)) for key, endpoint in items
+        }
         self._order: list[str] | None = None
         self._log: ChangeLog | None = None
         self._seq = 0

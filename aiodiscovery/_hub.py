@@ -117,9 +117,10 @@ class SharedWatch:
             self._scope.cancel()
 
     def _publish(self, batch: WatchBatch) -> None:
-        if batch.updates:
+        if batch.updates or batch.relist:
             self._stale = True
-            self._log.record(tuple(update.key for update in batch.updates))
+            # After a (re)list the difference is not worth working out key by key.
+            self._log.record(None if batch.relist else tuple(u.key for u in batch.updates))
         self.revision = batch.revision
         for reader in self._readers:
             reader.push(batch)

@@ -95,21 +95,24 @@ class _Group:
         self._all: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._all)
+        return len(self._all) if self._ring is None else len(self._ring)
 
     def reset(self, addresses: Iterable[str]) -> None:
-        self._all = set(addresses)
-        if self._ring is not None:
-            self._ring.reset(self._all)
+        if self._ring is None:
+            self._all = set(addresses)
+        else:
+            self._ring.reset(addresses)
 
     def add(self, address: str) -> None:
-        self._all.add(address)
-        if self._ring is not None:
+        if self._ring is None:
+            self._all.add(address)
+        else:
             self._ring.add(address)
 
     def discard(self, address: str) -> None:
-        self._all.discard(address)
-        if self._ring is not None:
+        if self._ring is None:
+            self._all.discard(address)
+        else:
             self._ring.discard(address)
 
     def chosen(self) -> set[str]:
@@ -129,7 +132,7 @@ class Selection:
         point = 0.0 if client_id is None else client_point(client_id, target)
         self._local = _Group(config.subset_size, point, target)
         self._remote = _Group(config.subset_size, point, target)
-        # Address -> whether it is in the zone (or, without a zone, in the one group).
+        # With a zone: address -> whether it is in the zone (without one, all are local).
         self._placed: dict[str, bool] = {}
         self.chosen: set[str] = set()
         self.spilling = False
@@ -150,18 +153,27 @@ class Selection:
             return touched
         zone = self.config.zone
         if touched is None:
-            self._placed = {a: zone is None or _zone(w) == zone for a, w in wanted.items()}
-            self._local.reset(a for a, local in self._placed.items() if local)
-            self._remote.reset(a for a, local in self._placed.items() if not local)
+            if zone is None:
+                self._local.reset(wanted)
+            else:
+                self._placed = {a: _zone(w) == zone for a, w in wanted.items()}
+                self._local.reset(a for a, local in self._placed.items() if local)
+                self._remote.reset(a for a, local in self._placed.items() if not local)
             self._choose()
             return None
         for address in touched:
+            want = wanted.get(address)
+            if zone is None:
+                if want is None:
+                    self._local.discard(address)
+                else:
+                    self._local.add(address)
+                continue
             was = self._placed.pop(address, None)
             if was is not None:
                 (self._local if was else self._remote).discard(address)
-            want = wanted.get(address)
             if want is not None:
-                local = zone is None or _zone(want) == zone
+                local = _zone(want) == zone
                 self._placed[address] = local
                 (self._local if local else self._remote).add(address)
         return self._choose() | touched

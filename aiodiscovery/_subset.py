@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 __all__ = ["Ring", "address_point", "client_point", "subset_bounds"]
 
@@ -78,37 +78,47 @@ class Ring:
         self._point = point
         self._salt = salt
         self._low, self._high = subset_bounds(size)
-        # Address -> its distance after the client's position, in [0, 1).
-        self._offsets: dict[str, float] = {}
+        # Every address (their distances after the client's position are hashed again when
+        # needed: this is kept for every address of a service, so it is kept small).
+        self._members: set[str] = set()
         # (offset, address) of every address closer than the horizon, in ring order.
         self._near: list[tuple[float, str]] = []
         self._horizon = 1.0
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return len(self._members)
 
     def __contains__(self, address: object) -> bool:
-        return address in self._offsets
+        return address in self._members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._members)
+
+    def _offset(self, address: str) -> float:
+        """How far after the client's position ``address`` sits, in [0, 1)."""
+        return (address_point(address, self._salt) - self._point) % 1.0
 
     def reset(self, addresses: Iterable[str]) -> None:
         """Put exactly ``addresses`` on the ring (a whole set at once: no per-address sorting)."""
-        salt, point = self._salt, self._point
-        self._offsets = {a: (address_point(a, salt) - point) % 1.0 for a in addresses}
-        self._rebuild(len(self._offsets))
+        self._members = set(addresses)
+        self._rebuild(len(self._members))
 
     def add(self, address: str) -> None:
         """Put ``address`` on the ring."""
-        if address in self._offsets:
+        if address in self._members:
             return
-        offset = (address_point(address, self._salt) - self._point) % 1.0
-        self._offsets[address] = offset
+        self._members.add(address)
+        offset = self._offset(address)
         if offset < self._horizon:
             bisect.insort(self._near, (offset, address))
 
     def discard(self, address: str) -> None:
         """Take ``address`` off the ring, if it is there."""
-        offset = self._offsets.pop(address, None)
-        if offset is not None and offset < self._horizon:
+        if address not in self._members:
+            return
+        self._members.discard(address)
+        offset = self._offset(address)
+        if offset < self._horizon:
             near = self._near
             index = bisect.bisect_left(near, (offset, address))
             if index < len(near) and near[index][1] == address:
@@ -117,9 +127,9 @@ class Ring:
     def subset(self) -> list[str]:
         """This client's addresses, in ring order (all of them when there are at most
         ``size``)."""
-        total = len(self._offsets)
+        total = len(self._members)
         if total <= self.size:
-            return sorted(self._offsets, key=self._offsets.__getitem__)
+            return sorted(self._members, key=self._offset)
         width = self.size / total
         high = min(self._high, total)
         near = self._near
@@ -138,9 +148,10 @@ class Ring:
     def _rebuild(self, total: int) -> None:
         """Keep in order the addresses within about three subsets' worth of the position."""
         self._horizon = min(1.0, 3.0 * self._high / max(total, 1))
-        horizon = self._horizon
-        self._near = sorted((o, a) for a, o in self._offsets.items() if o < horizon)
-        if horizon < 1.0 and len(self._near) < min(self._high, total):
+        offsets = [(self._offset(a), a) for a in self._members]
+        near = sorted(pair for pair in offsets if pair[0] < self._horizon)
+        if len(near) < min(self._high, total):
             # Unlucky hashes: keep everything rather than loop.
             self._horizon = 1.0
-            self._near = sorted((o, a) for a, o in self._offsets.items())
+            near = sorted(offsets)
+        self._near = near
