@@ -317,7 +317,7 @@ async def resolve(
     coming or going moves few connections; give each client a ``client_id``, ideally its
     instance number (0, 1, 2, ...: numbers spread best), else the process's
     ``"<host name>/<process id>"`` is used. ``zone="eu-west-1a"`` sends calls to the endpoints
-    whose metadata names that zone (``"zone=eu-west-1a"``, as ``Endpoint`` attributes) while at
+    whose metadata names that zone (the string ``"zone=eu-west-1a"``, URL query form) while at
     least ``spill_threshold`` (default 0.5) of them are healthy, and to other zones' too below
     that; with both, the subset is drawn within the zone, and spilling over adds a subset of the
     other zones. ``statistics().selection`` says what was chosen.

@@ -302,7 +302,7 @@ async def bench_big(client: EtcdClient, args: argparse.Namespace, port: int) -> 
             f"{watcher_bytes / per / 1024:.2f}x",
         ],
         [
-            f"(1b) retained per endpoint: pool, subset_size=32, over {n}",
+            f"(1b) retained per endpoint: pool (subset_size=32) and its Watcher, over {n}",
             f"{pool_bytes / per:.0f} B",
             "1,024 B",
             f"{pool_bytes / per / 1024:.2f}x",
