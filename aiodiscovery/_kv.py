@@ -91,7 +91,8 @@ async def prefix_pages(
         yield revision, kvs
         if not response.more or not kvs:
             return
-        size = sum(len(kv.key) + len(kv.value) for kv in kvs)
+        # Sized by protobuf in C: a Python loop over 20,000 key-values costs milliseconds.
+        size = response.ByteSize()
         limit = max(1, min(_MAX_PAGE, _PAGE_BYTES * len(kvs) // max(size, 1)))
         start = kvs[-1].key + b"\0"
 
