@@ -50,6 +50,7 @@ from ._pool import BalancedChannel, resolve
 from ._prefixwatch import PermissionDeniedError, WatchBatch, WatcherStatistics
 from ._protection import MassRemovalProtection
 from ._registrar import Registrar, RegistrarState, RegistrarStatistics
+from ._selection import SelectionStatistics
 from ._urls import DEFAULT_URL
 from ._watcher import Watcher
 
@@ -86,6 +87,7 @@ __all__ = [
     "RegistrarState",
     "RegistrarStatistics",
     "RoundRobinPicker",
+    "SelectionStatistics",
     "SubchannelStatistics",
     "SubchannelView",
     "TransactionTooLargeError",

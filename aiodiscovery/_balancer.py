@@ -28,6 +28,7 @@ from ._endpointset import EndpointSet
 from ._membership import Dial, Membership
 from ._policies import Picker
 from ._protection import MassRemovalProtection
+from ._selection import SelectionConfig, SelectionStatistics
 from ._subchannel import MethodKey, Subchannel
 
 __all__ = ["Balancer", "EndpointSource", "PoolStatistics", "SubchannelStatistics"]
@@ -88,6 +89,8 @@ class PoolStatistics:
     retained_for: float | None = None
     # How many times mass-removal protection began.
     mass_removals: int = 0
+    # Which endpoints the pool chose to hold: subset, zone, spilling over (see resolve()).
+    selection: SelectionStatistics | None = None
 
     def by_state(self) -> dict[str, int]:
         """How many subchannels are in each connectivity state."""
@@ -113,6 +116,7 @@ class Balancer:
         drain_timeout: float,
         address_filter: AddressFilter | None = None,
         mass_removal: MassRemovalProtection | None = None,
+        selection: SelectionConfig | None = None,
     ) -> None:
         self.target = target
         self.picker = picker
@@ -129,6 +133,7 @@ class Balancer:
             drain_timeout=drain_timeout,
             address_filter=address_filter,
             mass_removal=mass_removal,
+            selection=selection,
         )
         self._state_changed = anyio.Event()
         self._waiting = WaitQueue()
@@ -206,6 +211,8 @@ class Balancer:
         if self.closed:
             return
         members = self._members
+        # A zone's health may have changed: other zones may have to take calls, or stop.
+        members.review()
         subs = [s for s in members.registered.values() if s.eligible]
         # Kept subchannels are READY; after the registered ones, so pick_first prefers those.
         kept = list(members.retained.values())
@@ -309,6 +316,7 @@ class Balancer:
             skipped_endpoints=members.admission.skipped_total,
             retained_for=None if until is None else max(0.0, until - time.monotonic()),
             mass_removals=0 if guard is None else guard.engagements,
+            selection=members.selection.statistics(len(members.admission.wanted)),
         )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 
 from ._endpoint import Update
-from ._endpointset import EndpointSet
+from ._endpointset import ChangeLog, EndpointSet
 from ._exceptions import EtcdUnavailableError
 from ._logsafe import safe
 from ._prefixwatch import PrefixWatch, WatchBatch, WatcherStatistics
@@ -92,6 +92,8 @@ class SharedWatch:
         self.error: BaseException | None = None
         self._snapshot = EndpointSet()
         self._stale = False
+        # Which keys each batch changed, so that the pool applies differences, not whole sets.
+        self._log = ChangeLog()
         self._listeners: set[Callable[[], None]] = set()
         self._readers: set[BatchReader] = set()
         self._scope: anyio.CancelScope | None = None
@@ -115,8 +117,10 @@ class SharedWatch:
             self._scope.cancel()
 
     def _publish(self, batch: WatchBatch) -> None:
-        if batch.updates:
+        if batch.updates or batch.relist:
             self._stale = True
+            # After a (re)list the difference is not worth working out key by key.
+            self._log.record(None if batch.relist else tuple(u.key for u in batch.updates))
         self.revision = batch.revision
         for reader in self._readers:
             reader.push(batch)
@@ -137,10 +141,10 @@ class SharedWatch:
 
     @property
     def snapshot(self) -> EndpointSet:
-        """The current endpoint set, built when first read after a change."""
+        """The current endpoint set (taking one costs the same whatever the set's size)."""
         if self._stale:
-            engine = self.engine
-            self._snapshot = EndpointSet(engine.endpoints, self.revision, engine.mod_revisions)
+            log = self._log
+            self._snapshot = EndpointSet._of(self.engine.entries, self.revision, log, log.seq)
             self._stale = False
         elif self._snapshot.revision != self.revision:
             self._snapshot = self._snapshot.at_revision(self.revision)
@@ -160,10 +164,10 @@ class SharedWatch:
 
     def reader(self) -> BatchReader:
         """A new batch reader whose first batch is the current state."""
-        engine = self.engine
+        entries = self.engine.entries
         updates = [
-            Update.add(key, endpoint, lease=engine.leases.get(key, 0))
-            for key, endpoint in engine.endpoints.items()
+            Update.add(key, entries[key].endpoint, lease=entries[key].lease)
+            for key in sorted(entries)
         ]
         reader = BatchReader(WatchBatch(self.revision, updates, relist=True))
         self._readers.add(reader)

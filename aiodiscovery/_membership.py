@@ -1,11 +1,17 @@
 """Which subchannels the pool holds, and in which role: registered, kept, or draining.
 
 :class:`Membership` follows each endpoint set: a new address gets a :class:`Subchannel`
-(:mod:`aiodiscovery._admission` decides which addresses may have one), an address registered
-again while its connection backs off gets a fresh one, and a removed address drains (no new
-calls, its calls in flight finish, then its channel closes), unless a mass removal makes
-:mod:`aiodiscovery._protection` keep it for a while. It runs every subchannel's background
-work in the pool's task group, and tells the pool whenever what it may pick from has changed.
+(:mod:`aiodiscovery._admission` decides which addresses may have one, and
+:mod:`aiodiscovery._selection` which of those this client holds: its subset, its zone), an
+address registered again while its connection backs off gets a fresh one, and a removed address
+drains (no new calls, its calls in flight finish, then its channel closes), unless a mass
+removal makes :mod:`aiodiscovery._protection` keep it for a while; an address this client stops
+choosing (its subset moved, its zone is healthy again) drains too. It runs every subchannel's
+background work in the pool's task group, and tells the pool whenever what it may pick from has
+changed.
+
+Each endpoint set is applied by its difference from the last one (the keys that changed), so a
+change costs the same whatever the number of endpoints registered.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ._admission import Admission, Wanted
 from ._endpointset import EndpointSet
 from ._logsafe import safe
 from ._protection import MassRemovalProtection, RemovalGuard
+from ._selection import Selection, SelectionConfig
 from ._subchannel import DRAINING, Subchannel
 
 __all__ = ["Dial", "Membership"]
@@ -32,6 +39,8 @@ __all__ = ["Dial", "Membership"]
 logger = logging.getLogger("aiodiscovery")
 
 _State = grpc.ChannelConnectivity
+# States that end a subchannel's first connection attempt.
+_TRIED = frozenset({_State.READY, _State.TRANSIENT_FAILURE})
 
 # Makes the grpc.aio channel for one address.
 Dial = Callable[[Address], grpc.aio.Channel]
@@ -49,6 +58,7 @@ class Membership:
         drain_timeout: float,
         address_filter: AddressFilter | None,
         mass_removal: MassRemovalProtection | None,
+        selection: SelectionConfig | None = None,
     ) -> None:
         self.target = target
         # The subchannels of the registered addresses, in key order.
@@ -56,6 +66,7 @@ class Membership:
         # Removed, but kept while READY by mass-removal protection.
         self.retained: dict[str, Subchannel] = {}
         self.admission = Admission(target, address_filter)
+        self.selection = Selection(target, selection)
         self.guard = None if mass_removal is None else RemovalGuard(mass_removal)
         # Where the background work runs; set by the pool before the first apply().
         self.task_group: anyio.abc.TaskGroup | None = None
@@ -67,6 +78,9 @@ class Membership:
         self._retiring: set[grpc.aio.Channel] = set()
         # The timer that ends a mass-removal protection.
         self._protection = anyio.CancelScope()
+        # Addresses whose subchannel has been through a connection attempt (READY or failed):
+        # until then a subchannel gets the benefit of the doubt in a zone's health.
+        self._tried: set[str] = set()
 
     def held(self) -> list[Subchannel]:
         """Every subchannel: registered, kept by mass-removal protection, draining."""
@@ -88,23 +102,65 @@ class Membership:
 
     def apply(self, snapshot: EndpointSet) -> list[Subchannel]:
         """Bring the subchannels in line with ``snapshot``; those whose metadata changed."""
-        wanted = self.admission.select(snapshot)
+        admission = self.admission
+        touched = admission.apply(snapshot)
+        chosen = self.selection.update(admission.wanted, touched)
+        return self._sync(chosen)
+
+    def review(self) -> None:
+        """Re-decide, from the zone's health, whether other zones take calls too."""
+        changed = self.selection.review(self._healthy)
+        if changed:
+            self._sync(changed)
+
+    def _sync(self, addresses: set[str] | None) -> list[Subchannel]:
+        """Hold or let go of ``addresses`` as admission and selection now say (None: all)."""
+        admission, selection = self.admission, self.selection
         changed: list[Subchannel] = []
-        for addr, want in list(wanted.items()):
-            try:
-                sub = self._hold(addr, want)
-                if not _same(sub.metadata, want.metadata):
-                    sub.metadata = want.metadata
-                    changed.append(sub)
-            except Exception as exc:
-                # Nothing that comes from one endpoint may stop the pool.
-                self.admission.refuse(addr, want, f"its subchannel failed: {exc!r}")
-                del wanted[addr]
-        removed = [a for a in self.registered if a not in wanted]
+        removed: list[str] = []
+        while True:
+            wanted = admission.wanted
+            if addresses is None:
+                # In the order of the set (key order), then the ones to let go.
+                consider = [*wanted, *(a for a in self.registered if a not in wanted)]
+            else:
+                # Sorted, so that new registrations of one batch are held in key order.
+                consider = sorted(addresses, key=lambda a: _first_key(wanted.get(a), a))
+            refused: set[str] = set()
+            for addr in consider:
+                want = wanted.get(addr)
+                if want is not None and (not selection.active or addr in selection.chosen):
+                    try:
+                        sub = self._hold(addr, want)
+                        if not _same(sub.metadata, want.metadata):
+                            sub.metadata = want.metadata
+                            changed.append(sub)
+                    except Exception as exc:
+                        # Nothing that comes from one endpoint may stop the pool.
+                        admission.refuse(addr, want, f"its subchannel failed: {exc!r}")
+                        refused.add(addr)
+                elif addr in self.registered:
+                    if want is None:
+                        removed.append(addr)
+                    else:
+                        # Still registered, no longer chosen: no mass removal, just a drain.
+                        self._drain_later(self.registered.pop(addr))
+            if not refused:
+                break
+            # A refused address leaves the selection; another may take its place.
+            addresses = selection.update(admission.wanted, refused)
+            if addresses is not None:
+                addresses -= refused
         if removed:
             self._remove(removed)
         self._check_recovery()
         return changed
+
+    def _healthy(self, addr: str) -> bool:
+        sub = self.registered.get(addr)
+        if sub is None or not sub.eligible:
+            return False
+        return sub.state is _State.READY or addr not in self._tried
 
     def _hold(self, addr: str, want: Wanted) -> Subchannel:
         """The subchannel for ``want``, made or brought back if need be."""
@@ -201,6 +257,7 @@ class Membership:
             self._drain_later(sub)
 
     def _drain_later(self, sub: Subchannel) -> None:
+        self._tried.discard(sub.address)
         sub.hold(DRAINING)
         self._draining[sub.address] = sub
         logger.info(
@@ -241,6 +298,8 @@ class Membership:
             await sub.follow_connectivity(self._subchannel_changed)
 
     def _subchannel_changed(self, sub: Subchannel) -> None:
+        if sub.state in _TRIED and self.registered.get(sub.address) is sub:
+            self._tried.add(sub.address)
         if sub.state is not _State.READY and self.retained.get(sub.address) is sub:
             # Kept only while it works: a server that shuts down is let go at once.
             del self.retained[sub.address]
@@ -279,3 +338,8 @@ def _same(old: object, new: object) -> bool:
         return old is new or bool(old == new)
     except Exception:
         return False
+
+
+def _first_key(want: Wanted | None, addr: str) -> str:
+    """What orders an address among those of one change: its first key (gone ones: address)."""
+    return addr if want is None else want.keys[0]

@@ -26,9 +26,11 @@ import grpc.aio
 from ._address import Address, AddressFilter
 from ._balancer import Balancer, PoolStatistics, SubchannelStatistics
 from ._client import EtcdClient
+from ._locality import DEFAULT_SPILL_THRESHOLD
 from ._multicallable import multi_callable
 from ._policies import Picker, make_picker
 from ._protection import MassRemovalProtection
+from ._selection import SelectionConfig
 from ._subchannel import CallKind
 from ._watcher import Watcher
 
@@ -69,7 +71,12 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         start_timeout: float | None = None,
         address_filter: AddressFilter | None = None,
         mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
+        subset_size: int | None = None,
+        client_id: int | str | None = None,
+        zone: str | None = None,
+        spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
     ) -> None:
+        selection = SelectionConfig(subset_size, client_id, zone, spill_threshold)
         self.target = target
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
         dial = functools.partial(
@@ -86,6 +93,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             drain_timeout=drain_timeout,
             address_filter=address_filter,
             mass_removal=mass_removal,
+            selection=selection,
         )
         self._host: asyncio.Task[None] | None = None
 
@@ -282,6 +290,10 @@ async def resolve(
     start_timeout: float | None = None,
     address_filter: AddressFilter | None = None,
     mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
+    subset_size: int | None = None,
+    client_id: int | str | None = None,
+    zone: str | None = None,
+    spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
 ) -> BalancedChannel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
@@ -299,6 +311,16 @@ async def resolve(
     ``mass_removal`` (a :class:`MassRemovalProtection`) keeps removed endpoints that are still
     READY in use for a while when most of the service vanishes from the registry at once;
     ``None`` turns that off.
+
+    ``subset_size=N`` connects to about ``N`` of the endpoints (between ``ceil(0.6 N)`` and
+    ``floor(1.5 N)``), chosen so that many clients spread evenly over the servers and a server
+    coming or going moves few connections; give each client a ``client_id``, ideally its
+    instance number (0, 1, 2, ...: numbers spread best), else the process's
+    ``"<host name>/<process id>"`` is used. ``zone="eu-west-1a"`` sends calls to the endpoints
+    whose metadata names that zone (the string ``"zone=eu-west-1a"``, URL query form) while at
+    least ``spill_threshold`` (default 0.5) of them are healthy, and to other zones' too below
+    that; with both, the subset is drawn within the zone, and spilling over adds a subset of the
+    other zones. ``statistics().selection`` says what was chosen.
     """
     channel = BalancedChannel(
         client,
@@ -312,6 +334,10 @@ async def resolve(
         start_timeout=start_timeout,
         address_filter=address_filter,
         mass_removal=mass_removal,
+        subset_size=subset_size,
+        client_id=client_id,
+        zone=zone,
+        spill_threshold=spill_threshold,
     )
     await channel._open()
     return channel

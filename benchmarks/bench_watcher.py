@@ -29,8 +29,9 @@ ratio (aiodiscovery / baseline, so below 1 is better than the baseline).
    of 128: the time for ``async with Watcher(...)`` to return holding all of them, and for
    ``EndpointManager.list_endpoints()``, against a raw aetcd ``get_prefix`` plus ``json.loads`` of
    every value (median of several interleaved rounds). Two more rows split that time into the
-   fetch (aiodiscovery's ``list_prefix`` reads pages of 1,000 at one revision and wraps each
-   key-value in a ``KeyValue``; the baseline asks once and keeps aetcd's protobuf list) and the
+   fetch (aiodiscovery's ``list_prefix`` reads a first page of 1,000, then pages of about
+   2 MiB, at one revision and wraps each key-value in a ``KeyValue``; the baseline asks once and
+   keeps aetcd's protobuf list) and the
    decoding (``decode_endpoint``, Go's rules, against plain ``json.loads``) of the same 10,000
    values. Memory is measured in separate rounds under ``tracemalloc`` (which slows Python
    down, hence not timed): "retained" is what is still allocated while the result (the open
