@@ -55,7 +55,8 @@ def test_the_zone_is_read_from_either_metadata_form() -> None:
     assert endpoint_zone("zone=eu-west-1a") == "eu-west-1a"
     assert endpoint_zone("weight=2&zone=eu%2Dwest&zone=second") == "eu-west"
     assert endpoint_zone({"zone": "a", "weight": 2}) == "a"
-    assert endpoint_zone({"zone": 3}) is None
+    # One rule for every attribute: a JSON number reads as its text, as a weight does.
+    assert endpoint_zone({"zone": 3}) == "3"
     assert endpoint_zone("weight=2") is None
     assert endpoint_zone(None) is None
     assert endpoint_zone(["zone=a"]) is None
