@@ -25,6 +25,7 @@ from ._keys import MAX_TTL
 from ._logsafe import safe as printable
 from ._manager import EndpointManager
 from ._members import MemberStatistics
+from ._outlier import OutlierDetection
 from ._policies import (
     P2CPicker,
     Picker,
@@ -60,6 +61,7 @@ __all__ = [
     "MassRemovalProtection",
     "MemberStatistics",
     "Operation",
+    "OutlierDetection",
     "P2CPicker",
     "PermissionDeniedError",
     "PickFirstPicker",

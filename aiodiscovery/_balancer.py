@@ -6,6 +6,11 @@ eligible registered ones, READY first, and any kept by mass-removal protection),
 connectivity state, and owns the queue of calls waiting for an endpoint. Everything here runs
 on the event loop, in the channel's task or in synchronous call paths; nothing refers back to the
 :class:`BalancedChannel` the user holds, so that one can be garbage collected.
+
+It also wires in what keeps calls away from failing servers: each new subchannel gets the pool's
+health check (:mod:`aiodiscovery._subchannel_health`) and its outlier counters
+(:mod:`aiodiscovery._outlier`), and :meth:`Balancer.attempt` starts the attempts of calls that
+may be retried (:mod:`aiodiscovery._retrying`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,16 +28,20 @@ import grpc
 import grpc.aio
 
 from ._address import AddressFilter
+from ._callstatus import CANCELLED, OK, status_code
 from ._deferred import DeferredCall, WaitQueue
 from ._endpointset import EndpointSet
 from ._membership import Dial, Membership
+from ._outlier import OutlierDetection, OutlierDetector, Tally
 from ._policies import Picker
 from ._protection import MassRemovalProtection
-from ._subchannel import MethodKey, Subchannel
+from ._retrypolicy import RetryConfig, RetryThrottle
+from ._subchannel import MethodKey, Observer, Subchannel
+from ._subchannel_health import UNHEALTHY, HealthCheck, SubchannelHealth
 
 __all__ = ["Balancer", "EndpointSource", "PoolStatistics", "SubchannelStatistics"]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.pool")
 
 _State = grpc.ChannelConnectivity
 # Order of preference when no subchannel is READY: IDLE connects on demand, CONNECTING may make it.
@@ -68,6 +77,13 @@ class SubchannelStatistics:
     reconnects: int = 0
     # Removed from the registry, but kept in use by mass-removal protection.
     retained: bool = False
+    # With a health check: SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN (what the server
+    # said), PENDING (no answer yet on this connection), FAILED (the Watch call failed; opened
+    # again after a backoff) or UNIMPLEMENTED (no health service: healthy). None without.
+    health: str | None = None
+    # Held out of the picks by outlier detection now, and how many times so far.
+    ejected: bool = False
+    ejections: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,12 +104,30 @@ class PoolStatistics:
     retained_for: float | None = None
     # How many times mass-removal protection began.
     mass_removals: int = 0
+    # Outlier detection: subchannels ejected now, and ejections so far (of any subchannel).
+    ejected: int = 0
+    ejections: int = 0
+    # Attempts after the first, made by a retryPolicy; retries refused by retryThrottling;
+    # calls that never left sent again on another endpoint (see resolve()).
+    retries: int = 0
+    retries_throttled: int = 0
+    transparent_retries: int = 0
+    # The retry throttle's tokens (None without retryThrottling); retries stop at half.
+    retry_tokens: float | None = None
 
     def by_state(self) -> dict[str, int]:
         """How many subchannels are in each connectivity state."""
         counts: dict[str, int] = {}
         for sub in self.subchannels.values():
             counts[sub.state] = counts.get(sub.state, 0) + 1
+        return counts
+
+    def by_health(self) -> dict[str, int]:
+        """How many subchannels are in each health state (empty without a health check)."""
+        counts: dict[str, int] = {}
+        for sub in self.subchannels.values():
+            if sub.health is not None:
+                counts[sub.health] = counts.get(sub.health, 0) + 1
         return counts
 
 
@@ -113,6 +147,9 @@ class Balancer:
         drain_timeout: float,
         address_filter: AddressFilter | None = None,
         mass_removal: MassRemovalProtection | None = None,
+        health_check: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+        retry: RetryConfig | None = None,
     ) -> None:
         self.target = target
         self.picker = picker
@@ -136,6 +173,20 @@ class Balancer:
         self._no_endpoint_failures = 0
         self._grace: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._health = None if health_check is None else HealthCheck(target, health_check)
+        self._detector = (
+            None
+            if outlier_detection is None
+            else OutlierDetector(outlier_detection, target, self._in_service, self._rebuild)
+        )
+        self.retry = RetryConfig() if retry is None else retry
+        if self.retry.throttle is not None:
+            self.retry.throttle.target = target
+        # Counted by the retrying calls.
+        self.retries = 0
+        self.retries_throttled = 0
+        self.transparent_retries = 0
+        self._observe = _observer(self._detector, self.retry.throttle)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -150,6 +201,8 @@ class Balancer:
         try:
             async with watcher, anyio.create_task_group() as tg:
                 self._task_group = self._members.task_group = tg
+                if self._detector is not None:
+                    tg.start_soon(self._detector.run)
                 self.apply(watcher.snapshot)
                 started.set()
                 async for snapshot in watcher.snapshots():
@@ -192,9 +245,40 @@ class Balancer:
         """Bring the subchannels in line with ``snapshot``."""
         self._revision = snapshot.revision
         changed = self._members.apply(snapshot)
+        self._adopt()
         # Pickers read metadata (the weight) only in update(); the list itself may not change,
         # so a usable subchannel's new metadata must force one.
         self._rebuild(refresh=any(sub in self.usable for sub in changed))
+
+    def _adopt(self) -> None:
+        """Give each new subchannel the pool's health check and outcome counters.
+
+        New subchannels are made only by :meth:`Membership.apply`, and their background work
+        (which runs the health check) starts after this, from the task group.
+        """
+        if self._observe is None and self._health is None:
+            return
+        for sub in self._members.registered.values():
+            if sub.observe is not None or sub.health is not None:
+                continue
+            sub.observe = self._observe
+            if self._detector is not None:
+                sub.tally = Tally()
+            if self._health is not None:
+                sub.health = SubchannelHealth(self._health)
+                sub.hold(UNHEALTHY)
+
+    def _in_service(self) -> list[Subchannel]:
+        """The subchannels outlier detection compares: registered and kept ones."""
+        members = self._members
+        return [*members.registered.values(), *members.retained.values()]
+
+    def _pending(self) -> bool:
+        """Whether a subchannel may soon be usable: its first health answer is on its way."""
+        return self._health is not None and any(
+            s.health is not None and s.health.pending and s.state is not _State.TRANSIENT_FAILURE
+            for s in self._members.registered.values()
+        )
 
     # -- the usable list and the channel's state --------------------------------------------
 
@@ -208,7 +292,7 @@ class Balancer:
         members = self._members
         subs = [s for s in members.registered.values() if s.eligible]
         # Kept subchannels are READY; after the registered ones, so pick_first prefers those.
-        kept = list(members.retained.values())
+        kept = [s for s in members.retained.values() if s.eligible]
         usable = [s for s in subs if s.state is _State.READY] + kept
         if not usable:
             for state in _FALLBACK_ORDER:
@@ -222,12 +306,16 @@ class Balancer:
             self.usable = usable
             if usable:
                 self._launch_waiting()
+        pending = not usable and self._pending()
+        if not usable and not pending and len(self._waiting):
+            self._waiting.end_impatient(grpc.StatusCode.UNAVAILABLE, self._no_endpoint())
         states = {s.state for s in subs} | {s.state for s in kept}
         for state in _HOPE_ORDER:
             if state in states:
                 break
         else:
-            state = _State.TRANSIENT_FAILURE
+            # Held out only until their first health answer: on their way, as grpc says.
+            state = _State.CONNECTING if pending else _State.TRANSIENT_FAILURE
         self.set_state(state)
 
     def set_state(self, state: grpc.ChannelConnectivity) -> None:
@@ -259,14 +347,19 @@ class Balancer:
         call = class_(self.target, request, kwargs)
         if self.stop_reason is not None:
             call.end(grpc.StatusCode.UNAVAILABLE, self.stop_reason)
-        elif not kwargs.get("wait_for_ready"):
+        elif not kwargs.get("wait_for_ready") and not self._pending():
             self._no_endpoint_failures += 1
             call.end(grpc.StatusCode.UNAVAILABLE, self._no_endpoint())
         else:
+            # Without wait_for_ready only while a health answer is on its way: _rebuild() ends
+            # it as soon as none is.
             self._waiting.add(call, key)
         return call
 
     def _no_endpoint(self) -> str:
+        held = [s for s in self._in_service() if not s.eligible]
+        if held:
+            return f"no usable endpoint of {self.target!r}: {_why_held(held)}"
         skipped = len(self._members.admission.skipped)
         if not skipped:
             return f"no endpoint registered for {self.target!r}"
@@ -274,6 +367,48 @@ class Balancer:
             f"no endpoint of {self.target!r} can be dialled: {skipped} registered, skipped "
             "(see the log and statistics().skipped)"
         )
+
+    # -- attempts of calls that may be retried ----------------------------------------------
+
+    def attempt(
+        self,
+        deferred: type[DeferredCall],
+        key: MethodKey,
+        request: Any,
+        kwargs: dict[str, Any],
+        tried: Sequence[Subchannel] = (),
+    ) -> tuple[Subchannel | None, Any]:
+        """Start one attempt of a call, preferring a subchannel not in ``tried``.
+
+        Returns the subchannel (None if the attempt had to be deferred) and the attempt.
+        """
+        if self.usable:
+            sub = self._pick(tried)
+            return sub, sub.start(key, request, kwargs)
+        return None, self.defer(deferred, key, request, kwargs)
+
+    def other_ready(self, tried: Sequence[Subchannel]) -> Subchannel | None:
+        """A usable READY subchannel not in ``tried``, or None."""
+        if not self.usable:
+            return None
+        sub = self._pick(tried)
+        return None if sub in tried or sub.state is not _State.READY else sub
+
+    def _pick(self, tried: Sequence[Subchannel]) -> Subchannel:
+        picker = self.picker
+        sub = picker.pick()
+        if not tried:
+            return sub
+        # The policy's choice if it names one not tried within a round, else any not tried.
+        for _ in range(len(self.usable) - 1):
+            if sub not in tried:
+                return sub
+            sub = picker.pick()
+        if sub in tried:
+            for other in self.usable:
+                if other not in tried:
+                    return other
+        return sub
 
     def _launch_waiting(self) -> None:
         # One at a time, picking before dequeuing: if a picker fails, the calls not yet started
@@ -292,12 +427,21 @@ class Balancer:
         retained = members.retained
         subs = {
             s.address: SubchannelStatistics(
-                s.state.name, s.in_flight, s.picks, s.draining, s.reconnects, s.address in retained
+                s.state.name,
+                s.in_flight,
+                s.picks,
+                s.draining,
+                s.reconnects,
+                s.address in retained,
+                health=None if s.health is None else s.health.status,
+                ejected=s.tally is not None and s.tally.ejected_at is not None,
+                ejections=0 if s.tally is None else s.tally.ejections,
             )
             for s in members.held()
         }
         guard = members.guard
         until = None if guard is None else guard.until
+        throttle = self.retry.throttle
         return PoolStatistics(
             target=self.target,
             revision=self._revision,
@@ -309,7 +453,47 @@ class Balancer:
             skipped_endpoints=members.admission.skipped_total,
             retained_for=None if until is None else max(0.0, until - time.monotonic()),
             mass_removals=0 if guard is None else guard.engagements,
+            ejected=sum(s.ejected for s in subs.values() if not s.draining),
+            ejections=0 if self._detector is None else self._detector.ejections,
+            retries=self.retries,
+            retries_throttled=self.retries_throttled,
+            transparent_retries=self.transparent_retries,
+            retry_tokens=None if throttle is None else throttle.tokens,
         )
+
+
+def _observer(detector: OutlierDetector | None, throttle: RetryThrottle | None) -> Observer | None:
+    """What each finished call's outcome feeds: the outlier counters, the retry throttle."""
+    if detector is None and throttle is None:
+        return None
+
+    def observe(sub: Subchannel, call: object) -> None:
+        code = status_code(call)
+        if code is None or code == CANCELLED:
+            # A cancelled call says nothing about the server (usually the caller gave up).
+            return
+        if throttle is not None and code == OK:
+            throttle.success()
+        if detector is not None:
+            detector.record(sub, code)
+
+    return observe
+
+
+def _why_held(held: Sequence[Subchannel]) -> str:
+    """Why these subchannels take no calls, for an error message: counts by reason."""
+    reasons: dict[str, int] = {}
+    for sub in held:
+        if sub.tally is not None and sub.tally.ejected_at is not None:
+            reason = "ejected as outliers"
+        elif sub.health is not None and not sub.health.healthy:
+            reason = f"health {sub.health.status}"
+        else:
+            continue
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return f"{len(held)} held out"
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -27,8 +27,10 @@ from ._address import Address, AddressFilter
 from ._balancer import Balancer, PoolStatistics, SubchannelStatistics
 from ._client import EtcdClient
 from ._multicallable import multi_callable
+from ._outlier import OutlierDetection
 from ._policies import Picker, make_picker
 from ._protection import MassRemovalProtection
+from ._retrypolicy import retry_config
 from ._subchannel import CallKind
 from ._watcher import Watcher
 
@@ -69,8 +71,17 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         start_timeout: float | None = None,
         address_filter: AddressFilter | None = None,
         mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
+        health_check: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
     ) -> None:
         self.target = target
+        if health_check is not None and not isinstance(health_check, str):
+            raise TypeError(f"health_check must be a service name (str), not {health_check!r}")
+        if outlier_detection is not None and not isinstance(outlier_detection, OutlierDetection):
+            raise TypeError("outlier_detection must be an aiodiscovery.OutlierDetection")
+        # The pool retries by the service config's retryPolicy itself, so the subchannels get
+        # it without: a retry underneath would multiply attempts on one endpoint.
+        retry, options = retry_config(options)
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
         dial = functools.partial(
             _dial,
@@ -86,6 +97,9 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             drain_timeout=drain_timeout,
             address_filter=address_filter,
             mass_removal=mass_removal,
+            health_check=health_check,
+            outlier_detection=outlier_detection,
+            retry=retry,
         )
         self._host: asyncio.Task[None] | None = None
 
@@ -282,6 +296,8 @@ async def resolve(
     start_timeout: float | None = None,
     address_filter: AddressFilter | None = None,
     mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
+    health_check: str | None = None,
+    outlier_detection: OutlierDetection | None = None,
 ) -> BalancedChannel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
@@ -299,6 +315,20 @@ async def resolve(
     ``mass_removal`` (a :class:`MassRemovalProtection`) keeps removed endpoints that are still
     READY in use for a while when most of the service vanishes from the registry at once;
     ``None`` turns that off.
+
+    ``health_check`` (a service name; ``""`` for the whole server) keeps a standard
+    ``grpc.health.v1.Health/Watch`` stream per subchannel: an endpoint takes new calls only
+    while it answers SERVING (one without the health service counts as healthy). With
+    ``outlier_detection`` (an :class:`OutlierDetection`), endpoints whose calls fail more than
+    the others' are ejected for a while. With no usable endpoint left, calls fail at once with
+    ``UNAVAILABLE`` saying why, or wait with ``wait_for_ready=True``.
+
+    A ``retryPolicy`` (and ``retryThrottling``) in the ``("grpc.service_config", json)`` option
+    is honoured by the pool for unary-unary and unary-stream methods: each attempt goes to an
+    endpoint picked anew, preferring one not tried. A call that failed without ever leaving this
+    client (its endpoint's connection had just broken) is sent once more to another READY
+    endpoint, policy or not. ``("grpc.enable_retries", 0)`` turns all of this off: every call is
+    then grpc.aio's own call object.
     """
     channel = BalancedChannel(
         client,
@@ -312,6 +342,8 @@ async def resolve(
         start_timeout=start_timeout,
         address_filter=address_filter,
         mass_removal=mass_removal,
+        health_check=health_check,
+        outlier_detection=outlier_detection,
     )
     await channel._open()
     return channel
