@@ -91,6 +91,9 @@ class _Retrying(LateCall):
         self._backoffs = 0
         self._transparent_used = False
         self._cancelling = False
+        # Reads waiting on the current attempt: while one is, the reader decides about the
+        # attempt's end, as a message it is about to return commits the call.
+        self._reading = 0
         self._timer: asyncio.TimerHandle | None = None
         # Made only when someone waits for the next attempt or the end.
         self._change: asyncio.Event | None = None
@@ -130,9 +133,11 @@ class _Retrying(LateCall):
             logger.debug("%s: could not start a retry", self._target, exc_info=True)
             self._settle(previous)
 
-    def _attempt_done(self, attempt: Any) -> None:
+    def _attempt_done(self, attempt: Any, *, reader: bool = False) -> None:
         """Decide whether ``attempt`` ends the call; safe to call more than once."""
         if attempt is not self._attempt or self._is_settled or self._timer is not None:
+            return
+        if self._reading and not reader:
             return
         code = status_code(attempt)
         if self._cancelling or code is None or code in (OK, CANCELLED):
@@ -322,10 +327,17 @@ class RetryingUnaryStreamCall(_Retrying, grpc.aio.UnaryStreamCall):  # type: ign
                 if attempt is None:
                     await self._next_change()
                     continue
+                self._reading += 1
                 try:
                     message = await attempt.read()
                 except grpc.aio.AioRpcError:
+                    self._reading -= 1
+                    self._attempt_done(attempt, reader=True)
                     continue
+                except BaseException:
+                    self._reading -= 1
+                    raise
+                self._reading -= 1
                 if self._live(attempt):
                     self._commit(attempt)
                     return message

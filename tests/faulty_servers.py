@@ -22,9 +22,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class FaultyServer(EchoServer):
     """An :class:`EchoServer` with a real ``grpc.health.v1`` servicer and switchable faults.
 
-    - ``fail_with``: every ``Unary`` and ``Count`` call fails with that code (``Count`` after
-      ``stream_before_failing`` messages); ``fail_details`` and ``pushback`` (the
-      ``grpc-retry-pushback-ms`` trailer) go with it; ``fail_next`` limits it to that many calls.
+    - ``fail_with``: every ``Unary``, ``Meta`` and ``Count`` call fails with that code
+      (``Count`` after ``stream_before_failing`` messages); ``fail_details`` and ``pushback``
+      (the ``grpc-retry-pushback-ms`` trailer) go with it; ``fail_next`` limits it to that many.
     - ``health``: the servicer (``await server.health.set("", NOT_SERVING)``), or None for a
       server without the health service.
     """
@@ -73,6 +73,12 @@ class FaultyServer(EchoServer):
         if self._failing():
             await self._fail(context)
         return self._tag(request)
+
+    async def _meta(self, request: bytes, context: Any) -> bytes:
+        if self._failing():
+            self.calls += 1
+            await self._fail(context)
+        return await super()._meta(request, context)
 
     async def _count(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         self.calls += 1
