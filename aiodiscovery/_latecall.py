@@ -85,7 +85,11 @@ class LateCall(grpc.aio.Call):  # type: ignore[misc]
         """Delegate to ``real`` from now on; done callbacks follow it."""
         self._real = real
         self._mark_settled()
-        real.add_done_callback(self._real_done)
+        if real.done():
+            # Most retrying calls settle on an attempt that just finished.
+            self._run_callbacks()
+        else:
+            real.add_done_callback(self._real_done)
 
     def _ended(self) -> None:
         """Hook: the call just ended without a real call."""

@@ -35,20 +35,13 @@ __all__ = ["multi_callable"]
 class _Balanced:
     """Picks a subchannel for each call of one method."""
 
-    __slots__ = ("_deferred", "_key", "_pool", "_retry")
+    __slots__ = ("_deferred", "_key", "_pool")
 
-    def __init__(
-        self,
-        pool: Balancer,
-        key: MethodKey,
-        deferred: type[DeferredCall],
-        retry: MethodRetry | None = None,
-    ) -> None:
+    def __init__(self, pool: Balancer, key: MethodKey, deferred: type[DeferredCall]) -> None:
         self._pool = pool
         # Keyed by value, not by this object: stubs built per request share one cache entry.
         self._key = key
         self._deferred = deferred
-        self._retry = retry
 
     def __call__(self, request: Any = None, **kwargs: Any) -> Any:
         pool = self._pool
@@ -60,12 +53,17 @@ class _Balanced:
 class _Retried(_Balanced):
     """A unary-request method whose calls the pool may send again."""
 
-    __slots__ = ()
+    __slots__ = ("_rules",)
+    _call: type[RetryingUnaryUnaryCall | RetryingUnaryStreamCall]
+
+    def __init__(
+        self, pool: Balancer, key: MethodKey, deferred: type[DeferredCall], rules: MethodRetry
+    ) -> None:
+        super().__init__(pool, key, deferred)
+        self._rules = rules
 
     def __call__(self, request: Any = None, **kwargs: Any) -> Any:
-        assert self._retry is not None
-        kind = _RETRYING[self._key[0]]
-        return kind(self._pool, self._key, request, kwargs, self._retry, self._deferred)
+        return self._call(self._pool, self._key, request, kwargs, self._rules, self._deferred)
 
 
 class _UnaryUnary(_Balanced, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -78,10 +76,12 @@ class _UnaryStream(_Balanced, grpc.aio.UnaryStreamMultiCallable):  # type: ignor
 
 class _RetriedUnaryUnary(_Retried, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
     __slots__ = ()
+    _call = RetryingUnaryUnaryCall
 
 
 class _RetriedUnaryStream(_Retried, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
     __slots__ = ()
+    _call = RetryingUnaryStreamCall
 
 
 class _StreamUnary(_Balanced, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -103,10 +103,6 @@ _KINDS: dict[CallKind, tuple[type[_Balanced], type[DeferredCall]]] = {
 _RETRIED: dict[CallKind, type[_Retried]] = {
     CallKind.UNARY_UNARY: _RetriedUnaryUnary,
     CallKind.UNARY_STREAM: _RetriedUnaryStream,
-}
-_RETRYING: dict[CallKind, type[RetryingUnaryUnaryCall | RetryingUnaryStreamCall]] = {
-    CallKind.UNARY_UNARY: RetryingUnaryUnaryCall,
-    CallKind.UNARY_STREAM: RetryingUnaryStreamCall,
 }
 
 

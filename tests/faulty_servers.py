@@ -23,8 +23,8 @@ class FaultyServer(EchoServer):
     """An :class:`EchoServer` with a real ``grpc.health.v1`` servicer and switchable faults.
 
     - ``fail_with``: every ``Unary``, ``Meta`` and ``Count`` call fails with that code
-      (``Count`` after ``stream_before_failing`` messages); ``fail_details`` and ``pushback``
-      (the ``grpc-retry-pushback-ms`` trailer) go with it; ``fail_next`` limits it to that many.
+      (``Count`` after ``stream_before_failing`` messages), with the ``pushback`` (the
+      ``grpc-retry-pushback-ms`` trailer) if set.
     - ``health``: the servicer (``await server.health.set("", NOT_SERVING)``), or None for a
       server without the health service.
     """
@@ -32,8 +32,6 @@ class FaultyServer(EchoServer):
     def __init__(self, name: str, *, health: bool = True) -> None:
         super().__init__(name)
         self.fail_with: grpc.StatusCode | None = None
-        self.fail_details = "failing on purpose"
-        self.fail_next: int | None = None
         self.pushback: str | None = None
         self.stream_before_failing = 0
         self.initial_metadata: tuple[tuple[str, str], ...] = ()
@@ -52,19 +50,13 @@ class FaultyServer(EchoServer):
         await self.health.set(service, status)
 
     def _failing(self) -> bool:
-        if self.fail_with is None:
-            return False
-        if self.fail_next is not None:
-            if self.fail_next <= 0:
-                return False
-            self.fail_next -= 1
-        return True
+        return self.fail_with is not None
 
     async def _fail(self, context: Any) -> None:
         assert self.fail_with is not None
         if self.pushback is not None:
             context.set_trailing_metadata((("grpc-retry-pushback-ms", self.pushback),))
-        await context.abort(self.fail_with, f"{self.name}: {self.fail_details}")
+        await context.abort(self.fail_with, f"{self.name}: failing on purpose")
 
     async def _unary(self, request: bytes, context: Any) -> bytes:
         self.calls += 1
