@@ -485,15 +485,19 @@ def _why_held(held: Sequence[Subchannel]) -> str:
     reasons: dict[str, int] = {}
     for sub in held:
         if sub.tally is not None and sub.tally.ejected_at is not None:
-            reason = "ejected as outliers"
+            reason = "ejected (outlier detection)"
         elif sub.health is not None and not sub.health.healthy:
-            reason = f"health {sub.health.status}"
+            reason = _HEALTH_REASONS.get(sub.health.status, sub.health.status)
+            reason += " (health check)"
         else:
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
     if not reasons:
         return f"{len(held)} held out"
     return ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+
+
+_HEALTH_REASONS = {"PENDING": "not answered yet", "FAILED": "health watch failing"}
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -86,9 +86,10 @@ class OutlierDetection:
 
     An ejection lasts ``base_ejection_time`` times the number of times the endpoint was ejected,
     at most ``max(base_ejection_time, max_ejection_time)``, checked at each interval. At most
-    ``max_ejection_percent`` of the endpoints are ejected at once, but at least one may be, as
-    long as another endpoint is left in service. A call counts as failed if its status is in
-    ``failure_codes``; ``CANCELLED`` counts neither way, any other status as a success.
+    ``max_ejection_percent`` of the endpoints are ejected at once, but at least one may be
+    (unless it is 0), as long as another endpoint still takes calls. A call counts as failed if
+    its status is in ``failure_codes``; ``CANCELLED`` counts neither way, any other status as a
+    success.
     """
 
     interval: float = 10.0
@@ -216,17 +217,18 @@ class OutlierDetector:
         config = self.config
         if not _enforced(config.enforcing_consecutive_failures):
             return
-        if self._may_eject(subs, _ejected_count(subs)):
+        if self._may_eject(subs, _ejected_count(subs), sub):
             self._eject(sub, tally, time.monotonic(), f"{config.consecutive_failures} failures")
             self._changed()
 
-    def _may_eject(self, subs: list[Subchannel], ejected: int) -> bool:
-        # gRPC's cap lets one ejection through whatever the percentage; never the last endpoint
-        # in service, though: a lone endpoint is no outlier, and ejecting it would only turn
-        # its failures into "no endpoint" for the whole ejection time.
-        if ejected + 1 >= len(subs):
+    def _may_eject(self, subs: list[Subchannel], ejected: int, sub: Subchannel) -> bool:
+        """Whether ``sub`` may be ejected now, ``ejected`` of ``subs`` being ejected already."""
+        # As gRPC's cap: one ejection goes through whatever the percentage (unless it is 0).
+        if ejected * 100 >= self.config.max_ejection_percent * len(subs):
             return False
-        return ejected * 100 < self.config.max_ejection_percent * len(subs)
+        # But never the last endpoint that takes calls: a lone endpoint is no outlier, and
+        # ejecting it would only turn its failures into "no endpoint" for the ejection time.
+        return any(other.eligible for other in subs if other is not sub)
 
     def _eject(self, sub: Subchannel, tally: Tally, now: float, why: str) -> None:
         tally.ejected_at = now
@@ -301,10 +303,10 @@ class OutlierDetector:
         stdev = math.sqrt(sum((r - mean) ** 2 for r in rates) / len(rates))
         floor = mean - stdev * config.success_rate_stdev_factor
         for (sub, tally, _, _), rate in zip(candidates, rates, strict=True):
-            if not self._may_eject(subs, ejected):
-                break
             if tally.ejected_at is not None or rate >= floor:
                 continue
+            if not self._may_eject(subs, ejected, sub):
+                break
             if _enforced(config.enforcing_success_rate):
                 self._eject(sub, tally, now, f"success rate {rate:.0%}, mean {mean:.0%}")
                 ejected += 1
@@ -321,16 +323,16 @@ class OutlierDetector:
         if len(tallies) < config.failure_percentage_minimum_hosts:
             return ejected
         for sub, tally, ok, failed in tallies:
-            if not self._may_eject(subs, ejected):
-                break
             total = ok + failed
             volume = max(config.failure_percentage_request_volume, 1)
             if tally.ejected_at is not None or total < volume:
                 continue
             percent = 100 * failed / total
-            if percent > config.failure_percentage_threshold and _enforced(
-                config.enforcing_failure_percentage
-            ):
+            if percent <= config.failure_percentage_threshold:
+                continue
+            if not self._may_eject(subs, ejected, sub):
+                break
+            if _enforced(config.enforcing_failure_percentage):
                 self._eject(sub, tally, now, f"{percent:.0f}% of {total} calls failed")
                 ejected += 1
         return ejected

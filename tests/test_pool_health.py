@@ -95,7 +95,7 @@ async def test_no_healthy_endpoint_fails_fast_or_waits_for_ready(
                     await call(channel)
                 assert info.value.code() is grpc.StatusCode.UNAVAILABLE
                 assert info.value.details() == (
-                    f"no usable endpoint of {service!r}: 2 health NOT_SERVING"
+                    f"no usable endpoint of {service!r}: 2 NOT_SERVING (health check)"
                 )
                 waiting = channel.unary_unary(method("Unary"))(b"w", wait_for_ready=True)
                 await anyio.sleep(0.1)

@@ -14,7 +14,7 @@ import pytest
 
 from aiodiscovery import BalancedChannel, EtcdClient, OutlierDetection, resolve
 
-from .faulty_servers import FaultyServer, faulty_servers, registered
+from .faulty_servers import NOT_SERVING, FaultyServer, faulty_servers, registered
 from .helpers import until
 from .test_pool import ready, where
 
@@ -232,6 +232,29 @@ def test_outlier_detection_is_checked_and_frozen() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             OutlierDetection(**bad)  # type: ignore[arg-type]
+
+
+async def test_no_usable_endpoint_says_why(client: EtcdClient, service: str) -> None:
+    async with faulty_servers(3) as servers, registered(client, service, servers):
+        async with await resolve(
+            client, service, health_check="", outlier_detection=FAST
+        ) as channel:
+            await ready(channel, 3)
+            await until(lambda: channel.statistics().by_health() == {"SERVING": 3})
+            await servers[0].set_health(NOT_SERVING)
+            await until(lambda: channel.statistics().by_health().get("NOT_SERVING") == 1)
+            servers[1].fail_with = grpc.StatusCode.UNAVAILABLE
+            while not ejected(channel):
+                await outcome(channel)
+            await servers[2].set_health(NOT_SERVING)
+            await until(lambda: channel.statistics().by_health().get("NOT_SERVING") == 2)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary("/test.Echo/Unary")(b"x")
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert info.value.details() == (
+                f"no usable endpoint of {service!r}: 2 NOT_SERVING (health check), "
+                "1 ejected (outlier detection)"
+            )
 
 
 async def test_a_lone_server_is_never_ejected(client: EtcdClient, service: str) -> None:
