@@ -32,7 +32,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -258,6 +258,48 @@ class _Retrying(LateCall):
         if not (isinstance(attempt, DeferredCall) and attempt.real is None):
             self.cancel()
 
+    async def _on_attempts(
+        self, step: Callable[[Any], Awaitable[Any]], *, reading: bool
+    ) -> tuple[bool, Any]:
+        """Run ``step(attempt)`` on the attempt in flight, and on the next ones while retried.
+
+        Returns ``(True, result)`` once a step's result stands: its attempt is still the call's,
+        and is now final (committed, if it was still running: the application has received
+        something from it); ``(False, None)`` once the call settled some other way. ``reading``
+        steps deliver messages, so they decide about their attempt's end themselves (see
+        :meth:`_attempt_done`). A task cancelled in here cancels the call (:meth:`_abandoned`).
+        """
+        try:
+            while not self._is_settled:
+                attempt = self._current()
+                if attempt is None:
+                    await self._next_change()
+                    continue
+                self._reading += reading
+                try:
+                    result = await step(attempt)
+                except grpc.aio.AioRpcError:
+                    self._reading -= reading
+                    if reading:
+                        self._attempt_done(attempt, reader=True)
+                    continue
+                except BaseException:
+                    self._reading -= reading
+                    raise
+                self._reading -= reading
+                if not reading:
+                    # An attempt that ended meanwhile is decided on first: its end, not this
+                    # result, says whether it is final.
+                    self._current()
+                if self._live(attempt):
+                    self._commit(attempt)
+                    return True, result
+                # Given up while the step was on its way: what it brought is not the call's.
+        except asyncio.CancelledError:
+            self._abandoned()
+            raise
+        return False, None
+
     # -- Call -------------------------------------------------------------------------------
 
     def cancel(self) -> bool:
@@ -292,20 +334,10 @@ class RetryingUnaryUnaryCall(_Retrying, grpc.aio.UnaryUnaryCall):  # type: ignor
         return self._response().__await__()
 
     async def _response(self) -> Any:
-        try:
-            while not self._is_settled:
-                attempt = self._current()
-                if attempt is None:
-                    await self._next_change()
-                    continue
-                try:
-                    # Most calls: the only attempt, awaited as grpc.aio's own.
-                    return await attempt
-                except grpc.aio.AioRpcError:
-                    pass
-        except asyncio.CancelledError:
-            self._abandoned()
-            raise
+        # Most calls: the only attempt, awaited as grpc.aio's own.
+        answered, response = await self._on_attempts(_awaited, reading=False)
+        if answered:
+            return response
         return await (await self._resolve())
 
 
@@ -321,60 +353,36 @@ class RetryingUnaryStreamCall(_Retrying, grpc.aio.UnaryStreamCall):  # type: ign
 
     async def read(self) -> Any:
         """Read one response, or ``grpc.aio.EOF``."""
-        try:
-            while not self._is_settled:
-                attempt = self._current()
-                if attempt is None:
-                    await self._next_change()
-                    continue
-                self._reading += 1
-                try:
-                    message = await attempt.read()
-                except grpc.aio.AioRpcError:
-                    self._reading -= 1
-                    self._attempt_done(attempt, reader=True)
-                    continue
-                except BaseException:
-                    self._reading -= 1
-                    raise
-                self._reading -= 1
-                if self._live(attempt):
-                    self._commit(attempt)
-                    return message
-                # The attempt was given up while this read was on its way: not ours to deliver.
-        except asyncio.CancelledError:
-            self._abandoned()
-            raise
+        answered, message = await self._on_attempts(_read, reading=True)
+        if answered:
+            return message
         return await (await self._resolve()).read()
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
         """The server's initial metadata; commits the call to its current attempt."""
-        await self._until_committed(lambda attempt: attempt.initial_metadata())
+        await self._on_attempts(_initial_metadata, reading=False)
         return await super().initial_metadata()
 
     async def wait_for_connection(self) -> None:
         """Wait until the request has been sent on an attempt that goes on (or the call ends)."""
-        await self._until_committed(lambda attempt: attempt.wait_for_connection())
+        await self._on_attempts(_wait_for_connection, reading=False)
         await super().wait_for_connection()
 
-    async def _until_committed(self, step: Any) -> None:
-        """Run ``step(attempt)`` on attempts until one is still running after it, or the end."""
-        try:
-            while not self._is_settled:
-                attempt = self._current()
-                if attempt is None:
-                    await self._next_change()
-                    continue
-                try:
-                    await step(attempt)
-                except grpc.aio.AioRpcError:
-                    continue
-                if self._current() is attempt:
-                    self._commit(attempt)
-                    return
-        except asyncio.CancelledError:
-            self._abandoned()
-            raise
+
+async def _awaited(attempt: Any) -> Any:
+    return await attempt
+
+
+async def _read(attempt: Any) -> Any:
+    return await attempt.read()
+
+
+async def _initial_metadata(attempt: Any) -> Any:
+    return await attempt.initial_metadata()
+
+
+async def _wait_for_connection(attempt: Any) -> None:
+    await attempt.wait_for_connection()
 
 
 def _pushback(metadata: tuple[tuple[str, str | bytes], ...]) -> float | None:

@@ -32,17 +32,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
-import statistics
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from importlib.metadata import version
 
 import anyio
 import grpc
 import grpc.aio
+from _report import Run, quartiles
 from _resilience_servers import ECHO, Servers, servers
 from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
 from bench_pool import log, turn_order, wait_all_ready
@@ -146,15 +142,6 @@ async def contenders_for(etcd_url: str) -> AsyncIterator[list[Contender]]:
         yield contenders
 
 
-def quartiles(values: Sequence[float], digits: int = 0, unit: str = "") -> str:
-    """The median of ``values``, with the quartiles in brackets once there are four or more."""
-    median = statistics.median(values)
-    if len(values) < 4:
-        return f"{median:.{digits}f}{unit}"
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return f"{median:.{digits}f}{unit} ({q1:.{digits}f}-{q3:.{digits}f})"
-
-
 def ratio(ours: Contender, baseline: Contender) -> str:
     """Failed calls against the baseline's, crash by crash (crashes where it lost none skipped)."""
     if ours is baseline:
@@ -168,8 +155,7 @@ def ratio(ours: Contender, baseline: Contender) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    run = Run()
     async with EtcdServer() as etcd:
         with servers(etcd.url, TARGET, ttl=args.ttl) as fleet:
             await fleet.start(SERVERS)
@@ -188,7 +174,6 @@ async def main(args: argparse.Namespace) -> None:
                             f"{crash.retries} retries, {crash.transparent} transparent"
                         )
                         await fleet.restart(victim)
-    elapsed = time.perf_counter() - started
     baseline = contenders[0]
     rows = [
         [
@@ -214,11 +199,11 @@ async def main(args: argparse.Namespace) -> None:
             ]
         )
     print(
-        f"Python {platform.python_version()} | grpcio {version('grpcio')} | "
-        f"{os.cpu_count()} CPUs | {SERVERS} echo servers in child processes | "
-        f"{args.callers} callers | {args.crashes} crashes per contender, SIGKILL after "
-        f"{args.before:g} s, {args.after:g} s more | run took {elapsed:.0f} s | "
-        f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+        run.describe(
+            f"{SERVERS} echo servers in child processes | {args.callers} callers | "
+            f"{args.crashes} crashes per contender, SIGKILL after {args.before:g} s, "
+            f"{args.after:g} s more"
+        )
     )
     print("per crash: median (quartiles) over crashes")
     print()

@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import version
 
 import anyio
 import grpc
 import grpc.aio
+from _report import Run, quartiles
 from _resilience_servers import ECHO, Servers, servers, set_failing
 from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
-from bench_crash import quartiles
 from bench_pool import log, turn_order, wait_all_ready
 
 from aiodiscovery import EtcdClient, OutlierDetection, connect, resolve
@@ -135,8 +132,7 @@ def ratio(ours: Contender, baseline: Contender) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    run = Run()
     contenders = [
         Contender("a. no outlier detection", None),
         Contender("b. OutlierDetection() (5 failures in a row)", OutlierDetection()),
@@ -176,7 +172,6 @@ async def main(args: argparse.Namespace) -> None:
                         )
             finally:
                 await client.close()
-    elapsed = time.perf_counter() - started
     baseline = contenders[0]
     rows = [["contender", "time to ejection", "failed calls in the window", "failed vs a"]]
     for c in contenders:
@@ -187,11 +182,11 @@ async def main(args: argparse.Namespace) -> None:
             when += f", {missed} rounds not ejected"
         rows.append([c.name, when, quartiles([r.failed for r in c.rounds]), ratio(c, baseline)])
     print(
-        f"Python {platform.python_version()} | grpcio {version('grpcio')} | "
-        f"{os.cpu_count()} CPUs | {SERVERS} echo servers in child processes | "
-        f"{args.callers} callers | {args.rounds} rounds per contender, one server failing every "
-        f"call for {args.window:g} s | run took {elapsed:.0f} s | load average "
-        f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+        run.describe(
+            f"{SERVERS} echo servers in child processes | {args.callers} callers | "
+            f"{args.rounds} rounds per contender, one server failing every call for "
+            f"{args.window:g} s"
+        )
     )
     print("median (quartiles) over rounds")
     print()

@@ -34,13 +34,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
-import time
 from collections.abc import AsyncIterator
-from importlib.metadata import version
 
 import anyio
+from _report import Run
 from _resilience_servers import ECHO, servers
 from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
 from bench_pool import (
@@ -121,8 +118,7 @@ async def contenders_for(etcd_url: str) -> AsyncIterator[list[Contender]]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    run = Run()
     payload = bytes(i & 255 for i in range(args.payload))
     async with EtcdServer() as etcd:
         with servers(etcd.url, TARGET) as fleet:
@@ -140,7 +136,6 @@ async def main(args: argparse.Namespace) -> None:
                             f"{result.throughput:,.0f} calls/s, CPU {us(result.cpu_per_call)}/call"
                         )
                 stats = {c.name: c.channel.statistics() for c in contenders}
-    elapsed = time.perf_counter() - started
     baseline = contenders[0]
     rows = [["contender", "calls/s", "p50", "p99", "client CPU/call", "calls/s vs a", "CPU vs a"]]
     for c in contenders:
@@ -156,12 +151,11 @@ async def main(args: argparse.Namespace) -> None:
             ]
         )
     print(
-        f"Python {platform.python_version()} | grpcio {version('grpcio')} | "
-        f"{os.cpu_count()} CPUs | {SERVERS} echo servers in child processes | "
-        f"{args.concurrency} concurrent callers, {args.payload}-byte payload | "
-        f"median of {args.rounds} rounds of {args.seconds:g} s (+{args.warmup:g} s warm-up) | "
-        f"run took {elapsed:.0f} s | load average {load_before:.1f} at start, "
-        f"{os.getloadavg()[0]:.1f} at end"
+        run.describe(
+            f"{SERVERS} echo servers in child processes | {args.concurrency} concurrent "
+            f"callers, {args.payload}-byte payload | median of {args.rounds} rounds of "
+            f"{args.seconds:g} s (+{args.warmup:g} s warm-up)"
+        )
     )
     print(
         "ratios: median (and quartiles) of the same-round ratios to (a); calls/s above 1 is "
