@@ -180,11 +180,11 @@ class Subchannel:
             while True:
                 moved = state is not self.state
                 self.state = state
-                if health is not None and (state is _State.READY) is (watching is None):
-                    if watching is None:
+                if health is not None:
+                    if state is _State.READY and watching is None:
                         watching = anyio.CancelScope()
                         tg.start_soon(self._watch_health, health, channel, watching, changed)
-                    else:
+                    elif state is not _State.READY and watching is not None:
                         # The stream died with the connection; the next one starts afresh.
                         watching.cancel()
                         watching = None

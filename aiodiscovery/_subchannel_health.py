@@ -55,8 +55,6 @@ class HealthCheck:
         self.request = health_pb2.HealthCheckRequest(service=service)
         # Addresses already reported as having no health service.
         self.unimplemented: set[str] = set()
-        self.backoff_initial = 1.0
-        self.backoff_cap = 120.0
 
 
 class SubchannelHealth:
@@ -107,7 +105,8 @@ class SubchannelHealth:
     ) -> None:
         """Follow the health of ``sub`` over ``channel``, until cancelled or UNIMPLEMENTED."""
         check = self.check
-        backoff = Backoff(initial=check.backoff_initial, cap=check.backoff_cap, multiplier=1.6)
+        # grpc's connection backoff, as grpc-go's health client uses.
+        backoff = Backoff(initial=1.0, cap=120.0, multiplier=1.6)
         watch = channel.unary_stream(
             WATCH,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,

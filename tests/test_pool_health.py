@@ -128,6 +128,13 @@ async def test_calls_made_at_once_wait_for_the_first_health_answers(
             assert "SERVICE_UNKNOWN" in (info.value.details() or "")
 
 
+async def test_resolve_checks_its_arguments(client: EtcdClient, service: str) -> None:
+    with pytest.raises(TypeError, match="health_check must be a service name"):
+        await resolve(client, service, health_check=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"outlier_detection must be an aiodiscovery\.Outlier"):
+        await resolve(client, service, outlier_detection={"interval": 1})  # type: ignore[arg-type]
+
+
 async def test_the_named_service_is_the_one_watched(client: EtcdClient, service: str) -> None:
     async with faulty_servers(2) as servers, registered(client, service, servers):
         await servers[0].set_health(SERVING, "test.Echo")
