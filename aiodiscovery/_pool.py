@@ -49,8 +49,9 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     Build it with :func:`resolve`, or enter ``async with BalancedChannel(...)``, which opens it
     the same way (and closes it on the way out). Calls go to a subchannel chosen by the policy
-    among READY ones (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY). With
-    no endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
+    among READY ones (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY), and
+    only among healthy, non-ejected ones with a health check or outlier detection. With
+    no usable endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
     ``wait_for_ready=True``: then it waits for an endpoint until its deadline, :meth:`close` or
     its own ``cancel()``. A removed endpoint drains: it takes no new calls, its calls in flight
     finish, then its channel closes. A channel dropped without being closed warns

@@ -15,7 +15,9 @@ status alone, whether the call ends with it or goes on:
   ``grpc-retry-pushback-ms``; a negative or garbled one means "do not retry"), up to
   ``maxAttempts`` attempts, while the retry throttle allows it, and never past the call's
   deadline (a retry that could not start before it is not made: the call ends with the last
-  attempt's error). An attempt whose server sent initial metadata is final (A6's commit point).
+  attempt's error). An attempt whose server sent initial metadata is final (A6's commit point),
+  and so is a cancelled one (``CANCELLED`` is never retried: it is the caller's doing, or the
+  channel's close).
 - A unary-stream call is retried only until the application has received something from it (a
   message or the initial metadata): from then on its attempt is final. grpc.aio holds a failed
   stream's status back until its messages are read, so a stream that answered is committed
