@@ -64,6 +64,22 @@ _STOP = -1.0
 class _Retrying(LateCall):
     """The attempts of one call; settles on the final one."""
 
+    # As in LateCall: defaults in the class, set on the instance only when they change.
+    _sub: Subchannel | None = None
+    _tried: list[Subchannel] | None = None
+    # Attempts after the first made by the policy (transparent ones do not count).
+    _retries = 0
+    # Retries since the last pushback: the exponent of the backoff.
+    _backoffs = 0
+    _transparent_used = False
+    _cancelling = False
+    # Reads waiting on the current attempt: while one is, the reader decides about the
+    # attempt's end, as a message it is about to return commits the call.
+    _reading = 0
+    _timer: asyncio.TimerHandle | None = None
+    # Made only when someone waits for the next attempt or the end.
+    _change: asyncio.Event | None = None
+
     def __init__(  # noqa: PLR0917 (the one constructor _multicallable calls on the hot path)
         self,
         pool: Balancer,
@@ -84,33 +100,24 @@ class _Retrying(LateCall):
         # Later attempts start from timers and callbacks, but must see the caller's context
         # variables, as the first one did.
         self._context = contextvars.copy_context()
-        self._attempt: Any = None
-        self._sub: Subchannel | None = None
-        self._tried: list[Subchannel] = []
-        # Attempts after the first made by the policy (transparent ones do not count).
-        self._retries = 0
-        # Retries since the last pushback: the exponent of the backoff.
-        self._backoffs = 0
-        self._transparent_used = False
-        self._cancelling = False
-        # Reads waiting on the current attempt: while one is, the reader decides about the
-        # attempt's end, as a message it is about to return commits the call.
-        self._reading = 0
-        self._timer: asyncio.TimerHandle | None = None
-        # Made only when someone waits for the next attempt or the end.
-        self._change: asyncio.Event | None = None
-        self._start(kwargs)
+        # The first attempt, as a plain call would start (its errors reach the caller).
+        if pool.usable:
+            self._sub = pool.picker.pick()
+            attempt = self._sub.start(key, request, kwargs)
+        else:
+            attempt = pool.defer(deferred, key, request, kwargs)
+        self._attempt: Any = attempt
+        attempt.add_done_callback(self._attempt_done)
 
     # -- attempts ---------------------------------------------------------------------------
 
-    def _start(self, kwargs: dict[str, Any], sub: Subchannel | None = None) -> None:
-        """Start an attempt (on ``sub`` if given); the first one's errors reach the caller."""
-        pool = self._pool
+    def _start(self, kwargs: dict[str, Any], sub: Subchannel | None) -> None:
+        """Start a later attempt (on ``sub`` if given, else on one not tried if possible)."""
         if sub is not None:
             attempt = sub.start(self._key, self._request, kwargs)
         else:
-            sub, attempt = pool.attempt(
-                self._deferred, self._key, self._request, kwargs, self._tried
+            sub, attempt = self._pool.attempt(
+                self._deferred, self._key, self._request, kwargs, self._tried or ()
             )
         self._sub = sub
         self._attempt = attempt
@@ -124,7 +131,7 @@ class _Retrying(LateCall):
             return
         previous = self._attempt
         if self._sub is not None:
-            self._tried.append(self._sub)
+            self._tried = [*(self._tried or ()), self._sub]
         kwargs = self._kwargs
         if self._deadline is not None:
             kwargs = {**kwargs, "timeout": max(0.0, self._deadline - time.monotonic())}
@@ -167,7 +174,7 @@ class _Retrying(LateCall):
             return False
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return False
-        tried = [*self._tried, self._sub] if self._sub is not None else self._tried
+        tried = [*(self._tried or ()), *([self._sub] if self._sub is not None else ())]
         other = self._pool.other_ready(tried)
         if other is None:
             return False
@@ -333,10 +340,19 @@ class RetryingUnaryUnaryCall(_Retrying, grpc.aio.UnaryUnaryCall):  # type: ignor
     """A unary-unary call the pool may retry; behaves like grpc.aio's ``UnaryUnaryCall``."""
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._response().__await__()
+        attempt = self._attempt
+        if not self._is_settled and self._timer is None and not attempt.done():
+            # Most calls: their only attempt, awaited as grpc.aio's own, with nothing between.
+            try:
+                return (yield from attempt.__await__())
+            except grpc.aio.AioRpcError:
+                pass
+            except asyncio.CancelledError:
+                self._abandoned()
+                raise
+        return (yield from self._response().__await__())
 
     async def _response(self) -> Any:
-        # Most calls: the only attempt, awaited as grpc.aio's own.
         answered, response = await self._on_attempts(_awaited, reading=False)
         if answered:
             return response

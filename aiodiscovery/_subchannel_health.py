@@ -9,18 +9,22 @@ A server without the health service (``UNIMPLEMENTED``) counts as healthy, as in
 is logged once. Any other end of the stream makes the subchannel unusable until the next answer;
 the stream is opened again at once if the last one had brought an answer, else after a jittered
 exponential backoff (1 s, x1.6, up to 120 s: grpc's connection backoff).
+
+The protocol's two messages are made at run time from their descriptor, with the protobuf runtime
+etcd's stubs already need: no generated code, no extra package.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ._backoff import Backoff
 from ._logsafe import safe
@@ -41,7 +45,38 @@ PENDING = "PENDING"  # no answer yet on this connection
 FAILED = "FAILED"  # the Watch call ended without UNIMPLEMENTED; opened again after a backoff
 UNIMPLEMENTED = "UNIMPLEMENTED"  # no health service: healthy
 SERVING = "SERVING"
-_SERVING_VALUE = health_pb2.HealthCheckResponse.SERVING
+# grpc.health.v1.HealthCheckResponse.ServingStatus.
+_STATUSES = {0: "UNKNOWN", 1: SERVING, 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+@functools.cache
+def _messages() -> tuple[Any, Any]:
+    """``HealthCheckRequest`` and ``HealthCheckResponse`` of ``grpc/health/v1/health.proto``."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="aiodiscovery/subchannel_health.proto", package="grpc.health.v1", syntax="proto3"
+    )
+    field = descriptor_pb2.FieldDescriptorProto
+    request = proto.message_type.add(name="HealthCheckRequest")
+    request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    response = proto.message_type.add(name="HealthCheckResponse")
+    enum = response.enum_type.add(name="ServingStatus")
+    for number, name in _STATUSES.items():
+        enum.value.add(name=name, number=number)
+    response.field.add(
+        name="status",
+        number=1,
+        type=field.TYPE_ENUM,
+        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
+        label=field.LABEL_OPTIONAL,
+    )
+    # A pool of our own: grpcio-health-checking's generated module may use the default one.
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return tuple(
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.health.v1.{name}"))
+        for name in ("HealthCheckRequest", "HealthCheckResponse")
+    )
+
 
 _State = grpc.ChannelConnectivity
 
@@ -52,7 +87,7 @@ class HealthCheck:
     def __init__(self, target: str, service: str) -> None:
         self.target = target
         self.service = service
-        self.request = health_pb2.HealthCheckRequest(service=service)
+        self.request = _messages()[0](service=service)
         # Addresses already reported as having no health service.
         self.unimplemented: set[str] = set()
 
@@ -107,10 +142,11 @@ class SubchannelHealth:
         check = self.check
         # grpc's connection backoff, as grpc-go's health client uses.
         backoff = Backoff(initial=1.0, cap=120.0, multiplier=1.6)
+        request_type, response_type = _messages()
         watch = channel.unary_stream(
             WATCH,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
         )
         while True:
             answered, why = await self._stream(sub, watch, changed)
@@ -149,11 +185,7 @@ class SubchannelHealth:
         try:
             async for response in call:
                 answered = True
-                status = response.status
-                if status == _SERVING_VALUE:
-                    self._set(sub, SERVING, changed)
-                else:
-                    self._set(sub, _status_name(status), changed)
+                self._set(sub, _status_name(response.status), changed)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                 self._unimplemented(sub, changed)
@@ -179,7 +211,5 @@ class SubchannelHealth:
 
 
 def _status_name(value: int) -> str:
-    try:
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(value))
-    except ValueError:
-        return f"UNKNOWN({value})"
+    # proto3 enums are open: a number this code does not know is not SERVING.
+    return _STATUSES.get(value, f"UNKNOWN({value})")
