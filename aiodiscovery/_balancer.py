@@ -245,7 +245,6 @@ class Balancer:
         """Bring the subchannels in line with ``snapshot``."""
         self._revision = snapshot.revision
         changed = self._members.apply(snapshot)
-        self._adopt()
         # Pickers read metadata (the weight) only in update(); the list itself may not change,
         # so a usable subchannel's new metadata must force one.
         self._rebuild(refresh=any(sub in self.usable for sub in changed))
@@ -253,8 +252,8 @@ class Balancer:
     def _adopt(self) -> None:
         """Give each new subchannel the pool's health check and outcome counters.
 
-        New subchannels are made only by :meth:`Membership.apply`, and their background work
-        (which runs the health check) starts after this, from the task group.
+        Runs on every rebuild, which follows whatever made a subchannel, before the subchannel's
+        background work (which runs the health check) starts in the task group.
         """
         if self._observe is None and self._health is None:
             return
@@ -290,6 +289,7 @@ class Balancer:
         if self.closed:
             return
         members = self._members
+        self._adopt()
         subs = [s for s in members.registered.values() if s.eligible]
         # Kept subchannels are READY; after the registered ones, so pick_first prefers those.
         kept = [s for s in members.retained.values() if s.eligible]

@@ -328,8 +328,8 @@ async def resolve(
     is honoured by the pool for unary-unary and unary-stream methods: each attempt goes to an
     endpoint picked anew, preferring one not tried. A call that failed without ever leaving this
     client (its endpoint's connection had just broken) is sent once more to another READY
-    endpoint, policy or not. ``("grpc.enable_retries", 0)`` turns all of this off: every call is
-    then grpc.aio's own call object.
+    endpoint, policy or not. ``("grpc.enable_retries", 0)`` turns all of this off (and grpc's
+    own retries in the subchannels): every call is then grpc.aio's own call object.
     """
     channel = BalancedChannel(
         client,
