@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ._address import Address, allow_networks, parse_address
 from ._auth import parse_user
-from ._balancer import PoolStatistics, SubchannelStatistics
 from ._client import DEFAULT_TIMEOUT, ClientStatistics, EtcdClient
 from ._connect import connect, reauthenticate
 from ._endpoint import (
@@ -38,6 +37,7 @@ from ._lease import LeaseKeeper, LeaseState, LeaseStatistics
 from ._logsafe import safe as printable
 from ._manager import EndpointManager
 from ._members import MemberStatistics
+from ._outlier import OutlierDetection
 from ._policies import (
     P2CPicker,
     Picker,
@@ -47,6 +47,7 @@ from ._policies import (
     WeightedPicker,
 )
 from ._pool import BalancedChannel, resolve
+from ._poolstats import PoolStatistics, SubchannelStatistics
 from ._prefixwatch import PermissionDeniedError, WatchBatch, WatcherStatistics
 from ._protection import MassRemovalProtection
 from ._registrar import Registrar, RegistrarState, RegistrarStatistics
@@ -78,6 +79,7 @@ __all__ = [
     "MassRemovalProtection",
     "MemberStatistics",
     "Operation",
+    "OutlierDetection",
     "P2CPicker",
     "PermissionDeniedError",
     "PickFirstPicker",

@@ -18,7 +18,7 @@ from ._logsafe import safe
 
 __all__ = ["Admission", "Wanted"]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.pool")
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ __all__ = [
     "parse_user",
 ]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.etcd")
 
 TOKEN_KEY = "token"
 _AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"

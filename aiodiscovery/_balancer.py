@@ -6,6 +6,11 @@ eligible registered ones, READY first, and any kept by mass-removal protection),
 connectivity state, and owns the queue of calls waiting for an endpoint. Everything here runs
 on the event loop, in the channel's task or in synchronous call paths; nothing refers back to the
 :class:`BalancedChannel` the user holds, so that one can be garbage collected.
+
+It also wires in what keeps calls away from failing servers: each new subchannel gets the pool's
+health check (:mod:`aiodiscovery._subchannel_health`) and its outlier counters
+(:mod:`aiodiscovery._outlier`), and :meth:`Balancer.attempt` starts the attempts of calls that
+may be retried (:mod:`aiodiscovery._retrying`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -23,17 +27,22 @@ import grpc
 import grpc.aio
 
 from ._address import AddressFilter
+from ._callstatus import CANCELLED, OK, status_code
 from ._deferred import DeferredCall, WaitQueue
 from ._endpointset import EndpointSet
 from ._membership import Dial, Membership
+from ._outlier import OutlierDetection, OutlierDetector
 from ._policies import Picker
+from ._poolstats import PoolStatistics, subchannel_statistics, why_held
 from ._protection import MassRemovalProtection
-from ._selection import SelectionConfig, SelectionStatistics
-from ._subchannel import MethodKey, Subchannel
+from ._retrypolicy import RetryConfig, RetryThrottle
+from ._selection import SelectionConfig
+from ._subchannel import MethodKey, Observer, Subchannel, Tally
+from ._subchannel_health import UNHEALTHY, HealthCheck, SubchannelHealth
 
-__all__ = ["Balancer", "EndpointSource", "PoolStatistics", "SubchannelStatistics"]
+__all__ = ["Balancer", "EndpointSource"]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.pool")
 
 _State = grpc.ChannelConnectivity
 # Order of preference when no subchannel is READY: IDLE connects on demand, CONNECTING may make it.
@@ -57,49 +66,6 @@ class EndpointSource(Protocol):
     async def __aexit__(self, *exc_info: Any) -> Any: ...
 
 
-@dataclass(frozen=True)
-class SubchannelStatistics:
-    """One subchannel's state and counters."""
-
-    state: str
-    in_flight: int
-    picks: int
-    draining: bool
-    # Fresh connections made because the address was registered again while not READY.
-    reconnects: int = 0
-    # Removed from the registry, but kept in use by mass-removal protection.
-    retained: bool = False
-
-
-@dataclass(frozen=True)
-class PoolStatistics:
-    """A :class:`BalancedChannel`'s live state: subchannels by address, calls and picks."""
-
-    target: str
-    revision: int
-    subchannels: dict[str, SubchannelStatistics]
-    in_flight: int
-    picks: int
-    no_endpoint_failures: int
-    # etcd key -> why its endpoint is not dialled (see resolve(address_filter=...)).
-    skipped: dict[str, str] = field(default_factory=dict)
-    # Endpoints skipped so far, one per key and address (each also logged once).
-    skipped_endpoints: int = 0
-    # Seconds mass-removal protection may still keep the retained subchannels (None: off).
-    retained_for: float | None = None
-    # How many times mass-removal protection began.
-    mass_removals: int = 0
-    # Which endpoints the pool chose to hold: subset, zone, spilling over (see resolve()).
-    selection: SelectionStatistics | None = None
-
-    def by_state(self) -> dict[str, int]:
-        """How many subchannels are in each connectivity state."""
-        counts: dict[str, int] = {}
-        for sub in self.subchannels.values():
-            counts[sub.state] = counts.get(sub.state, 0) + 1
-        return counts
-
-
 class Balancer:
     """Subchannels in step with an endpoint set, the usable list, and calls waiting for it.
 
@@ -117,6 +83,9 @@ class Balancer:
         address_filter: AddressFilter | None = None,
         mass_removal: MassRemovalProtection | None = None,
         selection: SelectionConfig | None = None,
+        health_check: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+        retry: RetryConfig | None = None,
     ) -> None:
         self.target = target
         self.picker = picker
@@ -141,6 +110,20 @@ class Balancer:
         self._no_endpoint_failures = 0
         self._grace: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._health = None if health_check is None else HealthCheck(target, health_check)
+        self._detector = (
+            None
+            if outlier_detection is None
+            else OutlierDetector(outlier_detection, target, self._in_service, self._rebuild)
+        )
+        self.retry = RetryConfig() if retry is None else retry
+        if self.retry.throttle is not None:
+            self.retry.throttle.target = target
+        # Counted by the retrying calls.
+        self.retries = 0
+        self.retries_throttled = 0
+        self.transparent_retries = 0
+        self._observe = _observer(self._detector, self.retry.throttle)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -155,6 +138,8 @@ class Balancer:
         try:
             async with watcher, anyio.create_task_group() as tg:
                 self._task_group = self._members.task_group = tg
+                if self._detector is not None:
+                    tg.start_soon(self._detector.run)
                 self.apply(watcher.snapshot)
                 started.set()
                 async for snapshot in watcher.snapshots():
@@ -201,6 +186,36 @@ class Balancer:
         # so a usable subchannel's new metadata must force one.
         self._rebuild(refresh=any(sub in self.usable for sub in changed))
 
+    def _adopt(self) -> None:
+        """Give each new subchannel the pool's health check and outcome counters.
+
+        Runs on every rebuild, which follows whatever made a subchannel, before the subchannel's
+        background work (which runs the health check) starts in the task group.
+        """
+        if self._observe is None and self._health is None:
+            return
+        for sub in self._members.registered.values():
+            if sub.observe is not None or sub.health is not None:
+                continue
+            sub.observe = self._observe
+            if self._detector is not None:
+                sub.tally = Tally()
+            if self._health is not None:
+                sub.health = SubchannelHealth(self._health)
+                sub.hold(UNHEALTHY)
+
+    def _in_service(self) -> list[Subchannel]:
+        """The subchannels outlier detection compares: registered and kept ones."""
+        members = self._members
+        return [*members.registered.values(), *members.retained.values()]
+
+    def _pending(self) -> bool:
+        """Whether a subchannel may soon be usable: its first health answer is on its way."""
+        return self._health is not None and any(
+            s.health is not None and s.health.pending and s.state is not _State.TRANSIENT_FAILURE
+            for s in self._members.registered.values()
+        )
+
     # -- the usable list and the channel's state --------------------------------------------
 
     def _rebuild(self, *, refresh: bool = False) -> None:
@@ -213,9 +228,10 @@ class Balancer:
         members = self._members
         # A zone's health may have changed: other zones may have to take calls, or stop.
         members.review()
+        self._adopt()
         subs = [s for s in members.registered.values() if s.eligible]
         # Kept subchannels are READY; after the registered ones, so pick_first prefers those.
-        kept = list(members.retained.values())
+        kept = [s for s in members.retained.values() if s.eligible]
         usable = [s for s in subs if s.state is _State.READY] + kept
         if not usable:
             for state in _FALLBACK_ORDER:
@@ -229,12 +245,16 @@ class Balancer:
             self.usable = usable
             if usable:
                 self._launch_waiting()
+        pending = not usable and self._pending()
+        if not usable and not pending and len(self._waiting):
+            self._waiting.end_impatient(grpc.StatusCode.UNAVAILABLE, self._no_endpoint())
         states = {s.state for s in subs} | {s.state for s in kept}
         for state in _HOPE_ORDER:
             if state in states:
                 break
         else:
-            state = _State.TRANSIENT_FAILURE
+            # Held out only until their first health answer: on their way, as grpc says.
+            state = _State.CONNECTING if pending else _State.TRANSIENT_FAILURE
         self.set_state(state)
 
     def set_state(self, state: grpc.ChannelConnectivity) -> None:
@@ -266,14 +286,19 @@ class Balancer:
         call = class_(self.target, request, kwargs)
         if self.stop_reason is not None:
             call.end(grpc.StatusCode.UNAVAILABLE, self.stop_reason)
-        elif not kwargs.get("wait_for_ready"):
+        elif not kwargs.get("wait_for_ready") and not self._pending():
             self._no_endpoint_failures += 1
             call.end(grpc.StatusCode.UNAVAILABLE, self._no_endpoint())
         else:
+            # Without wait_for_ready only while a health answer is on its way: _rebuild() ends
+            # it as soon as none is.
             self._waiting.add(call, key)
         return call
 
     def _no_endpoint(self) -> str:
+        held = [s for s in self._in_service() if not s.eligible]
+        if held:
+            return f"no usable endpoint of {self.target!r}: {why_held(held)}"
         skipped = len(self._members.admission.skipped)
         if not skipped:
             return f"no endpoint registered for {self.target!r}"
@@ -281,6 +306,48 @@ class Balancer:
             f"no endpoint of {self.target!r} can be dialled: {skipped} registered, skipped "
             "(see the log and statistics().skipped)"
         )
+
+    # -- attempts of calls that may be retried ----------------------------------------------
+
+    def attempt(
+        self,
+        deferred: type[DeferredCall],
+        key: MethodKey,
+        request: Any,
+        kwargs: dict[str, Any],
+        tried: Sequence[Subchannel] = (),
+    ) -> tuple[Subchannel | None, Any]:
+        """Start one attempt of a call, preferring a subchannel not in ``tried``.
+
+        Returns the subchannel (None if the attempt had to be deferred) and the attempt.
+        """
+        if self.usable:
+            sub = self._pick(tried)
+            return sub, sub.start(key, request, kwargs)
+        return None, self.defer(deferred, key, request, kwargs)
+
+    def other_ready(self, tried: Sequence[Subchannel]) -> Subchannel | None:
+        """A usable READY subchannel not in ``tried``, or None."""
+        if not self.usable:
+            return None
+        sub = self._pick(tried)
+        return None if sub in tried or sub.state is not _State.READY else sub
+
+    def _pick(self, tried: Sequence[Subchannel]) -> Subchannel:
+        picker = self.picker
+        sub = picker.pick()
+        if not tried:
+            return sub
+        # The policy's choice if it names one not tried within a round, else any not tried.
+        for _ in range(len(self.usable) - 1):
+            if sub not in tried:
+                return sub
+            sub = picker.pick()
+        if sub in tried:
+            for other in self.usable:
+                if other not in tried:
+                    return other
+        return sub
 
     def _launch_waiting(self) -> None:
         # One at a time, picking before dequeuing: if a picker fails, the calls not yet started
@@ -297,14 +364,10 @@ class Balancer:
         """Subchannels by address (state, calls in flight, picks), totals and failures."""
         members = self._members
         retained = members.retained
-        subs = {
-            s.address: SubchannelStatistics(
-                s.state.name, s.in_flight, s.picks, s.draining, s.reconnects, s.address in retained
-            )
-            for s in members.held()
-        }
+        subs = {s.address: subchannel_statistics(s, s.address in retained) for s in members.held()}
         guard = members.guard
         until = None if guard is None else guard.until
+        throttle = self.retry.throttle
         return PoolStatistics(
             target=self.target,
             revision=self._revision,
@@ -317,7 +380,31 @@ class Balancer:
             retained_for=None if until is None else max(0.0, until - time.monotonic()),
             mass_removals=0 if guard is None else guard.engagements,
             selection=members.selection.statistics(len(members.admission.wanted)),
+            ejected=sum(s.ejected for s in subs.values() if not s.draining),
+            ejections=0 if self._detector is None else self._detector.ejections,
+            retries=self.retries,
+            retries_throttled=self.retries_throttled,
+            transparent_retries=self.transparent_retries,
+            retry_tokens=None if throttle is None else throttle.tokens,
         )
+
+
+def _observer(detector: OutlierDetector | None, throttle: RetryThrottle | None) -> Observer | None:
+    """What each finished call's outcome feeds: the outlier counters, the retry throttle."""
+    if detector is None and throttle is None:
+        return None
+
+    def observe(sub: Subchannel, call: object) -> None:
+        code = status_code(call)
+        if code is None or code == CANCELLED:
+            # A cancelled call says nothing about the server (usually the caller gave up).
+            return
+        if throttle is not None and code == OK:
+            throttle.success()
+        if detector is not None:
+            detector.record(sub, code)
+
+    return observe
 
 
 def _cause(exc: BaseException) -> BaseException:

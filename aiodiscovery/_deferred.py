@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ._latecall import LateCall
 from ._subchannel import MethodKey
 
 __all__ = [
@@ -32,16 +32,11 @@ __all__ = [
     "WaitQueue",
 ]
 
-logger = logging.getLogger("aiodiscovery")
-
-# What grpc.aio reports for a call stopped with cancel().
-_LOCALLY_CANCELLED = "Locally cancelled by application!"
-
 # Starts the real call: (request, call keyword arguments) -> a grpc.aio call.
 Start = Callable[[Any, dict[str, Any]], Any]
 
 
-class DeferredCall(grpc.aio.Call):  # type: ignore[misc]
+class DeferredCall(LateCall):
     """A call made while the pool had no usable endpoint.
 
     Created already ended (``UNAVAILABLE``) when it cannot wait, or waiting in the pool's queue
@@ -55,27 +50,20 @@ class DeferredCall(grpc.aio.Call):  # type: ignore[misc]
     """
 
     def __init__(self, target: str, request: Any, kwargs: dict[str, Any]) -> None:
-        self._target = target
-        self._request = request
-        self._kwargs = kwargs
+        super().__init__(target, request, kwargs)
         # The call starts from the pool's task: it must still see the caller's context
         # variables (tracing interceptors read them), as a call started at once would.
         self._context = contextvars.copy_context()
-        timeout = kwargs.get("timeout")
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._real: Any = None
-        # Set when the call ended before it could start.
-        self._code: grpc.StatusCode | None = None
-        self._details = ""
-        self._locally_cancelled = False
-        self._callbacks: list[Callable[[Any], None]] = []
-        # asyncio's, not anyio's: this runs in synchronous code, maybe outside any task (a done
-        # callback making a call), where anyio cannot tell which event loop library runs.
-        self._settled = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        timeout = kwargs.get("timeout")
         if timeout is not None:
             # A timer, not a task: the deadline must end the call even if nobody awaits it.
             self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
+
+    @property
+    def waits_for_ready(self) -> bool:
+        """Whether the caller asked to wait for an endpoint (``wait_for_ready=True``)."""
+        return bool(self._kwargs.get("wait_for_ready"))
 
     # -- driven by the pool -----------------------------------------------------------------
 
@@ -92,129 +80,19 @@ class DeferredCall(grpc.aio.Call):  # type: ignore[misc]
             # This runs in the pool's task: the error belongs to the call, not to the pool.
             self.end(grpc.StatusCode.INTERNAL, f"could not start the call: {exc!r}")
             return
-        self._real = real
-        self._settled.set()
-        real.add_done_callback(self._real_done)
-
-    def end(self, code: grpc.StatusCode, details: str, *, local: bool = False) -> bool:
-        """End the call before it started; False if it had started or ended already."""
-        if self._real is not None or self._code is not None:
-            return False
-        self._code, self._details, self._locally_cancelled = code, details, local
-        if self._timer is not None:
-            self._timer.cancel()
-        self._settled.set()
-        self._run_callbacks()
-        return True
+        self._settle(real)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _ended(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
     def _expire(self) -> None:
         self.end(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"deadline passed while waiting for an endpoint of {self._target!r}",
         )
-
-    def _real_done(self, _real: object) -> None:
-        self._run_callbacks()
-
-    def _run_callbacks(self) -> None:
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            # One failing callback must neither skip the others nor escape from cancel().
-            try:
-                callback(self)
-            except Exception:
-                logger.exception("done callback %r of a call failed", callback)
-
-    async def _started(self) -> Any:
-        """The real call once started, or None if the call ended before it could start."""
-        if self._settled.is_set():
-            # Yield anyway, as awaiting any grpc.aio call does: a caller retrying a call that
-            # fails at once (no endpoint) in a loop must not starve the event loop.
-            await asyncio.sleep(0)
-        else:
-            await self._settled.wait()
-        return self._real
-
-    async def _resolve(self) -> Any:
-        real = await self._started()
-        if real is not None:
-            return real
-        if self._locally_cancelled:
-            raise asyncio.CancelledError
-        # A fresh error per awaiter: a shared instance would pile up their tracebacks.
-        raise grpc.aio.AioRpcError(
-            self._code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=self._details
-        )
-
-    # -- Call -------------------------------------------------------------------------------
-
-    async def wait_for_connection(self) -> None:
-        """Wait until the call has started on a subchannel (or failed)."""
-        await (await self._resolve()).wait_for_connection()
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        """The server's initial metadata (empty if the call never started)."""
-        real = await self._started()
-        return grpc.aio.Metadata() if real is None else await real.initial_metadata()
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        """The server's trailing metadata (empty if the call never started)."""
-        real = await self._started()
-        return grpc.aio.Metadata() if real is None else await real.trailing_metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        """The call's status code."""
-        real = await self._started()
-        return self._code if real is None else await real.code()
-
-    async def details(self) -> str:
-        """The call's status details."""
-        real = await self._started()
-        return self._details if real is None else str(await real.details())
-
-    async def debug_error_string(self) -> str:
-        """gRPC's debug string of the error (empty if the call never started)."""
-        real = await self._started()
-        return "" if real is None else str(await real.debug_error_string())
-
-    # -- RpcContext -------------------------------------------------------------------------
-
-    def cancelled(self) -> bool:
-        """Whether the call ended with ``CANCELLED``: its own cancel(), or the channel's close."""
-        if self._real is not None:
-            return bool(self._real.cancelled())
-        return self._code is grpc.StatusCode.CANCELLED
-
-    def done(self) -> bool:
-        """Whether the call has finished."""
-        if self._real is not None:
-            return bool(self._real.done())
-        return self._code is not None
-
-    def time_remaining(self) -> float | None:
-        """Seconds before the deadline, or ``None`` without one."""
-        if self._real is not None:
-            remaining: float | None = self._real.time_remaining()
-            return remaining
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    def cancel(self) -> bool:
-        """Cancel the call; False if it had already finished.
-
-        A call still waiting for an endpoint ends here and is never sent.
-        """
-        if self._real is not None:
-            return bool(self._real.cancel())
-        return self.end(grpc.StatusCode.CANCELLED, _LOCALLY_CANCELLED, local=True)
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Run ``callback(call)`` once when the call finishes, however it finishes."""
-        if self.done():
-            callback(self)
-        else:
-            self._callbacks.append(callback)
 
 
 class _UnaryResponse(DeferredCall):
@@ -309,4 +187,15 @@ class WaitQueue:
         """End every waiting call with ``code`` and ``details``."""
         calls, self._calls = self._calls, {}
         for call in calls:
+            call.end(code, details)
+
+    def end_impatient(self, code: grpc.StatusCode, details: str) -> None:
+        """End the waiting calls that did not ask to wait for an endpoint (``wait_for_ready``).
+
+        Such a call waits only while an endpoint is about to become usable (its first health
+        answer is on its way), as grpc queues a call while its subchannel connects.
+        """
+        impatient = [call for call in self._calls if not call.waits_for_ready]
+        for call in impatient:
+            del self._calls[call]
             call.end(code, details)

@@ -5,10 +5,6 @@ whether one of its services (``""``: the whole server) is SERVING, for a Registr
 the server only while it is. Any implementation of the protocol works, such as
 ``grpc_health.v1.health.aio.HealthServicer`` from ``grpcio-health-checking``.
 
-The protocol's two messages are built here from their descriptor with the protobuf runtime that
-etcd's own stubs already need, so following a server's health needs no extra package and nothing
-generated at build time.
-
 A stream that breaks is opened again at once, then with jittered backoff. Meanwhile the last status
 holds for ``grace`` seconds (a reconnect after a server's GOAWAY takes milliseconds and must not
 flap the registry); past that, no word from the server counts as not serving, because a server
@@ -17,18 +13,16 @@ whose health service cannot be reached cannot be reached by clients either.
 
 from __future__ import annotations
 
-import enum
-import functools
 import logging
 import math
 from typing import Any
 
 import anyio
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ._backoff import Backoff
 from ._exceptions import AiodiscoveryError
+from ._healthproto import WATCH_METHOD, ServingStatus, messages, status_name
 from ._keepalive import RETRY_CAP, RETRY_INITIAL
 from ._logsafe import safe
 from ._rpc import close_call, rpc_step
@@ -39,21 +33,11 @@ logger = logging.getLogger("aiodiscovery.registrar")
 
 #: How long the last health status holds while the stream to the server is being reopened.
 DEFAULT_HEALTH_GRACE = 1.0
-WATCH_METHOD = "/grpc.health.v1.Health/Watch"
 # Reconnect soon after a server's listener comes back (gRPC's default backoff grows to 120 s).
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 )
-
-
-class _Status(enum.IntEnum):
-    """``grpc.health.v1.HealthCheckResponse.ServingStatus``."""
-
-    UNKNOWN = 0
-    SERVING = 1
-    NOT_SERVING = 2
-    SERVICE_UNKNOWN = 3
 
 
 #: The status shown once the server has not answered for longer than the grace.
@@ -65,40 +49,6 @@ UNIMPLEMENTED = "UNIMPLEMENTED"
 class HealthCheckError(AiodiscoveryError):
     """A server's health cannot be followed: it has no health service (the ``Health/Watch``
     call is UNIMPLEMENTED), or it gave no status in time."""
-
-
-@functools.cache
-def _messages() -> tuple[Any, Any]:
-    """``HealthCheckRequest`` and ``HealthCheckResponse``, from ``grpc/health/v1/health.proto``."""
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="aiodiscovery/grpc_health_v1.proto", package="grpc.health.v1", syntax="proto3"
-    )
-    field = descriptor_pb2.FieldDescriptorProto
-    request = proto.message_type.add(name="HealthCheckRequest")
-    request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
-    response = proto.message_type.add(name="HealthCheckResponse")
-    statuses = response.enum_type.add(name="ServingStatus")
-    for status in _Status:
-        statuses.value.add(name=status.name, number=status.value)
-    response.field.add(
-        name="status",
-        number=1,
-        type=field.TYPE_ENUM,
-        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
-        label=field.LABEL_OPTIONAL,
-    )
-    # A pool of our own: grpcio-health-checking's module may be loaded into the default one.
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return tuple(
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.health.v1.{name}"))
-        for name in ("HealthCheckRequest", "HealthCheckResponse")
-    )
-
-
-def _status_name(value: int) -> str:
-    # proto3 enums are open: a status this code does not know says nothing about serving.
-    return _Status(value).name if value in _Status._value2member_map_ else _Status.UNKNOWN.name
 
 
 class HealthWatch:
@@ -162,7 +112,7 @@ class HealthWatch:
     def _open(self) -> Any:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
-        request_type, response_type = _messages()
+        request_type, response_type = messages()
         watch = self._channel.unary_stream(
             WATCH_METHOD,
             request_serializer=request_type.SerializeToString,
@@ -261,7 +211,7 @@ class HealthWatch:
         self._deadline = math.inf
         if self._scope is not None:
             self._scope.deadline = math.inf
-        self._set(_status_name(value))
+        self._set(status_name(value))
 
     def _lost(self, why: str) -> None:
         if self.status in (None, UNREACHABLE, UNIMPLEMENTED) or self._deadline < math.inf:
@@ -301,6 +251,6 @@ class HealthWatch:
         if status == self.status:
             return
         self.status = status
-        self.serving = status == _Status.SERVING.name
+        self.serving = status == ServingStatus.SERVING.name
         changed, self._changed = self._changed, anyio.Event()
         changed.set()

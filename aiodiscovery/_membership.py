@@ -36,7 +36,7 @@ from ._subchannel import DRAINING, Subchannel
 
 __all__ = ["Dial", "Membership"]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.pool")
 
 _State = grpc.ChannelConnectivity
 # States that end a subchannel's first connection attempt.

@@ -4,8 +4,9 @@ One factory, :func:`multi_callable`, builds all four kinds; each is a subclass o
 abstract multi-callable of that kind, so stubs and type checks see what they expect. A call
 goes straight to the picked subchannel when the pool has a usable one, and returns grpc.aio's
 own call object from it; otherwise the pool defers it (see :mod:`aiodiscovery._deferred`).
-A call made of several attempts (retries on other endpoints) would be one more call class chosen
-here, starting each attempt through :meth:`Subchannel.start` like a plain call.
+A unary-unary or unary-stream call that the pool may send again (see
+:mod:`aiodiscovery._retrying`) is a retrying call object instead, which starts each attempt the
+same way; the rules for the method are looked up once, when the multi-callable is made.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ._deferred import (
     DeferredUnaryStreamCall,
     DeferredUnaryUnaryCall,
 )
+from ._retrying import RetryingUnaryStreamCall, RetryingUnaryUnaryCall
+from ._retrypolicy import MethodRetry
 from ._subchannel import CallKind, MethodKey
 
 if TYPE_CHECKING:
@@ -47,12 +50,38 @@ class _Balanced:
         return pool.defer(self._deferred, self._key, request, kwargs)
 
 
+class _Retried(_Balanced):
+    """A unary-request method whose calls the pool may send again."""
+
+    __slots__ = ("_rules",)
+    _call: type[RetryingUnaryUnaryCall | RetryingUnaryStreamCall]
+
+    def __init__(
+        self, pool: Balancer, key: MethodKey, deferred: type[DeferredCall], rules: MethodRetry
+    ) -> None:
+        super().__init__(pool, key, deferred)
+        self._rules = rules
+
+    def __call__(self, request: Any = None, **kwargs: Any) -> Any:
+        return self._call(self._pool, self._key, request, kwargs, self._rules, self._deferred)
+
+
 class _UnaryUnary(_Balanced, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
     __slots__ = ()
 
 
 class _UnaryStream(_Balanced, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
     __slots__ = ()
+
+
+class _RetriedUnaryUnary(_Retried, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _call = RetryingUnaryUnaryCall
+
+
+class _RetriedUnaryStream(_Retried, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _call = RetryingUnaryStreamCall
 
 
 class _StreamUnary(_Balanced, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -71,7 +100,19 @@ _KINDS: dict[CallKind, tuple[type[_Balanced], type[DeferredCall]]] = {
 }
 
 
+_RETRIED: dict[CallKind, type[_Retried]] = {
+    CallKind.UNARY_UNARY: _RetriedUnaryUnary,
+    CallKind.UNARY_STREAM: _RetriedUnaryStream,
+}
+
+
 def multi_callable(pool: Balancer, key: MethodKey) -> Any:
     """The balanced multi-callable over ``pool`` for the method ``key`` names."""
-    class_, deferred = _KINDS[key[0]]
+    kind = key[0]
+    class_, deferred = _KINDS[kind]
+    retried = _RETRIED.get(kind)
+    if retried is not None:
+        retry = pool.retry.for_method(key[1])
+        if retry is not None:
+            return retried(pool, key, deferred, retry)
     return class_(pool, key, deferred)

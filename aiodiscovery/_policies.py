@@ -30,7 +30,7 @@ __all__ = [
     "make_picker",
 ]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.pool")
 
 
 class SubchannelView(Protocol):

@@ -24,12 +24,15 @@ import grpc
 import grpc.aio
 
 from ._address import Address, AddressFilter
-from ._balancer import Balancer, PoolStatistics, SubchannelStatistics
+from ._balancer import Balancer
 from ._client import EtcdClient
 from ._locality import DEFAULT_SPILL_THRESHOLD
 from ._multicallable import multi_callable
+from ._outlier import OutlierDetection
 from ._policies import Picker, make_picker
+from ._poolstats import PoolStatistics, SubchannelStatistics
 from ._protection import MassRemovalProtection
+from ._retrypolicy import retry_config
 from ._selection import SelectionConfig
 from ._subchannel import CallKind
 from ._watcher import Watcher
@@ -49,8 +52,9 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     Build it with :func:`resolve`, or enter ``async with BalancedChannel(...)``, which opens it
     the same way (and closes it on the way out). Calls go to a subchannel chosen by the policy
-    among READY ones (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY). With
-    no endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
+    among READY ones (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY), and
+    only among healthy, non-ejected ones with a health check or outlier detection. With
+    no usable endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
     ``wait_for_ready=True``: then it waits for an endpoint until its deadline, :meth:`close` or
     its own ``cancel()``. A removed endpoint drains: it takes no new calls, its calls in flight
     finish, then its channel closes. A channel dropped without being closed warns
@@ -75,9 +79,18 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         client_id: int | str | None = None,
         zone: str | None = None,
         spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
+        health_check: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
     ) -> None:
         selection = SelectionConfig(subset_size, client_id, zone, spill_threshold)
         self.target = target
+        if health_check is not None and not isinstance(health_check, str):
+            raise TypeError(f"health_check must be a service name (str), not {health_check!r}")
+        if outlier_detection is not None and not isinstance(outlier_detection, OutlierDetection):
+            raise TypeError("outlier_detection must be an aiodiscovery.OutlierDetection")
+        # The pool retries by the service config's retryPolicy itself, so the subchannels get
+        # it without: a retry underneath would multiply attempts on one endpoint.
+        retry, options = retry_config(options)
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
         dial = functools.partial(
             _dial,
@@ -94,6 +107,9 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             address_filter=address_filter,
             mass_removal=mass_removal,
             selection=selection,
+            health_check=health_check,
+            outlier_detection=outlier_detection,
+            retry=retry,
         )
         self._host: asyncio.Task[None] | None = None
 
@@ -294,6 +310,8 @@ async def resolve(
     client_id: int | str | None = None,
     zone: str | None = None,
     spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
+    health_check: str | None = None,
+    outlier_detection: OutlierDetection | None = None,
 ) -> BalancedChannel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
@@ -321,6 +339,20 @@ async def resolve(
     least ``spill_threshold`` (default 0.5) of them are healthy, and to other zones' too below
     that; with both, the subset is drawn within the zone, and spilling over adds a subset of the
     other zones. ``statistics().selection`` says what was chosen.
+
+    ``health_check`` (a service name; ``""`` for the whole server) keeps a standard
+    ``grpc.health.v1.Health/Watch`` stream per subchannel: an endpoint takes new calls only
+    while it answers SERVING (one without the health service counts as healthy). With
+    ``outlier_detection`` (an :class:`OutlierDetection`), endpoints whose calls fail more than
+    the others' are ejected for a while. With no usable endpoint left, calls fail at once with
+    ``UNAVAILABLE`` saying why, or wait with ``wait_for_ready=True``.
+
+    A ``retryPolicy`` (and ``retryThrottling``) in the ``("grpc.service_config", json)`` option
+    is honoured by the pool for unary-unary and unary-stream methods: each attempt goes to an
+    endpoint picked anew, preferring one not tried. A call that failed without ever leaving this
+    client (its endpoint's connection had just broken) is sent once more to another READY
+    endpoint, policy or not. ``("grpc.enable_retries", 0)`` turns all of this off (and grpc's
+    own retries in the subchannels): every call is then grpc.aio's own call object.
     """
     channel = BalancedChannel(
         client,
@@ -338,6 +370,8 @@ async def resolve(
         client_id=client_id,
         zone=zone,
         spill_threshold=spill_threshold,
+        health_check=health_check,
+        outlier_detection=outlier_detection,
     )
     await channel._open()
     return channel

@@ -26,7 +26,7 @@ from ._subset import Ring, client_point
 
 __all__ = ["Selection", "SelectionConfig", "SelectionStatistics", "default_client_id"]
 
-logger = logging.getLogger("aiodiscovery")
+logger = logging.getLogger("aiodiscovery.pool")
 
 
 def default_client_id() -> str:

@@ -7,26 +7,68 @@ The pool keeps one per distinct address. It is what a :class:`Picker` picks (it 
 Whether it takes new calls has two independent parts: its gRPC connectivity (:attr:`state`,
 followed by :meth:`follow_connectivity`) and its eligibility (:attr:`eligible`), which is lost
 for as long as any reason to hold it out applies (see :meth:`hold`). Draining is one such
-reason; a health check or an outlier detector would hold a subchannel out the same way, while
-its connection stays up and its calls in flight finish.
+reason; its health check (:mod:`aiodiscovery._subchannel_health`, run alongside its
+connectivity) and the outlier detector (:mod:`aiodiscovery._outlier`) hold a subchannel out the
+same way, while its connection stays up and its calls in flight finish.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import grpc
 import grpc.aio
 
-__all__ = ["DRAINING", "CallKind", "MethodKey", "Subchannel"]
+__all__ = ["DRAINING", "CallKind", "HealthFollower", "MethodKey", "Observer", "Subchannel", "Tally"]
 
 _State = grpc.ChannelConnectivity
 
 # The reason a removed endpoint's subchannel takes no new calls.
 DRAINING = "draining"
+
+
+class Tally:
+    """One subchannel's call outcomes and ejection record (kept by outlier detection)."""
+
+    __slots__ = ("ejected_at", "ejections", "failures", "multiplier", "streak", "successes")
+
+    def __init__(self) -> None:
+        # Since the last interval's sweep.
+        self.successes = 0
+        self.failures = 0
+        # Failures in a row, whatever the interval.
+        self.streak = 0
+        # When it was last ejected, if it is now (monotonic seconds).
+        self.ejected_at: float | None = None
+        # gRPC's ejection time multiplier: +1 per ejection, -1 per interval in service.
+        self.multiplier = 0
+        self.ejections = 0
+
+
+class HealthFollower(Protocol):
+    """What a subchannel needs of its health check (see :mod:`._subchannel_health`)."""
+
+    #: The last answer (``SERVING``, ``NOT_SERVING``, ...) or ``PENDING``/``FAILED``.
+    status: str
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last answer allows new calls."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether the current connection has brought no answer yet."""
+
+    def restart(self, sub: Subchannel) -> None:
+        """A new connection: no answer yet on it."""
+
+    async def watch(
+        self, sub: Subchannel, channel: grpc.aio.Channel, changed: Callable[[Subchannel], None]
+    ) -> None:
+        """Follow the server's status on ``channel`` until cancelled."""
 
 
 class CallKind(enum.Enum):
@@ -40,6 +82,9 @@ class CallKind(enum.Enum):
 
 # (kind, method, request serializer, response deserializer, registered): one grpc multi-callable.
 MethodKey = tuple[CallKind, str, Any, Any, bool | None]
+
+# Sees each finished call of a subchannel: (subchannel, call).
+Observer = Callable[["Subchannel", Any], None]
 
 
 class Subchannel:
@@ -60,6 +105,11 @@ class Subchannel:
         # cancelled and replaced whenever that work changes.
         self.scope = anyio.CancelScope()
         self._holds: set[str] = set()
+        # What the pool does with each finished call (outlier counters, retry throttle); the
+        # pool sets these three before the subchannel's background work first runs.
+        self.observe: Observer | None = None
+        self.tally: Tally | None = None
+        self.health: HealthFollower | None = None
         # Made only while a drain waits: creating an event per idle-to-busy change is measurable
         # on a sequential caller's every call.
         self._idle: anyio.Event | None = None
@@ -117,11 +167,14 @@ class Subchannel:
         self._callables[key] = callable_
         return callable_
 
-    def _call_done(self, _call: object) -> None:
-        # The one place a finished call is seen: its outcome (code, latency) is known here.
+    def _call_done(self, call: object) -> None:
+        # The one place a finished call is seen: its outcome is known here.
         self.in_flight -= 1
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
+        observe = self.observe
+        if observe is not None:
+            observe(self, call)
 
     async def wait_idle(self) -> None:
         """Wait until no call is in flight."""
@@ -148,19 +201,48 @@ class Subchannel:
         """Keep :attr:`state` up to date, calling ``changed(self)`` on each change; forever.
 
         An IDLE channel is asked to connect at once: a new or recovered endpoint should take
-        calls as soon as it can, not on the first call that happens to pick it. Returns when
-        the channel is closed (``changed`` may itself be what drains it).
+        calls as soon as it can, not on the first call that happens to pick it. With a health
+        check, each READY connection gets its own ``Watch`` stream, and the subchannel takes no
+        calls until that stream says SERVING. Returns when the channel is closed (``changed``
+        may itself be what drains it).
         """
         channel = self.channel
+        health = self.health
+        if health is not None:
+            health.restart(self)
+            changed(self)
+        watching: anyio.CancelScope | None = None
         state = channel.get_state(try_to_connect=True)
-        while True:
-            if state is not self.state:
+        async with anyio.create_task_group() as tg:
+            while True:
+                moved = state is not self.state
                 self.state = state
-                changed(self)
-            if state is _State.IDLE:
-                channel.get_state(try_to_connect=True)
-            try:
-                await channel.wait_for_state_change(state)
-            except grpc.aio.UsageError:
-                return
-            state = channel.get_state(try_to_connect=False)
+                if health is not None:
+                    if state is _State.READY and watching is None:
+                        watching = anyio.CancelScope()
+                        tg.start_soon(self._watch_health, health, channel, watching, changed)
+                    elif state is not _State.READY and watching is not None:
+                        # The stream died with the connection; the next one starts afresh.
+                        watching.cancel()
+                        watching = None
+                        health.restart(self)
+                if moved:
+                    changed(self)
+                if state is _State.IDLE:
+                    channel.get_state(try_to_connect=True)
+                try:
+                    await channel.wait_for_state_change(state)
+                except grpc.aio.UsageError:
+                    tg.cancel_scope.cancel()
+                    return
+                state = channel.get_state(try_to_connect=False)
+
+    async def _watch_health(
+        self,
+        health: HealthFollower,
+        channel: grpc.aio.Channel,
+        scope: anyio.CancelScope,
+        changed: Callable[[Subchannel], None],
+    ) -> None:
+        with scope:
+            await health.watch(self, channel, changed)

@@ -1,0 +1,145 @@
+"""A server SIGKILLed under 32 callers: which calls fail, with and without a retry policy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.to_thread
+import grpc
+import grpc.aio
+import pytest
+
+from aiodiscovery import BalancedChannel, Endpoint, EndpointManager, EtcdClient, resolve
+
+from .helpers import until
+from .processes import Process
+from .servers import method
+from .test_pool import ready
+
+pytestmark = pytest.mark.anyio
+
+CALLERS = 32
+RETRY_ON_UNAVAILABLE = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "test.Echo"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+@contextlib.contextmanager
+def child_servers(count: int) -> Iterator[list[tuple[Process, str]]]:
+    """Echo servers in processes of their own (killed on the way out), with their addresses."""
+    with contextlib.ExitStack() as stack:
+        children = []
+        for i in range(count):
+            process = stack.enter_context(
+                Process([sys.executable, "-m", "tests.echo_child", "--name", f"s{i}"])
+            )
+            children.append(process)
+        ports = [p.expect(r"^PORT (\d+)$").group(1) for p in children]
+        yield [(p, f"127.0.0.1:{port}") for p, port in zip(children, ports, strict=True)]
+
+
+@dataclass
+class Record:
+    """Each caller's calls: (start, end, reply or error)."""
+
+    calls: list[tuple[float, float, bytes | grpc.aio.AioRpcError]] = field(default_factory=list)
+
+    @property
+    def replies(self) -> int:
+        return sum(isinstance(r, bytes) for _, _, r in self.calls)
+
+    def failures(self) -> list[tuple[float, grpc.aio.AioRpcError]]:
+        return [(s, r) for s, _, r in self.calls if isinstance(r, grpc.aio.AioRpcError)]
+
+
+@contextlib.asynccontextmanager
+async def callers(channel: grpc.aio.Channel) -> AsyncIterator[Record]:
+    record = Record()
+    stop = anyio.Event()
+    unary = channel.unary_unary(method("Unary"))
+
+    async def caller() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                reply: bytes | grpc.aio.AioRpcError = await unary(b"x", timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                reply = exc
+            record.calls.append((started, time.monotonic(), reply))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(CALLERS):
+            tg.start_soon(caller)
+        try:
+            yield record
+        finally:
+            stop.set()
+
+
+async def kill_one_under_load(
+    client: EtcdClient, service: str, options: list[tuple[str, str]]
+) -> tuple[Record, float, int, BalancedChannel]:
+    """Three servers, 32 callers, SIGKILL one: the record, the kill time, its calls in flight."""
+    em = EndpointManager(client, service)
+    with child_servers(3) as children:
+        for i, (_, address) in enumerate(children):
+            # No lease: the dead server stays registered, as a crashed one does for its TTL.
+            await em.add_endpoint(f"{service}/s{i}", Endpoint(address))
+        async with await resolve(client, service, options=options) as channel:
+            await ready(channel, 3)
+            victim, address = children[1]
+            async with callers(channel) as record:
+                await until(lambda: record.replies > 600, timeout=30)
+                # Nothing runs between these lines: no call can start between the count and the
+                # kill, nor before the process is gone.
+                in_flight = channel.statistics().subchannels[address].in_flight
+                killed = time.monotonic()
+                victim.signal(signal.SIGKILL)
+                victim.popen.wait(10)
+                await until(lambda: channel.statistics().subchannels[address].state != "READY")
+                target = record.replies + 600
+                await until(lambda: record.replies > target, timeout=30)
+    return record, killed, in_flight, channel
+
+
+async def test_without_a_policy_only_the_calls_in_flight_on_it_fail(
+    client: EtcdClient, service: str
+) -> None:
+    record, killed, in_flight, channel = await kill_one_under_load(client, service, [])
+    failures = record.failures()
+    details = [(f.code(), f.details()) for _, f in failures]
+    # Calls picked for it after it died never left: they went to another server.
+    assert not [d for d in details if "failed to connect" in (d[1] or "")], details
+    assert all(started < killed for started, _ in failures), details
+    assert len(failures) <= in_flight, (in_flight, details)
+    assert {code for code, _ in details} <= {grpc.StatusCode.UNAVAILABLE}, details
+    assert channel.statistics().retries == 0
+
+
+async def test_with_a_retry_policy_no_call_fails(client: EtcdClient, service: str) -> None:
+    options = [("grpc.service_config", RETRY_ON_UNAVAILABLE)]
+    record, _, in_flight, channel = await kill_one_under_load(client, service, options)
+    assert record.failures() == []
+    assert in_flight > 0
+    # Its calls in flight (those whose answer was not on its way already) went elsewhere.
+    assert channel.statistics().retries > 0

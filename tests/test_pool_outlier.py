@@ -1,0 +1,268 @@
+"""resolve(outlier_detection=...): servers failing their calls are ejected, then come back."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+import grpc
+import grpc.aio
+import pytest
+
+from aiodiscovery import BalancedChannel, EtcdClient, OutlierDetection, resolve
+
+from .faulty_servers import NOT_SERVING, FaultyServer, faulty_servers, registered
+from .helpers import until
+from .test_pool import ready, where
+
+pytestmark = pytest.mark.anyio
+
+# Fast enough for tests: a sweep every 0.1 s, half a second of ejection.
+FAST = OutlierDetection(interval=0.1, base_ejection_time=0.5, max_ejection_time=2.0)
+
+
+async def outcome(channel: grpc.aio.Channel, payload: bytes = b"x") -> bytes | grpc.StatusCode:
+    """The reply, or the status code of the failure."""
+    try:
+        reply: bytes = await channel.unary_unary("/test.Echo/Unary")(payload, timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return reply
+
+
+def ejected(channel: BalancedChannel) -> set[str]:
+    return {a for a, s in channel.statistics().subchannels.items() if s.ejected}
+
+
+@contextlib.asynccontextmanager
+async def calling(channel: grpc.aio.Channel, workers: int = 4) -> AsyncIterator[list[object]]:
+    """Workers calling back to back while the block runs; yields their outcomes."""
+    outcomes: list[object] = []
+    stop = anyio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            outcomes.append(await outcome(channel))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker)
+        try:
+            yield outcomes
+        finally:
+            stop.set()
+
+
+async def test_a_server_failing_every_call_is_ejected_and_comes_back(
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with faulty_servers(3) as servers, registered(client, service, servers):
+        async with await resolve(client, service, outlier_detection=FAST) as channel:
+            await ready(channel, 3)
+            bad = servers[1]
+            bad.fail_with = grpc.StatusCode.UNAVAILABLE
+            with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
+                results = [await outcome(channel) for _ in range(15)]
+            # Round robin gave it every third call: its fifth failure in a row ejected it.
+            assert results.count(grpc.StatusCode.UNAVAILABLE) == 5
+            assert ejected(channel) == {bad.address}
+            stats = channel.statistics()
+            assert (stats.ejected, stats.ejections) == (1, 1)
+            assert stats.subchannels[bad.address].ejections == 1
+            assert stats.subchannels[bad.address].state == "READY"
+            assert f"endpoint {bad.address} ejected for 0.5 s (5 failures)" in caplog.text
+            calls = bad.calls
+            assert where([await outcome(channel) for _ in range(20)]) == {"s0": 10, "s2": 10}
+            assert bad.calls == calls
+            # It comes back by itself once its time is up, whether or not it is fixed.
+            bad.fail_with = None
+            await until(lambda: not ejected(channel), timeout=5)
+            assert channel.statistics().ejected == 0
+            assert set(where([await outcome(channel) for _ in range(30)])) == {"s0", "s1", "s2"}
+
+
+async def test_ejections_are_capped_and_never_take_the_last_endpoint(
+    client: EtcdClient, service: str
+) -> None:
+    async with faulty_servers(3) as servers, registered(client, service, servers):
+        # Two of three failing, at most 10 % ejected: gRPC still lets one through, not two.
+        async with await resolve(client, service, outlier_detection=FAST) as channel:
+            await ready(channel, 3)
+            for server in servers[:2]:
+                server.fail_with = grpc.StatusCode.INTERNAL
+            results = [await outcome(channel) for _ in range(30)]
+            assert len(ejected(channel)) == 1
+            assert results.count(grpc.StatusCode.INTERNAL) >= 10
+        for server in servers:
+            server.fail_with = grpc.StatusCode.INTERNAL
+        # All failing, every one allowed: the last one in service stays, failing as it does.
+        everything = dataclasses.replace(FAST, max_ejection_percent=100)
+        async with await resolve(client, service, outlier_detection=everything) as channel:
+            await ready(channel, 3)
+            results = [await outcome(channel) for _ in range(40)]
+            assert len(ejected(channel)) == 2
+            assert results[-5:] == [grpc.StatusCode.INTERNAL] * 5
+
+
+async def test_the_ejection_time_grows_with_each_ejection_and_decays(
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Sweeps far enough apart that the second ejection comes before the next one (which would
+    # take one off the multiplier).
+    config = dataclasses.replace(FAST, interval=0.4, base_ejection_time=0.3, max_ejection_time=0.5)
+    async with faulty_servers(3) as servers, registered(client, service, servers):
+        async with await resolve(client, service, outlier_detection=config) as channel:
+            await ready(channel, 3)
+            bad = servers[0]
+            bad.fail_with = grpc.StatusCode.UNAVAILABLE
+            with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
+                for _ in range(2):
+                    # Ejected, back, ejected again at once: 0.3 s, then 0.6 s capped at 0.5 s.
+                    async with calling(channel):
+                        await until(lambda: bool(ejected(channel)))
+                    await until(lambda: not ejected(channel), timeout=5)
+                bad.fail_with = None
+                # Two intervals in service bring the multiplier from 2 back to 0.
+                async with calling(channel):
+                    await anyio.sleep(2.5 * config.interval)
+                bad.fail_with = grpc.StatusCode.UNAVAILABLE
+                async with calling(channel):
+                    await until(lambda: bool(ejected(channel)))
+    durations = [
+        r.getMessage().split(" ejected for ")[1].split(" s ")[0]
+        for r in caplog.records
+        if " ejected for " in r.getMessage()
+    ]
+    assert durations == ["0.3", "0.5", "0.3"]
+    assert channel.statistics().ejections == 3
+
+
+async def test_failure_percentage_ejects_on_the_interval(client: EtcdClient, service: str) -> None:
+    config = dataclasses.replace(
+        FAST,
+        enforcing_consecutive_failures=0,
+        enforcing_success_rate=0,
+        enforcing_failure_percentage=100,
+        failure_percentage_threshold=50,
+        failure_percentage_request_volume=10,
+        max_ejection_percent=50,
+    )
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        async with await resolve(client, service, outlier_detection=config) as channel:
+            await ready(channel, 5)
+            # Every call fails: way above 50 %, but that is only looked at when an interval ends.
+            servers[3].fail_with = grpc.StatusCode.DEADLINE_EXCEEDED
+            async with calling(channel) as outcomes:
+                await until(lambda: bool(ejected(channel)))
+            assert ejected(channel) == {servers[3].address}
+            assert outcomes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 10
+
+
+async def test_success_rate_ejects_the_outlier_among_enough_hosts(
+    client: EtcdClient, service: str
+) -> None:
+    config = dataclasses.replace(
+        FAST,
+        enforcing_consecutive_failures=0,
+        success_rate_request_volume=10,
+        base_ejection_time=30,
+    )
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        async with await resolve(client, service, outlier_detection=config) as channel:
+            await ready(channel, 5)
+            servers[2].fail_with = grpc.StatusCode.UNKNOWN
+            async with calling(channel):
+                await until(lambda: bool(ejected(channel)))
+            assert ejected(channel) == {servers[2].address}
+        # Four hosts are fewer than success_rate_minimum_hosts (5): nobody is compared.
+        async with registered(client, f"{service}-four", servers[:4]):
+            async with await resolve(
+                client, f"{service}-four", outlier_detection=config
+            ) as channel:
+                await ready(channel, 4)
+                async with calling(channel) as outcomes:
+                    await until(lambda: len(outcomes) > 300)
+                assert ejected(channel) == set()
+
+
+async def test_which_codes_count_as_failures_is_configurable(
+    client: EtcdClient, service: str
+) -> None:
+    async with faulty_servers(3) as servers, registered(client, service, servers):
+        servers[0].fail_with = grpc.StatusCode.INVALID_ARGUMENT
+        default = await resolve(client, service, outlier_detection=FAST)
+        strict = await resolve(
+            client,
+            service,
+            outlier_detection=dataclasses.replace(
+                FAST, failure_codes={grpc.StatusCode.INVALID_ARGUMENT}
+            ),
+        )
+        async with default, strict:
+            for channel in (default, strict):
+                await ready(channel, 3)
+                for _ in range(15):
+                    await outcome(channel)
+            # A request the server refuses says nothing about the server, by default.
+            assert ejected(default) == set()
+            assert ejected(strict) == {servers[0].address}
+
+
+def test_outlier_detection_is_checked_and_frozen() -> None:
+    config = OutlierDetection()
+    assert (config.interval, config.base_ejection_time, config.max_ejection_time) == (10, 30, 300)
+    assert (config.max_ejection_percent, config.consecutive_failures) == (10, 5)
+    assert (config.success_rate_minimum_hosts, config.success_rate_request_volume) == (5, 100)
+    assert config.enforcing_failure_percentage == 0
+    assert grpc.StatusCode.UNAVAILABLE in config.failure_codes
+    assert grpc.StatusCode.INVALID_ARGUMENT not in config.failure_codes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.interval = 1  # type: ignore[misc]
+    for bad, message in [
+        ({"interval": 0}, "interval must be a number of seconds > 0"),
+        ({"base_ejection_time": float("nan")}, "base_ejection_time"),
+        ({"max_ejection_percent": 101}, "max_ejection_percent must be an integer from 0 to 100"),
+        ({"consecutive_failures": 0}, "consecutive_failures must be an integer >= 1"),
+        ({"success_rate_stdev_factor": -1}, "success_rate_stdev_factor"),
+        ({"failure_codes": {grpc.StatusCode.OK}}, "failure_codes"),
+        ({"failure_codes": {"UNAVAILABLE"}}, "failure_codes"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            OutlierDetection(**bad)  # type: ignore[arg-type]
+
+
+async def test_no_usable_endpoint_says_why(client: EtcdClient, service: str) -> None:
+    async with faulty_servers(3) as servers, registered(client, service, servers):
+        async with await resolve(
+            client, service, health_check="", outlier_detection=FAST
+        ) as channel:
+            await ready(channel, 3)
+            await until(lambda: channel.statistics().by_health() == {"SERVING": 3})
+            await servers[0].set_health(NOT_SERVING)
+            await until(lambda: channel.statistics().by_health().get("NOT_SERVING") == 1)
+            servers[1].fail_with = grpc.StatusCode.UNAVAILABLE
+            while not ejected(channel):
+                await outcome(channel)
+            await servers[2].set_health(NOT_SERVING)
+            await until(lambda: channel.statistics().by_health().get("NOT_SERVING") == 2)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary("/test.Echo/Unary")(b"x")
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert info.value.details() == (
+                f"no usable endpoint of {service!r}: 2 NOT_SERVING (health check), "
+                "1 ejected (outlier detection)"
+            )
+
+
+async def test_a_lone_server_is_never_ejected(client: EtcdClient, service: str) -> None:
+    async with faulty_servers(1) as servers, registered(client, service, servers):
+        server: FaultyServer = servers[0]
+        server.fail_with = grpc.StatusCode.UNAVAILABLE
+        async with await resolve(client, service, outlier_detection=FAST) as channel:
+            await ready(channel, 1)
+            results = [await outcome(channel) for _ in range(12)]
+            assert results == [grpc.StatusCode.UNAVAILABLE] * 12
+            assert ejected(channel) == set()
