@@ -192,8 +192,6 @@ class Balancer:
         Runs on every rebuild, which follows whatever made a subchannel, before the subchannel's
         background work (which runs the health check) starts in the task group.
         """
-        if self._observe is None and self._health is None:
-            return
         for sub in self._members.registered.values():
             if sub.observe is not None or sub.health is not None:
                 continue
@@ -389,17 +387,18 @@ class Balancer:
         )
 
 
-def _observer(detector: OutlierDetector | None, throttle: RetryThrottle | None) -> Observer | None:
-    """What each finished call's outcome feeds: the outlier counters, the retry throttle."""
-    if detector is None and throttle is None:
-        return None
+def _observer(detector: OutlierDetector | None, throttle: RetryThrottle | None) -> Observer:
+    """What each finished call's outcome feeds: the endpoint's failure count (statistics and
+    metrics), the outlier counters, the retry throttle."""
 
     def observe(sub: Subchannel, call: object) -> None:
         code = status_code(call)
         if code is None or code == CANCELLED:
             # A cancelled call says nothing about the server (usually the caller gave up).
             return
-        if throttle is not None and code == OK:
+        if code != OK:
+            sub.failures += 1
+        elif throttle is not None:
             throttle.success()
         if detector is not None:
             detector.record(sub, code)

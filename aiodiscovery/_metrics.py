@@ -7,9 +7,10 @@ reference, nothing more). Without the ``opentelemetry-api`` package (``aiodiscov
 :func:`track` is a no-op and nothing of OpenTelemetry is imported.
 
 The instruments live on the meter ``aiodiscovery`` of the global meter provider: configure the
-SDK in your application as for any instrumented library. The target (service prefix) is an
-attribute, never part of a metric name; endpoints are ``server.address``/``server.port``, and
-pool metrics carry ``rpc.system="grpc"``, as OpenTelemetry's conventions say.
+SDK in your application as for any instrumented library. The target is an attribute (the
+service's key prefix, ``foo/bar/my-service/``), never part of a metric name; endpoints are
+``server.address``/``server.port``, and pool metrics carry ``rpc.system="grpc"``, as
+OpenTelemetry's conventions say.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from ._endpoint import parse_target
 
 __all__ = ["INSTRUMENTS", "track"]
 
@@ -166,7 +169,7 @@ def _endpoint(target: str, address: str) -> dict[str, str | int]:
     host, _, port = address.rpartition(":")
     attributes: dict[str, str | int] = {
         "rpc.system": "grpc",
-        "aiodiscovery.target": target,
+        "aiodiscovery.target": parse_target(target),
         "server.address": host.strip("[]"),
     }
     if port.isdigit():
@@ -192,7 +195,10 @@ def _pool_totals(field: str) -> Callable[[], Iterator[Point]]:
             stats = pool.statistics()
             value = getattr(stats, field, None)
             if value is not None:
-                yield value, {"rpc.system": "grpc", "aiodiscovery.target": stats.target}
+                yield (
+                    value,
+                    {"rpc.system": "grpc", "aiodiscovery.target": parse_target(stats.target)},
+                )
 
     return points
 
@@ -205,7 +211,7 @@ def _subchannel_states() -> Iterator[Point]:
                 count,
                 {
                     "rpc.system": "grpc",
-                    "aiodiscovery.target": stats.target,
+                    "aiodiscovery.target": parse_target(stats.target),
                     "aiodiscovery.subchannel.state": state,
                 },
             )
@@ -329,6 +335,41 @@ INSTRUMENTS = (
         "{call}",
         "Calls started on the endpoint and not finished",
         _pool_points("in_flight"),
+    ),
+    _Instrument(
+        "aiodiscovery.pool.call_failures",
+        _C,
+        "{call}",
+        "Calls on the endpoint that ended with a status other than OK or CANCELLED",
+        _pool_points("failures"),
+    ),
+    _Instrument(
+        "aiodiscovery.pool.ejections",
+        _C,
+        "{ejection}",
+        "Times outlier detection ejected the endpoint",
+        _pool_points("ejections"),
+    ),
+    _Instrument(
+        "aiodiscovery.pool.retries",
+        _C,
+        "{attempt}",
+        "Attempts after the first, made by a retryPolicy",
+        _pool_totals("retries"),
+    ),
+    _Instrument(
+        "aiodiscovery.pool.retries_throttled",
+        _C,
+        "{attempt}",
+        "Retries refused by retryThrottling",
+        _pool_totals("retries_throttled"),
+    ),
+    _Instrument(
+        "aiodiscovery.pool.transparent_retries",
+        _C,
+        "{call}",
+        "Calls that never left the client, sent once more to another endpoint",
+        _pool_totals("transparent_retries"),
     ),
     _Instrument(
         "aiodiscovery.pool.no_endpoint_failures",

@@ -27,6 +27,7 @@ from ._address import Address, AddressFilter
 from ._balancer import Balancer
 from ._client import EtcdClient
 from ._locality import DEFAULT_SPILL_THRESHOLD
+from ._metrics import track
 from ._multicallable import multi_callable
 from ._outlier import OutlierDetection
 from ._policies import Picker, make_picker
@@ -138,6 +139,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         if failure:
             await self._join_host()
             raise failure[0]
+        # The pool, not this object: metrics must not keep a dropped channel alive.
+        track(self._pool, "pool")
 
     async def _join_host(self) -> None:
         host = self._host

@@ -30,6 +30,8 @@ class SubchannelStatistics:
     # Held out of the picks by outlier detection now, and how many times so far.
     ejected: bool = False
     ejections: int = 0
+    # Calls that ended with a status other than OK or CANCELLED.
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ def subchannel_statistics(sub: Subchannel, retained: bool) -> SubchannelStatisti
         health=None if sub.health is None else sub.health.status,
         ejected=sub.tally is not None and sub.tally.ejected_at is not None,
         ejections=0 if sub.tally is None else sub.tally.ejections,
+        failures=sub.failures,
     )
 
 

@@ -97,6 +97,8 @@ class Subchannel:
         self.state = _State.IDLE
         self.in_flight = 0
         self.picks = 0
+        # Calls that ended with a status other than OK or CANCELLED (see Balancer).
+        self.failures = 0
         # The newest etcd mod revision of the keys naming this address (0: unknown).
         self.revision = 0
         # Fresh channels swapped in for this address (see renew()).

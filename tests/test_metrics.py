@@ -8,14 +8,18 @@ import textwrap
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from aiodiscovery import Endpoint, EndpointManager, EtcdClient, Registrar, Watcher
+from aiodiscovery import Endpoint, EndpointManager, EtcdClient, Registrar, Watcher, resolve
 from aiodiscovery._metrics import INSTRUMENTS
 from aiodiscovery.testing import EtcdServer, free_port
+
+from .faulty_servers import FaultyServer
+from .servers import method
 
 pytestmark = pytest.mark.anyio
 
@@ -138,3 +142,34 @@ def test_without_opentelemetry_nothing_is_imported(etcd: EtcdServer) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+async def test_pools_report_picks_failures_and_subchannels(
+    reader: InMemoryMetricReader, client: EtcdClient, service: str
+) -> None:
+    async with FaultyServer("m1") as server:
+        await EndpointManager(client, service).add_endpoint(
+            f"{service}/m1", Endpoint(server.address)
+        )
+        async with await resolve(client, service, options=[("grpc.enable_retries", 0)]) as channel:
+            call = channel.unary_unary(method("Unary"))
+            assert await call(b"x", timeout=5) == b"m1:x"
+            server.fail_with = grpc.StatusCode.INTERNAL
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(b"y", timeout=5)
+            found = points(reader)
+            endpoint = {
+                "aiodiscovery.target": f"{service}/",
+                "server.address": "127.0.0.1",
+                "server.port": server.port,
+                "rpc.system": "grpc",
+            }
+            assert value(found, "aiodiscovery.pool.picks", **endpoint) == 2
+            assert value(found, "aiodiscovery.pool.call_failures", **endpoint) == 1
+            assert value(found, "aiodiscovery.pool.calls_in_flight", **endpoint) == 0
+            state = {"aiodiscovery.target": f"{service}/", "aiodiscovery.subchannel.state": "READY"}
+            assert value(found, "aiodiscovery.pool.subchannels", **state) == 1
+            assert channel.statistics().subchannels[server.address].failures == 1
+    # A closed pool is no longer reported.
+    pools = points(reader).get("aiodiscovery.pool.picks", [])
+    assert all(a.get("aiodiscovery.target") != f"{service}/" for _, a in pools)
