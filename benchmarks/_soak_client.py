@@ -14,8 +14,10 @@ therefore round_robin through a :class:`Picker` that wraps :class:`RoundRobinPic
 address of its last pick: the pool picks synchronously inside ``multicallable(request)``, so the
 note read right after that call names this call's subchannel. (A call made while no endpoint is
 usable is picked later, or fails at once: its address stays unknown.) Replies carry the server's
-name, and ``mismatches`` counts replies from another server than the noted address's, so a change
-in the pool that broke this reasoning would show.
+name, and ``mismatches`` counts replies from another server than the noted address's: a call the
+pool sent again elsewhere (a transparent retry: it never left the client the first time), or a
+change in the pool that broke this reasoning. The pool's own count of transparent retries is in the
+results beside it.
 """
 
 from __future__ import annotations
@@ -241,6 +243,7 @@ async def run(args: argparse.Namespace) -> None:
                 "revision": stats.revision,
                 "picks": stats.picks,
                 "no_endpoint_failures": stats.no_endpoint_failures,
+                "transparent_retries": stats.transparent_retries,
                 "subchannels": {
                     a: {"state": s.state, "draining": s.draining, "picks": s.picks}
                     for a, s in stats.subchannels.items()

@@ -120,13 +120,15 @@ class Child:
         return "\n".join(text[-lines:])
 
     def signal(self, signum: int) -> float:
-        """Send ``signum``; returns the time just after."""
+        """Send ``signum``; returns the time just before it, so that a call failing in the same
+        instant is counted as after the fault, not before."""
+        sent = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             self.popen.send_signal(signum)
-        return time.monotonic()
+        return sent
 
     def kill(self) -> tuple[float, float]:
-        """SIGKILL and reap it: the times just after the signal and once it is gone (its
+        """SIGKILL and reap it: the times just before the signal and once it is gone (its
         sockets closed)."""
         self.killed = True
         signalled = self.signal(signal.SIGKILL)

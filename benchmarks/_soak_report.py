@@ -378,6 +378,7 @@ def analyse(record: dict[str, Any]) -> dict[str, Any]:
             "failed": total - outcomes.get("OK", 0),
             "rate_per_s": round(total / duration, 1) if duration > 0 else None,
             "attribution_mismatches": client["mismatches"],
+            "transparent_retries": client["final_statistics"].get("transparent_retries", 0),
         },
         "failures": {
             "in_flight_on_sigkilled_server": causes.get(IN_FLIGHT, 0),

@@ -445,8 +445,32 @@ def delta(value: float, baseline: float) -> str:
     return f"{(value - baseline) * 1e6:+.1f} µs"
 
 
+def collect_metrics_in_background() -> Callable[[], int]:
+    """An OpenTelemetry SDK collecting aiodiscovery's metrics every second, as an application's
+    would; returns how many collections ran."""
+    from opentelemetry import metrics  # noqa: PLC0415
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
+        InMemoryMetricReader,
+    )
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    done = [0]
+
+    def collect() -> None:
+        while True:
+            time.sleep(1.0)
+            reader.get_metrics_data()
+            done[0] += 1
+
+    threading.Thread(target=collect, daemon=True, name="metrics collection").start()
+    return lambda: done[0]
+
+
 async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
+    collections = collect_metrics_in_background() if args.metrics else None
     # Others may share the machine; the load average says how much they did.
     load_before = os.getloadavg()[0]
     payload = bytes(i & 255 for i in range(args.payload))
@@ -527,6 +551,7 @@ async def main(args: argparse.Namespace) -> None:
         f"median of {args.rounds} rounds of {args.seconds:g} s (+{args.warmup:g} s warm-up) | "
         f"run took {elapsed:.0f} s | load average {load_before:.1f} at start, "
         f"{os.getloadavg()[0]:.1f} at end"
+        + (f" | OpenTelemetry metrics collected {collections()} times" if collections else "")
     )
     print(
         "ratios: median (and quartiles) of the same-round ratios; calls/s above 1 is better than "
@@ -550,6 +575,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="rounds per contender")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
     parser.add_argument("--payload", type=int, default=16, help="request size in bytes")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="collect aiodiscovery's OpenTelemetry metrics every second while measuring",
+    )
     parser.add_argument(
         "--start-calls",
         type=int,
