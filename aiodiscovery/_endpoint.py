@@ -29,6 +29,7 @@ __all__ = [
     "decode_endpoint",
     "encode_attributes",
     "encode_endpoint",
+    "encode_metadata",
     "lease_id",
     "metadata_attributes",
     "metadata_weight",
@@ -153,6 +154,15 @@ class Update:
     def delete(cls, key: str) -> Update:
         """An update that deletes ``key`` (deleting a missing key is not an error)."""
         return cls(Operation.DELETE, key)
+
+
+def encode_metadata(metadata: Any) -> str:
+    """``metadata`` as compact JSON, exactly as Go writes the ``Metadata`` field (keys sorted,
+    HTML-safe escapes). Any depth Go accepts (10,000 levels) works: no recursion limit applies.
+
+    Raises :class:`ValueError` or :class:`TypeError` as :func:`encode_endpoint` does.
+    """
+    return go_json(metadata, depth=1)
 
 
 def encode_endpoint(endpoint: Endpoint) -> bytes:

@@ -323,3 +323,30 @@ def test_watch_into_a_closed_pipe_exits_141_quietly(etcd: EtcdServer, service: s
     )
     assert code == 141, stderr
     assert stderr == ""
+
+
+def test_one_deep_value_costs_only_its_own_line(etcd: EtcdServer, service: str) -> None:
+    # Go reads metadata nested up to 10,000 deep, and so does the library: printing it must not
+    # hit Python's recursion limit and take the whole listing down with it.
+    deep = "[" * 1500 + "]" * 1500
+    etcd.etcdctl("put", f"{service}/deep", '{"Addr":"127.0.0.1:1","Metadata":' + deep + "}")
+    etcd.etcdctl("put", f"{service}/plain", '{"Addr":"127.0.0.1:2","Metadata":"zone=a"}')
+    listed = run_cli("--endpoints", etcd.url, "list", service, "--json")
+    assert listed.returncode == 0, listed.stderr
+    # (json.loads itself cannot read 1,500 levels back: compare the text.)
+    assert listed.stdout.count('"addr"') == 2 and deep in "".join(listed.stdout.split())
+    assert '"metadata": "zone=a"' in listed.stdout
+    table = run_cli("--endpoints", etcd.url, "list", service)
+    assert table.returncode == 0, table.stderr
+    assert "127.0.0.1:1" in table.stdout and "zone=a" in table.stdout
+
+
+def test_too_deep_metadata_on_the_command_line_is_a_usage_error(etcd: EtcdServer) -> None:
+    deep = "[" * 1500 + "]" * 1500
+    result = run_cli(
+        "--endpoints", etcd.url, "add", "deep/svc/e1", "127.0.0.1:1", "--metadata", deep
+    )
+    assert result.returncode == 2
+    assert one_error_line(result).endswith(
+        "nested too deeply to be read here (use etcdctl put for such values)"
+    )

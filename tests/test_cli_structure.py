@@ -1,4 +1,4 @@
-"""The command line is built on the public API only, in small modules without import cycles."""
+"""The command line is built on the public API only (size and cycles: tests/test_structure.py)."""
 
 from __future__ import annotations
 
@@ -49,28 +49,3 @@ def test_the_cli_imports_only_public_names() -> None:
                 private.append(f"{module_name(path)}: {module}")
             private += [f"{module_name(path)}: {module}.{n}" for n in names if n.startswith("_")]
     assert private == []
-
-
-def test_cli_modules_are_small_and_import_no_cycle() -> None:
-    graph: dict[str, set[str]] = {}
-    for path in CLI_FILES:
-        assert len(path.read_text().splitlines()) <= 450, path
-        graph[module_name(path)] = set()
-    for path in CLI_FILES:
-        for module, names in imports(path):
-            targets = {module, *(f"{module}.{n}" for n in names)}
-            graph[module_name(path)] |= {t for t in targets if t in graph} - {module_name(path)}
-
-    def cycle_from(start: str) -> list[str] | None:
-        stack = [(start, [start])]
-        while stack:
-            node, trail = stack.pop()
-            for nxt in graph[node]:
-                if nxt == start:
-                    return [*trail, nxt]
-                if nxt not in trail:
-                    stack.append((nxt, [*trail, nxt]))
-        return None
-
-    cycles = [c for m in graph if (c := cycle_from(m)) is not None]
-    assert cycles == []

@@ -78,6 +78,8 @@ def _json_metadata(text: str | None) -> Any:
         return json.loads(text, parse_constant=reject)
     except ValueError as exc:
         fail(f"--metadata is not valid JSON: {exc}")
+    except RecursionError:
+        fail("--metadata is nested too deeply to be read here (use etcdctl put for such values)")
 
 
 async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:

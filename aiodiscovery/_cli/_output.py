@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from aiodiscovery import encode_metadata
 from aiodiscovery import printable as safe
 
 __all__ = ["compact_json", "json_text", "lease_hex", "safe", "say", "table"]
@@ -38,9 +39,41 @@ def lease_hex(lease: int) -> str | None:
     return f"{lease:016x}" if lease else None
 
 
+# Deeper than this, a value is written by the library's iterative encoder: Go accepts 10,000
+# levels of metadata, Python's json stops at the recursion limit (about 1,000).
+_SHALLOW = 64
+
+
 def compact_json(value: Any) -> str:
     """``value`` as one line of JSON, keys sorted (for a table cell or a watch line)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return _dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _dumps(value: Any, **options: Any) -> str:
+    """json.dumps, with any part nested past :data:`_SHALLOW` levels written by
+    :func:`aiodiscovery.encode_metadata` (one value's depth never fails a command)."""
+    deep: list[Any] = []
+    shallow = _cut(value, 0, deep)
+    text = json.dumps(shallow, ensure_ascii=False, **options)
+    for index, part in enumerate(deep):
+        # The placeholder is a JSON string json.dumps wrote as is: replace it, quotes included.
+        text = text.replace(json.dumps(_placeholder(index)), encode_metadata(part), 1)
+    return text
+
+
+def _placeholder(index: int) -> str:
+    return f"\0aiodiscovery-deep-{index}\0"
+
+
+def _cut(value: Any, level: int, deep: list[Any]) -> Any:
+    if isinstance(value, dict | list | tuple):
+        if level >= _SHALLOW:
+            deep.append(value)
+            return _placeholder(len(deep) - 1)
+        if isinstance(value, dict):
+            return {k: _cut(v, level + 1, deep) for k, v in value.items()}
+        return [_cut(v, level + 1, deep) for v in value]
+    return value
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:
@@ -48,7 +81,7 @@ def json_text(value: Any, *, indent: int | None = None) -> str:
     not printable (DEL, C1 controls such as CSI, line separators) is written as a ``\\u``
     escape, as JSON allows, so that the text cannot drive a terminal and reads back the same."""
     separators = None if indent is not None else (",", ":")
-    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
+    text = _dumps(value, indent=indent, separators=separators)
     # A raw line break in the output is always the indentation's: json escapes those in strings.
     if text.replace("\n", "").isprintable():
         return text
