@@ -96,10 +96,22 @@ async def callers(channel: grpc.aio.Channel) -> AsyncIterator[Record]:
             stop.set()
 
 
+@dataclass
+class Crash:
+    """What happened around one SIGKILL: when, the victim's calls in flight then, and when the
+    pool saw its connection leave READY."""
+
+    record: Record
+    killed: float
+    in_flight: int
+    noticed: float
+    channel: BalancedChannel
+
+
 async def kill_one_under_load(
     client: EtcdClient, service: str, options: list[tuple[str, str]]
-) -> tuple[Record, float, int, BalancedChannel]:
-    """Three servers, 32 callers, SIGKILL one: the record, the kill time, its calls in flight."""
+) -> Crash:
+    """Three servers, 32 callers, SIGKILL one, under load."""
     em = EndpointManager(client, service)
     with child_servers(3) as children:
         for i, (_, address) in enumerate(children):
@@ -117,29 +129,35 @@ async def kill_one_under_load(
                 victim.signal(signal.SIGKILL)
                 victim.popen.wait(10)
                 await until(lambda: channel.statistics().subchannels[address].state != "READY")
+                noticed = time.monotonic()
                 target = record.replies + 600
                 await until(lambda: record.replies > target, timeout=30)
-    return record, killed, in_flight, channel
+    return Crash(record, killed, in_flight, noticed, channel)
 
 
 async def test_without_a_policy_only_the_calls_in_flight_on_it_fail(
     client: EtcdClient, service: str
 ) -> None:
-    record, killed, in_flight, channel = await kill_one_under_load(client, service, [])
-    failures = record.failures()
+    crash = await kill_one_under_load(client, service, [])
+    failures = crash.record.failures()
     details = [(f.code(), f.details()) for _, f in failures]
-    # Calls picked for it after it died never left: they went to another server.
+    # Calls picked for it after it died and never sent went to another server.
     assert not [d for d in details if "failed to connect" in (d[1] or "")], details
-    assert all(started < killed for started, _ in failures), details
-    assert len(failures) <= in_flight, (in_flight, details)
+    # Calls grpc wrote onto the dead connection before reading its end ("Socket closed") may
+    # have reached a server as far as the client can tell: they fail, as on any channel. So
+    # the failures are the calls in flight at the kill, and calls started after it only until
+    # the pool saw the connection break: none later.
+    late = [started for started, _ in failures if started >= crash.killed]
+    assert all(started < crash.noticed for started in late), details
+    assert len(failures) - len(late) <= crash.in_flight, (crash.in_flight, details)
     assert {code for code, _ in details} <= {grpc.StatusCode.UNAVAILABLE}, details
-    assert channel.statistics().retries == 0
+    assert crash.channel.statistics().retries == 0
 
 
 async def test_with_a_retry_policy_no_call_fails(client: EtcdClient, service: str) -> None:
     options = [("grpc.service_config", RETRY_ON_UNAVAILABLE)]
-    record, _, in_flight, channel = await kill_one_under_load(client, service, options)
-    assert record.failures() == []
-    assert in_flight > 0
+    crash = await kill_one_under_load(client, service, options)
+    assert crash.record.failures() == []
+    assert crash.in_flight > 0
     # Its calls in flight (those whose answer was not on its way already) went elsewhere.
-    assert channel.statistics().retries > 0
+    assert crash.channel.statistics().retries > 0
