@@ -1,5 +1,5 @@
 """``python -m aiodiscovery`` and the ``aiodiscovery`` script: the command line (see
-:mod:`aiodiscovery._cli`)."""
+:mod:`._cli`)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ __all__ = [
     "DecodeError",
     "EtcdError",
     "EtcdUnavailableError",
+    "HealthCheckError",
     "LeaseNotFoundError",
+    "PermissionDeniedError",
     "TransactionTooLargeError",
 ]
 
@@ -78,3 +80,12 @@ class TransactionTooLargeError(AiodiscoveryError, ValueError):
             f"update has {operations} operations but etcd accepts at most {limit} in one "
             f"transaction (etcd's --max-txn-ops); split it into several update() calls"
         )
+
+
+class PermissionDeniedError(EtcdError):
+    """etcd refuses to let this user read the prefix (a fresh token did not help)."""
+
+
+class HealthCheckError(AiodiscoveryError):
+    """A server's health cannot be followed: it has no health service (the ``Health/Watch``
+    call is UNIMPLEMENTED), or it gave no status in time."""

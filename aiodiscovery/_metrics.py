@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._endpoint import parse_target
+from ._codec.endpoint import parse_target
 
 __all__ = ["INSTRUMENTS", "track"]
 

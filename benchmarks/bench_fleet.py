@@ -73,7 +73,7 @@ from aiodiscovery import (
     encode_endpoint,
     resolve,
 )
-from aiodiscovery._kv import prefix_range_end
+from aiodiscovery._etcd.kv import prefix_range_end
 from aiodiscovery.testing import EtcdGrpcProxy, EtcdServer
 
 TXN_CHUNK = 128

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
 
-from aiodiscovery._subset import Ring, address_point, client_point
+from aiodiscovery._selection.subset import Ring, address_point, client_point
 
 SALT = "bench/subset"
 

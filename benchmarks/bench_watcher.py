@@ -79,7 +79,7 @@ from aiodiscovery import (
     decode_endpoint,
     encode_endpoint,
 )
-from aiodiscovery._kv import list_prefix
+from aiodiscovery._etcd.kv import list_prefix
 from aiodiscovery.testing import EtcdServer
 
 WaitVisible = Callable[[str], Awaitable[None]]

@@ -14,7 +14,7 @@ from aiodiscovery import (
     EtcdUnavailableError,
     Watcher,
 )
-from aiodiscovery._rpc import member_trouble, translate_error
+from aiodiscovery._etcd.rpc import member_trouble, translate_error
 from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
 
 from .helpers import until

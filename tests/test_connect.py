@@ -8,7 +8,7 @@ import pytest
 
 import aiodiscovery
 from aiodiscovery import Endpoint, EndpointManager, EtcdUnavailableError
-from aiodiscovery._urls import parse_urls
+from aiodiscovery._etcd.urls import parse_urls
 from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
 
 from .helpers import until_accepted

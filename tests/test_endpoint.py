@@ -25,7 +25,7 @@ from aiodiscovery import (
     encode_endpoint,
     parse_target,
 )
-from aiodiscovery._decoder import (
+from aiodiscovery._codec.decoder import (
     MAX_DEPTH,
     RecordError,
     _decode_canonical,
@@ -33,13 +33,13 @@ from aiodiscovery._decoder import (
     _decode_slow,
     decode_record,
 )
-from aiodiscovery._encoder import go_json
-from aiodiscovery._endpoint import (
+from aiodiscovery._codec.encoder import go_json
+from aiodiscovery._codec.endpoint import (
     encode_attributes,
     metadata_attributes,
     metadata_weight,
 )
-from aiodiscovery._jsonvalue import json_equal, safe_repr
+from aiodiscovery._codec.jsonvalue import json_equal, safe_repr
 
 # What Go's Manager.List returns for a value without an address; Endpoint("") itself refuses.
 EMPTY = Endpoint._decoded("", None)

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from aiodiscovery import BalancedChannel, Endpoint, EndpointManager, EtcdClient, resolve
-from aiodiscovery._locality import endpoint_zone
+from aiodiscovery._selection.locality import endpoint_zone
 
 from .helpers import until
 from .servers import EchoServer, method

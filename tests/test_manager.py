@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import aiodiscovery
-import aiodiscovery._kv
+import aiodiscovery._etcd.kv
 from aiodiscovery import (
     Endpoint,
     EndpointManager,
@@ -146,8 +146,8 @@ async def test_list_reads_past_one_page(
     client: EtcdClient, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small pages, so that 2,500 keys take many of them, all read at one revision.
-    monkeypatch.setattr(aiodiscovery._kv, "_FIRST_PAGE", 100)
-    monkeypatch.setattr(aiodiscovery._kv, "_PAGE_BYTES", 4000)
+    monkeypatch.setattr(aiodiscovery._etcd.kv, "_FIRST_PAGE", 100)
+    monkeypatch.setattr(aiodiscovery._etcd.kv, "_PAGE_BYTES", 4000)
     em = EndpointManager(client, service)
     for start in range(0, 2500, 125):
         await em.update(

@@ -30,7 +30,7 @@ from aiodiscovery import (
     WeightedPicker,
     resolve,
 )
-from aiodiscovery._policies import MAX_WEIGHT
+from aiodiscovery._balancer.policies import MAX_WEIGHT
 
 from .helpers import until
 from .servers import EchoServer, method

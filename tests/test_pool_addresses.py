@@ -28,8 +28,8 @@ from aiodiscovery import (
     parse_address,
     resolve,
 )
-from aiodiscovery._balancer import Balancer
 from aiodiscovery._logsafe import safe
+from aiodiscovery._pool.pool import Pool
 
 from .helpers import until
 from .servers import SERVICE
@@ -298,7 +298,7 @@ async def test_one_endpoint_cannot_stop_the_pool(caplog: pytest.LogCaptureFixtur
                 raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
             return grpc.aio.insecure_channel(address.target)
 
-        pool = Balancer("svc", RoundRobinPicker(), dial, drain_timeout=1)
+        pool = Pool("svc", RoundRobinPicker(), dial, drain_timeout=1)
         feed = Feed()
         started = anyio.Event()
         failure: list[BaseException] = []

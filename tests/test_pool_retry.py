@@ -16,8 +16,8 @@ import grpc.aio
 import pytest
 
 from aiodiscovery import BalancedChannel, EtcdClient, resolve
-from aiodiscovery._callstatus import status_code
-from aiodiscovery._retrying import RetryingUnaryStreamCall, RetryingUnaryUnaryCall
+from aiodiscovery._balancer.callstatus import status_code
+from aiodiscovery._pool.retrying import RetryingUnaryStreamCall, RetryingUnaryUnaryCall
 
 from .faulty_servers import FaultyServer, faulty_servers, registered
 from .helpers import until
@@ -418,7 +418,7 @@ def test_service_configs_that_break_the_rules_are_refused() -> None:
         ({"retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}, "at most 1000"),
         ({"retryThrottling": {"maxTokens": 10}}, "tokenRatio must be a number"),
     ]
-    from aiodiscovery._retrypolicy import retry_config  # noqa: PLC0415
+    from aiodiscovery._resilience.retrypolicy import retry_config  # noqa: PLC0415
 
     for document, message in cases:
         text = document if isinstance(document, str) else json.dumps(document)
@@ -434,7 +434,7 @@ async def test_resolve_refuses_a_bad_service_config(client: EtcdClient, service:
 
 
 def test_the_subchannels_get_the_service_config_without_retries() -> None:
-    from aiodiscovery._retrypolicy import retry_config  # noqa: PLC0415
+    from aiodiscovery._resilience.retrypolicy import retry_config  # noqa: PLC0415
 
     document = {
         "loadBalancingConfig": [{"round_robin": {}}],

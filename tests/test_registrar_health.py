@@ -24,7 +24,7 @@ from aiodiscovery import (
     RegistrarState,
     Watcher,
 )
-from aiodiscovery._health import WATCH_METHOD
+from aiodiscovery._registrar.health import WATCH_METHOD
 from aiodiscovery.testing import EtcdServer, free_port
 
 from .helpers import eventually, until

@@ -24,9 +24,9 @@ from aiodiscovery import (
     Registrar,
     Watcher,
 )
-from aiodiscovery._auth import is_auth_cancel, is_token_error, parse_user
-from aiodiscovery._connect import reauthenticate
-from aiodiscovery._kv import prefix_range_end
+from aiodiscovery._etcd.auth import is_auth_cancel, is_token_error, parse_user
+from aiodiscovery._etcd.connect import reauthenticate
+from aiodiscovery._etcd.kv import prefix_range_end
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy, TLSFiles, free_port
 
 from .helpers import eventually, until_accepted

@@ -87,7 +87,7 @@ async def test_a_late_reader_starts_from_the_current_state(
 async def test_a_reader_far_behind_gets_merged_batches(
     client: EtcdClient, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(aiodiscovery._hub, "MAX_PENDING", 4)
+    monkeypatch.setattr(aiodiscovery._etcd.watch.hub, "MAX_PENDING", 4)
     em = EndpointManager(client, service)
     async with Watcher(client, service) as watcher, contextlib.aclosing(em.watch()) as batches:
         assert await anext(batches) == []

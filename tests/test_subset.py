@@ -12,8 +12,8 @@ import pytest
 
 import aiodiscovery
 from aiodiscovery import Endpoint, EndpointManager, EndpointSet, EtcdClient, resolve
-from aiodiscovery._endpointset import ChangeLog
-from aiodiscovery._subset import Ring, client_point, subset_bounds
+from aiodiscovery._codec.endpointset import ChangeLog
+from aiodiscovery._selection.subset import Ring, client_point, subset_bounds
 
 from .helpers import until
 from .servers import EchoServer

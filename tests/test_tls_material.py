@@ -11,7 +11,7 @@ import pytest
 
 import aiodiscovery
 from aiodiscovery import EtcdClient, EtcdUnavailableError
-from aiodiscovery._tls import system_roots
+from aiodiscovery._etcd.tls import system_roots
 from aiodiscovery.testing import EtcdServer, TLSFiles
 
 pytestmark = pytest.mark.anyio

@@ -27,7 +27,7 @@ through its input and environment, never its command line::
             etcd.url, **etcd.tls_kwargs(), username="root", password="secret"
         )
 
-The pytest plugin (:mod:`aiodiscovery.testing.pytest_plugin`, loaded automatically) gives tests
+The pytest plugin (:mod:`.pytest_plugin`, loaded automatically) gives tests
 ready fixtures: ``etcd_server``, ``etcd_client``, ``etcd_service`` and ``etcd_cluster``.
 """
 

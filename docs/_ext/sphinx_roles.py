@@ -126,7 +126,8 @@ def _lookup(obj: griffe.Object, name: str, loader: griffe.GriffeLoader) -> list[
             chain: list[Any] = [collection.get_member("aiodiscovery")]
         elif parts[0] == "":
             # A relative module (``:mod:`._health```): private, shown as code.
-            package = obj if obj.is_package else obj.package
+            module = obj if obj.is_module else obj.module
+            package = module if module.is_package or module.is_subpackage else module.parent
             return [package.get_member(name.lstrip("."))]
         else:
             scope = obj if obj.is_class or obj.is_module or obj.parent is None else obj.parent

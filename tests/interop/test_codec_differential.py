@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from aiodiscovery import DecodeError, Endpoint, decode_endpoint, encode_endpoint
-from aiodiscovery._decoder import RecordError, _decode_slow
+from aiodiscovery._codec.decoder import RecordError, _decode_slow
 
 from .fuzz import canon, fixed_inputs, generated_inputs, shrink
 from .probe import as_go_1_22, run_batch

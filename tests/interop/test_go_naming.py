@@ -27,7 +27,7 @@ from aiodiscovery import (
     encode_endpoint,
     resolve,
 )
-from aiodiscovery._encoder import go_json
+from aiodiscovery._codec.encoder import go_json
 from aiodiscovery.testing import EtcdServer
 
 from ..helpers import until

@@ -1,0 +1,89 @@
+"""The small vocabulary every etcd call shares: error translation and cancellation-safe steps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import grpc
+from anyio.lowlevel import checkpoint
+
+from .._exceptions import AuthenticationError, EtcdError, EtcdUnavailableError, LeaseNotFoundError
+from .auth import is_token_error
+
+__all__ = ["close_call", "etcd_errors", "member_trouble", "rpc_step", "translate_error"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def member_trouble(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the member (or proxy) answering could not serve the call: try another one.
+
+    etcd's gRPC proxy reports a request it could not get answered upstream in time as UNKNOWN
+    "context deadline exceeded" rather than UNAVAILABLE.
+    """
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    return code == grpc.StatusCode.UNKNOWN and "context deadline exceeded" in (exc.details() or "")
+
+
+def translate_error(exc: grpc.aio.AioRpcError) -> EtcdError:
+    """Turn a gRPC error from etcd into the matching :class:`EtcdError`."""
+    code = exc.code()
+    details = exc.details() or ""
+    name = code.name if code is not None else "UNKNOWN"
+    if is_token_error(exc):
+        hint = (
+            "pass username= and password= to connect()"
+            if "user name is empty" in details
+            else "the auth token was refused"
+        )
+        return AuthenticationError(f"etcd: {details} ({hint})", code=name, details=details)
+    if "lease not found" in details:
+        return LeaseNotFoundError(
+            f"etcd: {details} (the lease was never granted, has expired or was revoked)",
+            code=name,
+            details=details,
+        )
+    if member_trouble(exc):
+        message = f"etcd unavailable: {details or name}"
+        return EtcdUnavailableError(message, code=name, details=details)
+    return EtcdError(f"etcd error {name}: {details}", code=name, details=details)
+
+
+def etcd_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Decorate a coroutine function so that gRPC errors from etcd surface as :class:`EtcdError`."""
+
+    @wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await func(*args, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_error(exc) from exc
+
+    return wrapper
+
+
+async def rpc_step(step: Awaitable[T]) -> T:
+    """Await a grpc.aio call (or a stream's read or write) so that anyio scopes see its cancel."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        # grpc.aio often swallows the cancellation it is given and raises a bare CancelledError of
+        # its own (a unary call, a stream still being set up), which anyio cannot tell from a
+        # foreign one: it would escape move_on_after and cancel the whole task. A checkpoint lets
+        # the cancelled scope deliver its own cancellation instead.
+        await checkpoint()
+        raise
+
+
+async def close_call(call: Any) -> None:
+    """Cancel a grpc.aio call and let grpc's own bookkeeping task for it finish."""
+    call.cancel()
+    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+        await call.code()

@@ -1,0 +1,380 @@
+"""BalancedChannel: a ``grpc.aio.Channel`` that spreads calls over a service's live endpoints.
+
+grpcio cannot plug in a custom resolver or balancer, so the pool keeps one ordinary ``grpc.aio``
+channel per distinct address (a subchannel), follows the :class:`Watcher`'s endpoint set, and
+picks a subchannel for each call. The call itself is grpc.aio's own call object from that
+subchannel, so stubs, metadata, deadlines, cancellation and streaming behave as usual.
+
+This module is the user's side: the channel's life cycle and the ``grpc.aio.Channel`` methods.
+The pool itself is :class:`~.pool.Pool`; it runs in a task of its own and
+never refers back to the :class:`BalancedChannel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import anyio
+import grpc
+import grpc.aio
+
+from .._balancer.policies import Picker, make_picker
+from .._balancer.subchannel import CallKind
+from .._etcd.client import EtcdClient
+from .._metrics import track
+from .._naming.watcher import Watcher
+from .._resilience.outlier import OutlierDetection
+from .._resilience.retrypolicy import retry_config
+from .._selection.address import Address, AddressFilter
+from .._selection.locality import DEFAULT_SPILL_THRESHOLD
+from .._selection.protection import MassRemovalProtection
+from .._selection.selection import SelectionConfig
+from .multicallable import multi_callable
+from .pool import Pool
+from .stats import PoolStatistics, SubchannelStatistics
+
+__all__ = ["BalancedChannel", "PoolStatistics", "SubchannelStatistics", "resolve"]
+
+_State = grpc.ChannelConnectivity
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_MASS_REMOVAL = MassRemovalProtection()
+# The pools' tasks: asyncio itself only keeps weak references, and the channel that started one
+# may be garbage collected while its task still winds down.
+_HOSTS: set[asyncio.Task[None]] = set()
+
+
+class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """A ``grpc.aio.Channel`` over every live endpoint of an etcd-registered service.
+
+    Build it with :func:`resolve`, or enter ``async with BalancedChannel(...)``, which opens it
+    the same way (and closes it on the way out). Calls go to a subchannel chosen by the policy
+    among READY ones (IDLE, CONNECTING or TRANSIENT_FAILURE ones only when none is READY), and
+    only among healthy, non-ejected ones with a health check or outlier detection. With
+    no usable endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
+    ``wait_for_ready=True``: then it waits for an endpoint until its deadline, :meth:`close` or
+    its own ``cancel()``. A removed endpoint drains: it takes no new calls, its calls in flight
+    finish, then its channel closes. A channel dropped without being closed warns
+    (``ResourceWarning``) and is closed when garbage collected.
+    """
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        target: str,
+        *,
+        policy: str | Callable[[], Picker[Any]] = "round_robin",
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Iterable[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        compression: grpc.Compression | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        start_timeout: float | None = None,
+        address_filter: AddressFilter | None = None,
+        mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
+        subset_size: int | None = None,
+        client_id: int | str | None = None,
+        zone: str | None = None,
+        spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
+        health_check: str | None = None,
+        outlier_detection: OutlierDetection | None = None,
+    ) -> None:
+        selection = SelectionConfig(subset_size, client_id, zone, spill_threshold)
+        self.target = target
+        if health_check is not None and not isinstance(health_check, str):
+            raise TypeError(f"health_check must be a service name (str), not {health_check!r}")
+        if outlier_detection is not None and not isinstance(outlier_detection, OutlierDetection):
+            raise TypeError("outlier_detection must be an aiodiscovery.OutlierDetection")
+        # The pool retries by the service config's retryPolicy itself, so the subchannels get
+        # it without: a retry underneath would multiply attempts on one endpoint.
+        retry, options = retry_config(options)
+        self._watcher = Watcher(client, target, start_timeout=start_timeout)
+        dial = functools.partial(
+            _dial,
+            credentials=credentials,
+            options=[*options, ("grpc.use_local_subchannel_pool", 1)],
+            interceptors=list(interceptors) if interceptors else None,
+            compression=compression,
+        )
+        self._pool = Pool(
+            target,
+            make_picker(policy),
+            dial,
+            drain_timeout=drain_timeout,
+            address_filter=address_filter,
+            mass_removal=mass_removal,
+            selection=selection,
+            health_check=health_check,
+            outlier_detection=outlier_detection,
+            retry=retry,
+        )
+        self._host: asyncio.Task[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        started = anyio.Event()
+        failure: list[BaseException] = []
+        # The channel is a plain object (closed from any task, like every grpc.aio channel), so
+        # the pool's task group needs a task of its own; close() cancels and joins it. The task
+        # runs the pool, which never refers back to this object.
+        self._host = host = asyncio.get_running_loop().create_task(
+            self._pool.serve(self._watcher, started, failure),
+            name=f"aiodiscovery pool {self.target}",
+        )
+        _HOSTS.add(host)
+        host.add_done_callback(_HOSTS.discard)
+        try:
+            await started.wait()
+        except BaseException:
+            # resolve() itself was cancelled: nobody will ever close this channel, so the task,
+            # the watcher and its etcd stream must go now.
+            self._host.cancel()
+            await self._join_host()
+            raise
+        if failure:
+            await self._join_host()
+            raise failure[0]
+        # The pool, not this object: metrics must not keep a dropped channel alive.
+        track(self._pool, "pool")
+
+    async def _join_host(self) -> None:
+        host = self._host
+        if host is None:
+            return
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await host
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop following etcd and close every subchannel, letting calls run for ``grace`` s.
+
+        Calls in flight get ``grace`` seconds to finish, then grpc.aio cancels them, as on any
+        of its channels. A call still waiting for an endpoint (``wait_for_ready``) fails at once
+        with ``CANCELLED`` and details ``"channel closed"``: an error rather than
+        ``asyncio.CancelledError``, so that the task awaiting it is not taken for a cancelled one.
+        """
+        pool = self._pool
+        if pool.closed:
+            return
+        pool.begin_close(grace)
+        await self._join_host()
+        pool.set_state(_State.SHUTDOWN)
+
+    async def __aenter__(self) -> BalancedChannel:
+        if self._pool.closed:
+            raise grpc.aio.UsageError("Channel is closed.")
+        if self._host is None:
+            await self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        # As asyncio does for an unclosed transport: say so, and release what can be released.
+        # The pool's task does the releasing (subchannels, watcher, etcd stream) on its loop.
+        host: asyncio.Task[None] | None = getattr(self, "_host", None)
+        if host is None or host.done() or self._pool.closed:
+            return
+        warnings.warn(
+            f"unclosed BalancedChannel {self.target!r}: close it, or use 'async with'",
+            ResourceWarning,
+            source=self,
+            stacklevel=1,
+        )
+        loop = host.get_loop()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._pool.begin_close, None)
+
+    # -- grpc.aio.Channel -------------------------------------------------------------------
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """READY if any subchannel is READY, else the most hopeful state among them.
+
+        With no endpoint at all the state is TRANSIENT_FAILURE; after :meth:`close`, SHUTDOWN.
+        """
+        if try_to_connect:
+            self._pool.connect()
+        return self._pool.state
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Wait until :meth:`get_state` differs from ``last_observed_state``."""
+        await self._pool.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        """Wait until at least one subchannel is READY."""
+        while (state := self.get_state(try_to_connect=True)) is not _State.READY:
+            if state is _State.SHUTDOWN:
+                raise RuntimeError("the channel is closed")
+            if self._pool.stop_reason is not None:
+                raise RuntimeError(self._pool.stop_reason)
+            await self.wait_for_state_change(state)
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A multi-callable for a unary-unary method, balanced per call."""
+        key = (CallKind.UNARY_UNARY, method, request_serializer, response_deserializer)
+        return multi_callable(self._pool, (*key, _registered_method))
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A multi-callable for a unary-stream method, balanced per call."""
+        key = (CallKind.UNARY_STREAM, method, request_serializer, response_deserializer)
+        return multi_callable(self._pool, (*key, _registered_method))
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A multi-callable for a stream-unary method, balanced per call."""
+        key = (CallKind.STREAM_UNARY, method, request_serializer, response_deserializer)
+        return multi_callable(self._pool, (*key, _registered_method))
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A multi-callable for a stream-stream method, balanced per call."""
+        key = (CallKind.STREAM_STREAM, method, request_serializer, response_deserializer)
+        return multi_callable(self._pool, (*key, _registered_method))
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        """Subchannels by address (state, calls in flight, picks), totals and failures."""
+        return self._pool.statistics()
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        states = " ".join(f"{k}={v}" for k, v in sorted(stats.by_state().items())) or "no endpoints"
+        return (
+            f"<BalancedChannel {self.target!r} {self._pool.state.name} {states} "
+            f"in_flight={stats.in_flight} picks={stats.picks}>"
+        )
+
+
+def _dial(
+    address: Address,
+    *,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]],
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None,
+    compression: grpc.Compression | None,
+) -> grpc.aio.Channel:
+    """The ``grpc.aio`` channel of one subchannel: to ``address`` and nowhere else."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(
+            address.target, options=options, compression=compression, interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        address.target,
+        credentials,
+        options=options,
+        compression=compression,
+        interceptors=interceptors,
+    )
+
+
+async def resolve(
+    client: EtcdClient,
+    target: str,
+    *,
+    policy: str | Callable[[], Picker[Any]] = "round_robin",
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Iterable[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    compression: grpc.Compression | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    start_timeout: float | None = None,
+    address_filter: AddressFilter | None = None,
+    mass_removal: MassRemovalProtection | None = DEFAULT_MASS_REMOVAL,
+    subset_size: int | None = None,
+    client_id: int | str | None = None,
+    zone: str | None = None,
+    spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
+    health_check: str | None = None,
+    outlier_detection: OutlierDetection | None = None,
+) -> BalancedChannel:
+    """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
+
+    ``target`` is ``"etcd:///foo/bar/my-service"`` or ``"foo/bar/my-service"``. The channel is
+    returned once the current endpoint set is loaded (an empty one included); it then follows
+    etcd until closed. ``policy`` is ``"round_robin"`` (default), ``"pick_first"``, ``"p2c"``,
+    ``"weighted"`` or a :class:`Picker` factory; ``credentials``, ``options``, ``interceptors``
+    and ``compression`` apply to every subchannel as in ``grpc.aio.secure_channel``.
+
+    An endpoint is dialled only if its ``Addr`` is ``host:port``, ``[IPv6]:port`` or
+    ``IPv4:port`` (never read as a gRPC target URI) and ``address_filter(address)`` (if given,
+    for example :func:`allow_networks`) admits it; the others are skipped with a warning and
+    listed in ``statistics().skipped``.
+
+    ``mass_removal`` (a :class:`MassRemovalProtection`) keeps removed endpoints that are still
+    READY in use for a while when most of the service vanishes from the registry at once;
+    ``None`` turns that off.
+
+    ``subset_size=N`` connects to about ``N`` of the endpoints (between ``ceil(0.6 N)`` and
+    ``floor(1.5 N)``), chosen so that many clients spread evenly over the servers and a server
+    coming or going moves few connections; give each client a ``client_id``, ideally its
+    instance number (0, 1, 2, ...: numbers spread best), else the process's
+    ``"<host name>/<process id>"`` is used. ``zone="eu-west-1a"`` sends calls to the endpoints
+    whose metadata names that zone (the string ``"zone=eu-west-1a"``, URL query form) while at
+    least ``spill_threshold`` (default 0.5) of them are healthy, and to other zones' too below
+    that; with both, the subset is drawn within the zone, and spilling over adds a subset of the
+    other zones. ``statistics().selection`` says what was chosen.
+
+    ``health_check`` (a service name; ``""`` for the whole server) keeps a standard
+    ``grpc.health.v1.Health/Watch`` stream per subchannel: an endpoint takes new calls only
+    while it answers SERVING (one without the health service counts as healthy). With
+    ``outlier_detection`` (an :class:`OutlierDetection`), endpoints whose calls fail more than
+    the others' are ejected for a while. With no usable endpoint left, calls fail at once with
+    ``UNAVAILABLE`` saying why, or wait with ``wait_for_ready=True``.
+
+    A ``retryPolicy`` (and ``retryThrottling``) in the ``("grpc.service_config", json)`` option
+    is honoured by the pool for unary-unary and unary-stream methods: each attempt goes to an
+    endpoint picked anew, preferring one not tried. A call that failed without ever leaving this
+    client (its endpoint's connection had just broken) is sent once more to another READY
+    endpoint, policy or not. ``("grpc.enable_retries", 0)`` turns all of this off (and grpc's
+    own retries in the subchannels): every call is then grpc.aio's own call object.
+    """
+    channel = BalancedChannel(
+        client,
+        target,
+        policy=policy,
+        credentials=credentials,
+        options=options,
+        interceptors=interceptors,
+        compression=compression,
+        drain_timeout=drain_timeout,
+        start_timeout=start_timeout,
+        address_filter=address_filter,
+        mass_removal=mass_removal,
+        subset_size=subset_size,
+        client_id=client_id,
+        zone=zone,
+        spill_threshold=spill_threshold,
+        health_check=health_check,
+        outlier_detection=outlier_detection,
+    )
+    await channel._open()
+    return channel

@@ -1,0 +1,237 @@
+"""One granted lease and the keep-alive that refreshes it: one long-lived stream, a watchdog.
+
+Also the timing rules every request under a lease follows: :func:`attempt_timeout` (a share of
+the TTL, so that a silent member is left in time), the retry backoff and the errors no retry fixes.
+
+:func:`keep_alive` refreshes a :class:`LeaseGrant` every TTL/3 on one ``LeaseKeepAlive`` stream
+and returns once the lease is lost: etcd reports it expired or revoked, or no refresh succeeded for
+a whole TTL (the watchdog: after that etcd may have dropped the lease, and we cannot know). A reply
+that is overdue abandons the etcd member (see :mod:`aiodiscovery._etcd.members`), so the next
+stream, the re-grant and every other request of the client go to another member while the lease
+can still be saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import grpc
+from aetcd import rpc
+
+from .._backoff import Backoff
+from .._etcd.rpc import close_call, rpc_step, translate_error
+from .._etcd.transport import Transport
+from .._exceptions import EtcdError, EtcdUnavailableError
+from .._logsafe import safe
+
+__all__ = [
+    "PERMANENT_CODES",
+    "RETRY_CAP",
+    "RETRY_INITIAL",
+    "KeepAliveCounts",
+    "LeaseGrant",
+    "attempt_timeout",
+    "keep_alive",
+    "lease_text",
+    "retry_until",
+]
+
+logger = logging.getLogger("aiodiscovery.registrar")
+
+T = TypeVar("T")
+
+RETRY_INITIAL = 0.05
+# Low enough that a registration is back within about a second of etcd answering again, and
+# jittered so that every service of a restarted cluster does not come back in the same instant.
+RETRY_CAP = 1.0
+#: Errors no retry can fix; at start they surface at once instead of after the whole timeout.
+PERMANENT_CODES = frozenset(
+    {"INVALID_ARGUMENT", "OUT_OF_RANGE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+)
+# A request that takes longer than this cannot help keep a lease of the given TTL alive: the next
+# one goes to another member instead (see _members).
+_MIN_ATTEMPT = 0.5
+
+
+def attempt_timeout(client_timeout: float, ttl: int) -> float:
+    """How long one request of a (re)registration may take under a lease of ``ttl`` seconds.
+
+    A share of the TTL, so that a member that does not answer is left (the client abandons a
+    member whose request timed out) while the lease can still be saved on another one.
+    """
+    return min(client_timeout, max(_MIN_ATTEMPT, ttl / 3))
+
+
+async def retry_until(
+    deadline: float, attempt: Callable[[], Awaitable[T]], doing: str, failure: str
+) -> T:
+    """Return what ``attempt()`` returns, retried with backoff until ``deadline`` (anyio's clock).
+
+    A permanent error is raised at once; at the deadline, :class:`EtcdUnavailableError` says
+    ``failure`` and the last error. ``doing`` names the attempt in log lines.
+    """
+    backoff = Backoff(initial=RETRY_INITIAL, cap=RETRY_CAP)
+    last: EtcdError | None = None
+    # etcd that is starting or electing a leader answers within moments: retry until the deadline
+    # rather than fail on the first UNAVAILABLE.
+    with anyio.move_on_at(deadline):
+        while True:
+            try:
+                return await attempt()
+            except EtcdError as exc:
+                if exc.code in PERMANENT_CODES:
+                    raise
+                last = exc
+                logger.debug("%s: %s; retrying", doing, safe(exc))
+            await backoff.sleep()
+    raise EtcdUnavailableError(
+        f"{failure} (last error: {last or 'none, no answer'})",
+        code=last.code if last is not None else "DEADLINE_EXCEEDED",
+        details=last.details if last is not None else "",
+    ) from last
+
+
+def lease_text(lease: int | None) -> str:
+    """A lease ID as etcdctl shows it (hex), or ``-``."""
+    return f"{lease:x}" if lease is not None else "-"
+
+
+@dataclass(eq=False, slots=True)
+class LeaseGrant:
+    """One lease etcd granted, and where its refreshes stand (anyio's monotonic clock).
+
+    ``lost`` is set, with ``reason``, once the lease is given up on; it is never refreshed again.
+    """
+
+    id: int
+    ttl: int
+    started: float
+    next_refresh: float
+    # The moment etcd may drop the lease unless a refresh got through: measured from when the
+    # last successful request was *sent*, so that we never believe in a lease etcd already expired.
+    expires: float
+    lost: anyio.Event = field(default_factory=anyio.Event)
+    reason: str | None = None
+
+    @classmethod
+    def granted(cls, lease: int, ttl: int, sent: float) -> LeaseGrant:
+        """A lease granted with ``ttl`` by a request sent at ``sent``."""
+        return cls(
+            id=lease,
+            ttl=ttl,
+            started=anyio.current_time(),
+            next_refresh=sent + ttl / 3,
+            expires=sent + ttl,
+        )
+
+
+@dataclass(slots=True)
+class KeepAliveCounts:
+    """What the keep-alive has done, for the keeper's statistics."""
+
+    streams: int = 0
+    sent: int = 0
+    round_trips: int = 0
+    last_refresh: float | None = None
+
+
+class _StreamBroken(Exception):
+    """A keep-alive stream stopped serving; a fresh one is needed."""
+
+
+async def keep_alive(
+    client: Transport, grant: LeaseGrant, counts: KeepAliveCounts, label: Callable[[], str]
+) -> str:
+    """Refresh ``grant`` every TTL/3 on one stream at a time; return why it was lost.
+
+    ``label()`` says what the lease is for, in log lines.
+    """
+    backoff = Backoff(initial=RETRY_INITIAL, cap=max(RETRY_INITIAL, grant.ttl / 3))
+    # The watchdog's deadline moves with each successful refresh. Reaching it means etcd may have
+    # dropped the lease, and we cannot know: it counts as lost, even if etcd (which extends leases
+    # when it restarts) might still hold it.
+    with anyio.CancelScope(deadline=grant.expires) as watchdog:
+        while True:
+            try:
+                return await _stream(client, grant, counts, watchdog, backoff)
+            except (EtcdError, _StreamBroken) as exc:
+                failure = exc
+            logger.debug("keep-alive of %s: %s; opening a new stream", label(), safe(failure))
+            await backoff.sleep()
+            if isinstance(failure, EtcdError):
+                # etcd 3.5.1 does not check the token of a LeaseKeepAlive stream; later versions
+                # may. A stream refused for its token needs a new one (a no-op for any other
+                # error, or without a user name).
+                await client.reauthenticate(failure)
+    return f"no successful keep-alive within the lease's {grant.ttl} s TTL"
+
+
+async def _stream(
+    client: Transport,
+    grant: LeaseGrant,
+    counts: KeepAliveCounts,
+    watchdog: anyio.CancelScope,
+    backoff: Backoff,
+) -> str:
+    interval = grant.ttl / 3
+    # A reply that takes longer than a healthy etcd ever needs will not come in time to help.
+    patience = min(interval, client.timeout)
+    members = client.members
+    member = members.active
+    abandoned = member.abandoned()
+    call = member.lease.LeaseKeepAlive(metadata=client.stream_metadata())
+    counts.streams += 1
+    request = rpc.LeaseKeepAliveRequest(ID=grant.id)
+    try:
+        while True:
+            with anyio.move_on_at(grant.next_refresh):
+                await abandoned.wait()
+            if abandoned.is_set():
+                # Someone found this member silent: refresh on the member now in use.
+                raise _StreamBroken(f"left etcd member {member.url}")
+            sent = anyio.current_time()
+            reply: Any = None
+            # etcd answers a stream's requests one at a time, in order: one that stalls (a
+            # follower forwarding to a leader that just died waits for etcd's whole request
+            # timeout) holds up all later ones, so a fresh stream is the only way past it.
+            with anyio.move_on_after(patience):
+                counts.sent += 1
+                await rpc_step(call.write(request))
+                reply = await rpc_step(call.read())
+            if reply is None:
+                # The reply was due: the member is frozen, partitioned or overloaded. Move every
+                # stream of the client off it while the lease can still be refreshed.
+                members.abandon(member, f"no keep-alive reply within {patience:.3g} s")
+                raise _StreamBroken(f"no keep-alive reply within {patience:.3g} s")
+            if reply is grpc.aio.EOF:
+                raise _StreamBroken("etcd closed the keep-alive stream")
+            members.heard(member)
+            if reply.TTL <= 0:
+                return "etcd reports the lease expired or revoked"
+            counts.round_trips += 1
+            counts.last_refresh = time.time()
+            grant.next_refresh = sent + interval
+            grant.expires = sent + reply.TTL
+            watchdog.deadline = grant.expires
+            backoff.reset()
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            members.abandon(member, f"keep-alive stream failed: {exc.details()}")
+        raise translate_error(exc) from exc
+    except asyncio.InvalidStateError:
+        # grpc.aio refuses a write on a call that already ended; its status says why.
+        raise _StreamBroken(f"keep-alive stream ended: {await _status(call)}") from None
+    finally:
+        await close_call(call)
+
+
+async def _status(call: Any) -> str:
+    code = await call.code()
+    details = await call.details()
+    return f"{getattr(code, 'name', code)}: {details}"

@@ -1,0 +1,312 @@
+"""Retry rules from the standard service config (gRFC A6), and the retry throttle.
+
+``resolve(options=[("grpc.service_config", json)])`` may carry ``methodConfig[].retryPolicy``
+and ``retryThrottling``. The pool honours them itself, picking each attempt anew, so the
+subchannels must not: :func:`retry_config` parses them and returns the options for the
+subchannels' own channels with the retry parts taken out (the rest of the service config, such
+as ``timeout`` or ``waitForReady``, still applies to each attempt there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from .._balancer.callstatus import OK, code_value
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "MethodRetry",
+    "RetryConfig",
+    "RetryPolicy",
+    "RetryThrottle",
+    "retry_config",
+]
+
+logger = logging.getLogger("aiodiscovery.pool")
+
+SERVICE_CONFIG = "grpc.service_config"
+ENABLE_RETRIES = "grpc.enable_retries"
+# gRFC A6: a client caps maxAttempts (the service config may come from far away).
+MAX_ATTEMPTS = 5
+# A proto3 JSON Duration: decimal seconds with up to nine fraction digits, then "s".
+_DURATION = re.compile(r"^(-?)(\d*)(?:\.(\d{0,9}))?s$")
+_CODES = {code.name: code for code in grpc.StatusCode}
+_BY_NUMBER = {code_value(code): code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """One method's ``retryPolicy``; ``maxAttempts`` already capped at :data:`MAX_ATTEMPTS`."""
+
+    max_attempts: int
+    initial_backoff: float
+    max_backoff: float
+    backoff_multiplier: float
+    # Status code numbers (what the status readers give).
+    retryable_codes: frozenset[int]
+
+    def backoff(self, retries: int) -> float:
+        """The delay before retry number ``retries + 1`` (gRFC A6: uniform in [0, ceiling])."""
+        ceiling = self.initial_backoff * self.backoff_multiplier**retries
+        return random.uniform(0, min(ceiling, self.max_backoff))
+
+
+@dataclass(frozen=True)
+class MethodRetry:
+    """How the pool retries the calls of one method."""
+
+    # None: only a transparent retry of a call that never left (see _retrying).
+    policy: RetryPolicy | None
+    # The method config's ``timeout``: bounds all attempts together, like the call's deadline.
+    timeout: float | None = None
+
+
+class RetryThrottle:
+    """gRFC A6's token bucket: retries stop while failures outweigh successes.
+
+    Tokens start at ``max_tokens``; a failed attempt with a retryable code takes one, a
+    successful call gives back ``token_ratio``; a retry is allowed only while more than half the
+    tokens are left.
+    """
+
+    __slots__ = ("max_tokens", "refusing", "target", "threshold", "token_ratio", "tokens")
+
+    def __init__(self, max_tokens: float, token_ratio: float) -> None:
+        self.max_tokens = max_tokens
+        self.token_ratio = token_ratio
+        self.threshold = max_tokens / 2
+        self.tokens = max_tokens
+        # Whether a retry was refused since the tokens were last above the threshold.
+        self.refusing = False
+        # For the log line that says retries resume.
+        self.target = ""
+
+    def success(self) -> None:
+        """Count a successful call."""
+        tokens = self.tokens + self.token_ratio
+        self.tokens = tokens if tokens < self.max_tokens else self.max_tokens
+        if self.refusing and self.tokens > self.threshold:
+            self.refusing = False
+            logger.info("%s: retries resume (retryThrottling)", self.target)
+
+    def refuse(self) -> bool:
+        """Note a refused retry; True if it is the first since retries were last allowed."""
+        first = not self.refusing
+        self.refusing = True
+        return first
+
+    def failure(self) -> bool:
+        """Count a failed attempt that could be retried; True if a retry is still allowed."""
+        self.tokens = max(0.0, self.tokens - 1)
+        return self.tokens > self.threshold
+
+    @property
+    def throttling(self) -> bool:
+        """Whether retries are being refused now."""
+        return self.tokens <= self.threshold
+
+
+@dataclass
+class RetryConfig:
+    """The pool's retry rules: per method, the throttle, and whether retries happen at all."""
+
+    # (service, method) -> rules; ("svc", "") for a whole service, ("", "") for every method.
+    methods: dict[tuple[str, str], MethodRetry] = field(default_factory=dict)
+    throttle: RetryThrottle | None = None
+    # False with the channel option grpc.enable_retries=0: no retries, not even transparent ones.
+    enabled: bool = True
+
+    def for_method(self, path: str) -> MethodRetry | None:
+        """The rules for the method ``/package.Service/Method``; None if the pool never retries."""
+        if not self.enabled:
+            return None
+        service, _, method = path.lstrip("/").partition("/")
+        methods = self.methods
+        return (
+            methods.get((service, method))
+            or methods.get((service, ""))
+            or methods.get(("", ""))
+            or _TRANSPARENT_ONLY
+        )
+
+
+_TRANSPARENT_ONLY = MethodRetry(None)
+
+
+def retry_config(options: Iterable[tuple[str, Any]]) -> tuple[RetryConfig, list[tuple[str, Any]]]:
+    """Parse the retry parts of ``options``; return them and the options for the subchannels.
+
+    Raises ``ValueError`` naming the field when the service config is not valid JSON or its
+    retry parts break gRFC A6's rules.
+    """
+    config = RetryConfig()
+    stripped: list[tuple[str, Any]] = []
+    document: Any = None
+    for key, value in options:
+        if key == SERVICE_CONFIG:
+            document = _load(value)
+            stripped.append((key, json.dumps(_without_retries(document), separators=(",", ":"))))
+            continue
+        if key == ENABLE_RETRIES:
+            config.enabled = bool(value)
+        stripped.append((key, value))
+    if document is not None:
+        config.methods = _method_rules(document)
+        config.throttle = _throttle(document.get("retryThrottling"))
+    return config, stripped
+
+
+def _invalid(message: str) -> ValueError:
+    """The error for a service config that breaks the rules (JSON content: a ValueError)."""
+    return ValueError(f"invalid {SERVICE_CONFIG}: {message}")
+
+
+def _load(value: Any) -> dict[str, Any]:
+    if not isinstance(value, str | bytes):
+        raise _invalid(f"it must be a JSON string, not {type(value).__name__}")
+    try:
+        document = json.loads(value)
+    except ValueError as exc:
+        raise _invalid(f"not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise _invalid("it must be a JSON object")
+    return document
+
+
+def _without_retries(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The service config each subchannel gets: no retryPolicy, hedgingPolicy, retryThrottling."""
+    copy = {k: v for k, v in document.items() if k != "retryThrottling"}
+    configs = document.get("methodConfig")
+    if isinstance(configs, list):
+        copy["methodConfig"] = [
+            {k: v for k, v in entry.items() if k not in ("retryPolicy", "hedgingPolicy")}
+            if isinstance(entry, dict)
+            else entry
+            for entry in configs
+        ]
+    return copy
+
+
+def _method_rules(document: Mapping[str, Any]) -> dict[tuple[str, str], MethodRetry]:
+    configs = document.get("methodConfig", [])
+    if not isinstance(configs, list):
+        raise _invalid("methodConfig must be a list")
+    rules: dict[tuple[str, str], MethodRetry] = {}
+    for i, entry in enumerate(configs):
+        where = f"methodConfig[{i}]"
+        if not isinstance(entry, dict):
+            raise _invalid(f"{where} must be an object")
+        if "hedgingPolicy" in entry:
+            logger.warning("%s.hedgingPolicy is not supported by the pool; ignored", where)
+        policy = timeout = None
+        if "retryPolicy" in entry:
+            policy = _policy(entry["retryPolicy"], f"{where}.retryPolicy")
+        if "timeout" in entry:
+            timeout = _duration(entry["timeout"], f"{where}.timeout")
+        for name in _names(entry.get("name", []), where):
+            if name in rules:
+                raise _invalid(f"{where}: duplicate method name {'/'.join(name) or '(all)'}")
+            rules[name] = MethodRetry(policy, timeout)
+    return rules
+
+
+def _names(names: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(names, list):
+        raise _invalid(f"{where}.name must be a list")
+    result = []
+    for j, name in enumerate(names):
+        if not isinstance(name, dict):
+            raise _invalid(f"{where}.name[{j}] must be an object")
+        service = name.get("service", "")
+        method = name.get("method", "")
+        if not isinstance(service, str) or not isinstance(method, str):
+            raise _invalid(f"{where}.name[{j}]: service and method must be strings")
+        if method and not service:
+            raise _invalid(f"{where}.name[{j}]: a method needs its service")
+        result.append((service, method))
+    return result
+
+
+def _policy(value: Any, where: str) -> RetryPolicy:
+    if not isinstance(value, dict):
+        raise _invalid(f"{where} must be an object")
+    attempts = value.get("maxAttempts")
+    if (
+        isinstance(attempts, bool)
+        or not isinstance(attempts, int | float)
+        or attempts != int(attempts)
+        or attempts < 2
+    ):
+        raise _invalid(f"{where}.maxAttempts must be an integer >= 2, not {attempts!r}")
+    initial = _duration(value.get("initialBackoff"), f"{where}.initialBackoff")
+    maximum = _duration(value.get("maxBackoff"), f"{where}.maxBackoff")
+    multiplier = value.get("backoffMultiplier")
+    if (
+        isinstance(multiplier, bool)
+        or not isinstance(multiplier, int | float)
+        or not math.isfinite(multiplier)
+        or multiplier <= 0
+    ):
+        raise _invalid(f"{where}.backoffMultiplier must be a number > 0, not {multiplier!r}")
+    if initial <= 0 or maximum <= 0:
+        raise _invalid(f"{where}: initialBackoff and maxBackoff must be > 0")
+    codes = value.get("retryableStatusCodes")
+    if not isinstance(codes, list) or not codes:
+        raise _invalid(f"{where}.retryableStatusCodes must be a non-empty list")
+    return RetryPolicy(
+        max_attempts=min(int(attempts), MAX_ATTEMPTS),
+        initial_backoff=initial,
+        max_backoff=maximum,
+        backoff_multiplier=float(multiplier),
+        retryable_codes=frozenset(
+            _code(c, f"{where}.retryableStatusCodes[{k}]") for k, c in enumerate(codes)
+        ),
+    )
+
+
+def _code(value: Any, where: str) -> int:
+    code: grpc.StatusCode | None = None
+    if isinstance(value, str):
+        code = _CODES.get(value.upper())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        code = _BY_NUMBER.get(value)
+    if code is None or code_value(code) == OK:
+        raise _invalid(f"{where}: {value!r} is not a status code that can be retried")
+    return code_value(code)
+
+
+def _duration(value: Any, where: str) -> float:
+    """Seconds from a proto3 JSON Duration such as ``"0.1s"`` or ``"2s"``."""
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or not (match.group(2) or match.group(3)):
+        raise _invalid(f'{where} must be a duration such as "0.5s", not {value!r}')
+    sign, whole, fraction = match.groups()
+    seconds = int(whole or "0") + int((fraction or "0").ljust(9, "0")) / 1e9
+    if sign:
+        raise _invalid(f"{where} must not be negative, not {value!r}")
+    return seconds
+
+
+def _throttle(value: Any) -> RetryThrottle | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid("retryThrottling must be an object")
+    tokens = value.get("maxTokens")
+    ratio = value.get("tokenRatio")
+    for name, number in (("maxTokens", tokens), ("tokenRatio", ratio)):
+        if isinstance(number, bool) or not isinstance(number, int | float) or not number > 0:
+            raise _invalid(f"retryThrottling.{name} must be a number > 0, not {number!r}")
+    assert isinstance(tokens, int | float) and isinstance(ratio, int | float)
+    if tokens > 1000:
+        raise _invalid(f"retryThrottling.maxTokens must be at most 1000, not {tokens!r}")
+    return RetryThrottle(float(tokens), float(ratio))

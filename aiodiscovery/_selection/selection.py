@@ -1,0 +1,241 @@
+"""Which of the dialable endpoints the pool connects to: subsetting and locality together.
+
+Without ``subset_size`` or ``zone`` the pool holds every address the admission lets through.
+With ``subset_size=N`` it holds this client's subset of them (:mod:`.subset`).
+With ``zone=Z`` the addresses split into the zone's and the others; the pool holds the zone's
+(its subset of them, with ``subset_size``) and, only while the zone is below its spill threshold
+(:mod:`.locality`), also its subset of the others'. So a subset is drawn within the
+zone first, and spilling over adds at most another subset's worth of connections.
+
+Every change costs the same whatever the number of addresses: the pool hands over the addresses
+that changed, and gets back those whose being held may have changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .._logsafe import safe
+from .admission import Wanted
+from .locality import DEFAULT_SPILL_THRESHOLD, endpoint_zone, should_spill
+from .subset import Ring, client_point
+
+__all__ = ["Selection", "SelectionConfig", "SelectionStatistics", "default_client_id"]
+
+logger = logging.getLogger("aiodiscovery.pool")
+
+
+def default_client_id() -> str:
+    """This process's client id when none is given: ``"<host name>/<process id>"``.
+
+    Stable for the life of the process (every channel of the process to a service holds the same
+    subset) and different between processes of one host.
+    """
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """``resolve()``'s ``subset_size``, ``client_id``, ``zone`` and ``spill_threshold``."""
+
+    subset_size: int | None = None
+    client_id: int | str | None = None
+    zone: str | None = None
+    spill_threshold: float = DEFAULT_SPILL_THRESHOLD
+
+    def __post_init__(self) -> None:
+        size = self.subset_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"subset_size must be a whole number >= 1 or None, got {size!r}")
+        if self.client_id is not None and not isinstance(self.client_id, int | str):
+            raise TypeError(f"client_id must be an int or a str, got {self.client_id!r}")
+        if self.zone is not None and (not isinstance(self.zone, str) or not self.zone):
+            raise ValueError(f"zone must be a non-empty string or None, got {self.zone!r}")
+        if not 0 <= self.spill_threshold <= 1:
+            raise ValueError(f"spill_threshold must be in [0, 1], got {self.spill_threshold!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether the pool holds anything less than every dialable address."""
+        return self.subset_size is not None or self.zone is not None
+
+
+@dataclass(frozen=True)
+class SelectionStatistics:
+    """Which endpoints the pool chose to connect to, and why.
+
+    ``endpoints`` counts the distinct dialable addresses registered; ``subset`` lists those the
+    pool chose to hold (None without ``subset_size`` or ``zone``: it holds every one). With
+    ``zone``: ``local`` counts the zone's addresses, ``local_healthy`` those of the zone's held
+    ones that are healthy (READY and eligible, or not yet through their first connection
+    attempt), ``spilling`` tells whether the other zones take calls too, ``spills`` how many
+    times that began.
+    """
+
+    endpoints: int
+    subset: tuple[str, ...] | None
+    subset_size: int | None = None
+    client_id: int | str | None = None
+    zone: str | None = None
+    local: int = 0
+    local_healthy: int = 0
+    spilling: bool = False
+    spills: int = 0
+
+
+class _Group:
+    """The addresses of one zone (or of the whole service) and those of them chosen."""
+
+    def __init__(self, size: int | None, point: float, salt: str) -> None:
+        self._ring = None if size is None else Ring(size, point, salt)
+        self._all: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._all) if self._ring is None else len(self._ring)
+
+    def reset(self, addresses: Iterable[str]) -> None:
+        if self._ring is None:
+            self._all = set(addresses)
+        else:
+            self._ring.reset(addresses)
+
+    def add(self, address: str) -> None:
+        if self._ring is None:
+            self._all.add(address)
+        else:
+            self._ring.add(address)
+
+    def discard(self, address: str) -> None:
+        if self._ring is None:
+            self._all.discard(address)
+        else:
+            self._ring.discard(address)
+
+    def chosen(self) -> set[str]:
+        return set(self._all) if self._ring is None else set(self._ring.subset())
+
+
+class Selection:
+    """Tracks the dialable addresses and decides which of them the pool holds."""
+
+    def __init__(self, target: str, config: SelectionConfig | None) -> None:
+        self.target = target
+        self.config = config = config or SelectionConfig()
+        client_id = config.client_id
+        if config.subset_size is not None and client_id is None:
+            client_id = default_client_id()
+        self.client_id = client_id
+        point = 0.0 if client_id is None else client_point(client_id, target)
+        self._local = _Group(config.subset_size, point, target)
+        self._remote = _Group(config.subset_size, point, target)
+        # With a zone: address -> whether it is in the zone (without one, all are local).
+        self._placed: dict[str, bool] = {}
+        self.chosen: set[str] = set()
+        self.spilling = False
+        self.spills = 0
+        self._local_healthy = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether the pool holds anything less than every dialable address."""
+        return self.config.active
+
+    def update(self, wanted: Mapping[str, Wanted], touched: set[str] | None) -> set[str] | None:
+        """Follow the admitted addresses (``touched`` changed; None: any may have).
+
+        Returns the addresses whose being chosen may have changed (None: any may have).
+        """
+        if not self.active:
+            return touched
+        zone = self.config.zone
+        if touched is None:
+            if zone is None:
+                self._local.reset(wanted)
+            else:
+                self._placed = {a: _zone(w) == zone for a, w in wanted.items()}
+                self._local.reset(a for a, local in self._placed.items() if local)
+                self._remote.reset(a for a, local in self._placed.items() if not local)
+            self._choose()
+            return None
+        for address in touched:
+            want = wanted.get(address)
+            if zone is None:
+                if want is None:
+                    self._local.discard(address)
+                else:
+                    self._local.add(address)
+                continue
+            was = self._placed.pop(address, None)
+            if was is not None:
+                (self._local if was else self._remote).discard(address)
+            if want is not None:
+                local = _zone(want) == zone
+                self._placed[address] = local
+                (self._local if local else self._remote).add(address)
+        return self._choose() | touched
+
+    def review(self, healthy: Callable[[str], bool]) -> set[str]:
+        """Re-decide spilling from the health of the zone's chosen addresses; returns the
+        addresses whose being chosen changed."""
+        if self.config.zone is None:
+            return set()
+        local = self._local.chosen()
+        self._local_healthy = sum(1 for address in local if healthy(address))
+        spill = should_spill(self._local_healthy, len(local), self.config.spill_threshold)
+        if spill == self.spilling:
+            return set()
+        self.spilling = spill
+        zone = safe(self.config.zone)
+        if spill:
+            self.spills += 1
+            logger.warning(
+                "%s: zone %s has %d healthy of %d endpoints (spill threshold %g): "
+                "calls spill over to other zones",
+                self.target,
+                zone,
+                self._local_healthy,
+                len(local),
+                self.config.spill_threshold,
+            )
+        else:
+            logger.warning(
+                "%s: zone %s is healthy again (%d of %d endpoints): calls stay in the zone",
+                self.target,
+                zone,
+                self._local_healthy,
+                len(local),
+            )
+        return self._choose()
+
+    def _choose(self) -> set[str]:
+        """Recompute :attr:`chosen`; return what changed."""
+        chosen = self._local.chosen()
+        # With nothing in the zone there is nothing to wait for: the others serve at once.
+        if self.config.zone is None or self.spilling or not chosen:
+            chosen |= self._remote.chosen()
+        changed = chosen ^ self.chosen
+        self.chosen = chosen
+        return changed
+
+    def statistics(self, endpoints: int) -> SelectionStatistics:
+        """What :class:`SelectionStatistics` says, with ``endpoints`` dialable addresses."""
+        config = self.config
+        return SelectionStatistics(
+            endpoints=endpoints,
+            subset=tuple(sorted(self.chosen)) if self.active else None,
+            subset_size=config.subset_size,
+            client_id=self.client_id,
+            zone=config.zone,
+            local=len(self._local) if config.zone is not None else 0,
+            local_healthy=self._local_healthy,
+            spilling=self.spilling,
+            spills=self.spills,
+        )
+
+
+def _zone(want: Wanted) -> str | None:
+    return endpoint_zone(want.metadata)
