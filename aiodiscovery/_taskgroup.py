@@ -17,9 +17,13 @@ from typing import Any
 import anyio
 import anyio.abc
 
-__all__ = ["TaskHost", "exit_task_group"]
+__all__ = ["EnterOnce", "TaskHost", "exit_task_group"]
 
 logger = logging.getLogger("aiodiscovery")
+
+# The hosts' tasks: asyncio itself keeps only weak references, and the object that started one
+# may be garbage collected while its task still winds down.
+_RUNNING: set[asyncio.Task[None]] = set()
 
 
 async def exit_task_group(
@@ -39,6 +43,22 @@ async def exit_task_group(
         return bool(await task_group.__aexit__(exc_type, exc, tb))
     await task_group.__aexit__(None, None, None)
     return False
+
+
+class EnterOnce:
+    """The guard of an ``async with`` object that may be entered only once."""
+
+    __slots__ = ("_what", "entered")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.entered = False
+
+    def enter(self) -> None:
+        """Note the entry; :class:`RuntimeError` if it is not the first."""
+        if self.entered:
+            raise RuntimeError(f"a {self._what} can be entered only once; create a new one")
+        self.entered = True
 
 
 class TaskHost:
@@ -64,7 +84,11 @@ class TaskHost:
         if self._task is not None:
             raise RuntimeError(f"{self.name} is already open")
         ready = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._host(ready), name=self.name)
+        self._task = task = asyncio.get_running_loop().create_task(
+            self._host(ready), name=self.name
+        )
+        _RUNNING.add(task)
+        task.add_done_callback(_RUNNING.discard)
         await ready.wait()
 
     async def _host(self, ready: asyncio.Event) -> None:
@@ -98,13 +122,23 @@ class TaskHost:
             raise RuntimeError(f"{self.name} is closed")
         return await self._task_group.start(func, *args, name=name)
 
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
+        """Run ``func(*args)`` on the host's event loop, from any thread (a finalizer's)."""
+        task = self._task
+        if task is not None and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(func, *args)
+
+    def cancel(self) -> None:
+        """Cancel every task without waiting (from synchronous code on the host's loop)."""
+        self._closed = True
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
     async def close(self) -> None:
         """Cancel every task and wait for them to finish (shielded from the caller's cancel)."""
-        self._closed = True
+        self.cancel()
         task = self._task
         if task is None:
             return
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
         with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
             await task

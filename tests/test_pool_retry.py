@@ -17,12 +17,15 @@ import pytest
 
 from aiodiscovery import BalancedChannel, EtcdClient, resolve
 from aiodiscovery._balancer.callstatus import status_code
+from aiodiscovery._logsafe import Labelled
 from aiodiscovery._pool.retrying import RetryingUnaryStreamCall, RetryingUnaryUnaryCall
 
 from .faulty_servers import FaultyServer, faulty_servers, registered
 from .helpers import until
 from .servers import method
 from .test_pool import ready, where
+
+LOG = Labelled(logging.getLogger("aiodiscovery.pool"), "test")
 
 pytestmark = pytest.mark.anyio
 
@@ -423,7 +426,7 @@ def test_service_configs_that_break_the_rules_are_refused() -> None:
     for document, message in cases:
         text = document if isinstance(document, str) else json.dumps(document)
         with pytest.raises(ValueError, match=message):
-            retry_config([("grpc.service_config", text)])
+            retry_config([("grpc.service_config", text)], LOG)
 
 
 async def test_resolve_refuses_a_bad_service_config(client: EtcdClient, service: str) -> None:
@@ -444,7 +447,7 @@ def test_the_subchannels_get_the_service_config_without_retries() -> None:
         ],
         "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
     }
-    config, options = retry_config([("a", 1), ("grpc.service_config", json.dumps(document))])
+    config, options = retry_config([("a", 1), ("grpc.service_config", json.dumps(document))], LOG)
     assert options[0] == ("a", 1)
     assert json.loads(options[1][1]) == {
         "loadBalancingConfig": [{"round_robin": {}}],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MAX_TTL", "check_key", "check_ttl", "service_of"]
+__all__ = ["MAX_TTL", "check_key", "check_ttl"]
 
 #: etcd's MaxLeaseTTL: it refuses a longer lease.
 MAX_TTL = 9_000_000_000
@@ -19,17 +19,6 @@ def check_key(prefix: str, key: str) -> str:
             f"like {prefix + '<id>'!r}"
         )
     return key
-
-
-def service_of(key: str) -> str:
-    """The service an endpoint key belongs to: the key up to its last ``/``."""
-    service, slash, name = key.rpartition("/")
-    if not slash or not service or not name:
-        raise ValueError(
-            f"key {key!r} does not name an endpoint: expected <service>/<id>, "
-            "e.g. foo/bar/my-service/e1"
-        )
-    return service
 
 
 def check_ttl(ttl: object) -> int:

@@ -14,10 +14,22 @@ from anyio.lowlevel import checkpoint
 from .._exceptions import AuthenticationError, EtcdError, EtcdUnavailableError, LeaseNotFoundError
 from .auth import is_token_error
 
-__all__ = ["close_call", "etcd_errors", "member_trouble", "rpc_step", "translate_error"]
+__all__ = [
+    "StreamBroken",
+    "close_call",
+    "etcd_errors",
+    "member_trouble",
+    "rpc_step",
+    "translate_error",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class StreamBroken(Exception):
+    """A long-lived etcd stream stopped serving (etcd ended or cancelled it, it went silent, its
+    member was left): the caller opens a fresh one."""
 
 
 def member_trouble(exc: grpc.aio.AioRpcError) -> bool:

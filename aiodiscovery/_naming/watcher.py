@@ -19,6 +19,7 @@ from .._codec.endpointset import EndpointSet
 from .._etcd.client import EtcdClient
 from .._etcd.watch.hub import SharedWatch
 from .._etcd.watch.prefix import WatcherStatistics
+from .._taskgroup import EnterOnce
 
 __all__ = ["Watcher"]
 
@@ -51,7 +52,7 @@ class Watcher:
         self.start_timeout = start_timeout
         self.backoff_cap = backoff_cap
         self._shared: SharedWatch | None = None
-        self._entered = False
+        self._once = EnterOnce("Watcher")
         self._closed = False
         self._changed: anyio.Event | None = None
 
@@ -68,9 +69,7 @@ class Watcher:
         return self._shared.snapshot
 
     async def __aenter__(self) -> Self:
-        if self._entered:
-            raise RuntimeError("a Watcher can be entered only once")
-        self._entered = True
+        self._once.enter()
         timeout = self.start_timeout or 2 * self.client.timeout
         self._changed = anyio.Event()
         shared = await self.client.watches.join(

@@ -12,40 +12,32 @@ never refers back to the :class:`BalancedChannel`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import anyio
 import grpc
 import grpc.aio
 
-from .._balancer.policies import Picker, make_picker
+from .._balancer.policies import Picker
 from .._balancer.subchannel import CallKind
 from .._etcd.client import EtcdClient
 from .._metrics import track
 from .._naming.watcher import Watcher
 from .._resilience.outlier import OutlierDetection
-from .._resilience.retrypolicy import retry_config
-from .._selection.address import Address, AddressFilter
+from .._selection.address import AddressFilter
 from .._selection.locality import DEFAULT_SPILL_THRESHOLD
 from .._selection.protection import MassRemovalProtection
 from .._selection.selection import SelectionConfig
+from .._taskgroup import TaskHost
 from .multicallable import multi_callable
+from .options import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MASS_REMOVAL, PoolOptions
 from .pool import Pool
 from .stats import PoolStatistics, SubchannelStatistics
 
 __all__ = ["BalancedChannel", "PoolStatistics", "SubchannelStatistics", "resolve"]
 
 _State = grpc.ChannelConnectivity
-DEFAULT_DRAIN_TIMEOUT = 30.0
-DEFAULT_MASS_REMOVAL = MassRemovalProtection()
-# The pools' tasks: asyncio itself only keeps weak references, and the channel that started one
-# may be garbage collected while its task still winds down.
-_HOSTS: set[asyncio.Task[None]] = set()
 
 
 class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
@@ -83,72 +75,42 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         health_check: str | None = None,
         outlier_detection: OutlierDetection | None = None,
     ) -> None:
-        selection = SelectionConfig(subset_size, client_id, zone, spill_threshold)
         self.target = target
-        if health_check is not None and not isinstance(health_check, str):
-            raise TypeError(f"health_check must be a service name (str), not {health_check!r}")
-        if outlier_detection is not None and not isinstance(outlier_detection, OutlierDetection):
-            raise TypeError("outlier_detection must be an aiodiscovery.OutlierDetection")
-        # The pool retries by the service config's retryPolicy itself, so the subchannels get
-        # it without: a retry underneath would multiply attempts on one endpoint.
-        retry, options = retry_config(options)
-        self._watcher = Watcher(client, target, start_timeout=start_timeout)
-        dial = functools.partial(
-            _dial,
+        self._options = PoolOptions(
+            policy=policy,
             credentials=credentials,
-            options=[*options, ("grpc.use_local_subchannel_pool", 1)],
-            interceptors=list(interceptors) if interceptors else None,
+            options=tuple(options),
+            interceptors=tuple(interceptors or ()),
             compression=compression,
-        )
-        self._pool = Pool(
-            target,
-            make_picker(policy),
-            dial,
             drain_timeout=drain_timeout,
+            start_timeout=start_timeout,
             address_filter=address_filter,
             mass_removal=mass_removal,
-            selection=selection,
+            selection=SelectionConfig(subset_size, client_id, zone, spill_threshold),
             health_check=health_check,
             outlier_detection=outlier_detection,
-            retry=retry,
         )
-        self._host: asyncio.Task[None] | None = None
+        self._watcher = Watcher(client, target, start_timeout=start_timeout)
+        self._pool = Pool(target, self._options)
+        # The channel is a plain object (closed from any task, like every grpc.aio channel), so
+        # the pool's task group lives in a task of its own; close() cancels and joins it. The
+        # task runs the pool, which never refers back to this object.
+        self._host: TaskHost | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        started = anyio.Event()
-        failure: list[BaseException] = []
-        # The channel is a plain object (closed from any task, like every grpc.aio channel), so
-        # the pool's task group needs a task of its own; close() cancels and joins it. The task
-        # runs the pool, which never refers back to this object.
-        self._host = host = asyncio.get_running_loop().create_task(
-            self._pool.serve(self._watcher, started, failure),
-            name=f"aiodiscovery pool {self.target}",
-        )
-        _HOSTS.add(host)
-        host.add_done_callback(_HOSTS.discard)
+        self._host = host = TaskHost(f"aiodiscovery pool {self.target}")
+        await host.open()
         try:
-            await started.wait()
+            await host.start(self._pool.serve, self._watcher, name=f"{self.target}: following etcd")
         except BaseException:
-            # resolve() itself was cancelled: nobody will ever close this channel, so the task,
-            # the watcher and its etcd stream must go now.
-            self._host.cancel()
-            await self._join_host()
+            # The first endpoint set never came (or resolve() itself was cancelled): nobody
+            # will ever close this channel, so the task, the watcher and its etcd stream go now.
+            await host.close()
             raise
-        if failure:
-            await self._join_host()
-            raise failure[0]
         # The pool, not this object: metrics must not keep a dropped channel alive.
         track(self._pool, "pool")
-
-    async def _join_host(self) -> None:
-        host = self._host
-        if host is None:
-            return
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await host
 
     async def close(self, grace: float | None = None) -> None:
         """Stop following etcd and close every subchannel, letting calls run for ``grace`` s.
@@ -162,7 +124,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         if pool.closed:
             return
         pool.begin_close(grace)
-        await self._join_host()
+        if self._host is not None:
+            await self._host.close()
         pool.set_state(_State.SHUTDOWN)
 
     async def __aenter__(self) -> BalancedChannel:
@@ -178,8 +141,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     def __del__(self) -> None:
         # As asyncio does for an unclosed transport: say so, and release what can be released.
         # The pool's task does the releasing (subchannels, watcher, etcd stream) on its loop.
-        host: asyncio.Task[None] | None = getattr(self, "_host", None)
-        if host is None or host.done() or self._pool.closed:
+        host: TaskHost | None = getattr(self, "_host", None)
+        if host is None or not host.running or self._pool.closed:
             return
         warnings.warn(
             f"unclosed BalancedChannel {self.target!r}: close it, or use 'async with'",
@@ -187,9 +150,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             source=self,
             stacklevel=1,
         )
-        loop = host.get_loop()
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(self._pool.begin_close, None)
+        host.call_soon_threadsafe(_abandon, self._pool, host)
 
     # -- grpc.aio.Channel -------------------------------------------------------------------
 
@@ -274,26 +235,10 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         )
 
 
-def _dial(
-    address: Address,
-    *,
-    credentials: grpc.ChannelCredentials | None,
-    options: Sequence[tuple[str, Any]],
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None,
-    compression: grpc.Compression | None,
-) -> grpc.aio.Channel:
-    """The ``grpc.aio`` channel of one subchannel: to ``address`` and nowhere else."""
-    if credentials is None:
-        return grpc.aio.insecure_channel(
-            address.target, options=options, compression=compression, interceptors=interceptors
-        )
-    return grpc.aio.secure_channel(
-        address.target,
-        credentials,
-        options=options,
-        compression=compression,
-        interceptors=interceptors,
-    )
+def _abandon(pool: Pool, host: TaskHost) -> None:
+    """Release what a channel dropped without close() holds, on its loop."""
+    pool.begin_close(None)
+    host.cancel()
 
 
 async def resolve(

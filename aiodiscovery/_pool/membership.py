@@ -16,7 +16,6 @@ change costs the same whatever the number of endpoints registered.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,15 +27,14 @@ import grpc.aio
 
 from .._balancer.subchannel import DRAINING, Subchannel
 from .._codec.endpointset import EndpointSet
-from .._logsafe import safe
-from .._selection.address import Address, AddressFilter
+from .._logsafe import Labelled, safe
+from .._selection.address import Address
 from .._selection.admission import Admission, Wanted
-from .._selection.protection import MassRemovalProtection, RemovalGuard
-from .._selection.selection import Selection, SelectionConfig
+from .._selection.protection import RemovalGuard
+from .._selection.selection import Selection
+from .options import PoolOptions
 
 __all__ = ["Dial", "Membership"]
-
-logger = logging.getLogger("aiodiscovery.pool")
 
 _State = grpc.ChannelConnectivity
 # States that end a subchannel's first connection attempt.
@@ -51,28 +49,26 @@ class Membership:
 
     def __init__(
         self,
+        log: Labelled,
         target: str,
         dial: Dial,
         changed: Callable[[], None],
-        *,
-        drain_timeout: float,
-        address_filter: AddressFilter | None,
-        mass_removal: MassRemovalProtection | None,
-        selection: SelectionConfig | None = None,
+        options: PoolOptions,
     ) -> None:
-        self.target = target
+        self.log = log
         # The subchannels of the registered addresses, in key order.
         self.registered: dict[str, Subchannel] = {}
         # Removed, but kept while READY by mass-removal protection.
         self.retained: dict[str, Subchannel] = {}
-        self.admission = Admission(target, address_filter)
-        self.selection = Selection(target, selection)
+        self.admission = Admission(target, options.address_filter)
+        self.selection = Selection(target, options.selection)
+        mass_removal = options.mass_removal
         self.guard = None if mass_removal is None else RemovalGuard(mass_removal)
         # Where the background work runs; set by the pool before the first apply().
         self.task_group: anyio.abc.TaskGroup | None = None
         self._dial = dial
         self._changed = changed
-        self._drain_timeout = drain_timeout
+        self._drain_timeout = options.drain_timeout
         self._draining: dict[str, Subchannel] = {}
         # Channels replaced by renew(), closing once their calls are done.
         self._retiring: set[grpc.aio.Channel] = set()
@@ -170,16 +166,16 @@ class Membership:
             sub = self.retained.pop(addr)
             assert self.guard is not None
             self.guard.returned(addr)
-            logger.info("%s: kept endpoint %s is registered again", self.target, safe(addr))
+            self.log.info("kept endpoint %s is registered again", safe(addr))
             self.registered[addr] = sub
         follow = sub is None
         if sub is None:
             sub = self._draining.pop(addr, None)
             if sub is not None:
-                logger.info("%s: endpoint %s is back; it stops draining", self.target, safe(addr))
+                self.log.info("endpoint %s is back; it stops draining", safe(addr))
                 sub.release(DRAINING)
             else:
-                logger.info("%s: new endpoint %s", self.target, safe(addr))
+                self.log.info("new endpoint %s", safe(addr))
                 sub = Subchannel(addr, want.metadata, self._dial(want.address))
                 sub.revision = want.revision
             self.registered[addr] = sub
@@ -211,12 +207,11 @@ class Membership:
         assert guard is not None and guard.until is not None
         kept = _some([a for a in addresses if a in self.retained])
         if protecting:
-            logger.warning("%s: mass-removal protection also keeps %s", self.target, kept)
+            self.log.warning("mass-removal protection also keeps %s", kept)
             return
-        logger.warning(
-            "%s: %d endpoints removed within %g s, %d left: mass-removal protection keeps "
+        self.log.warning(
+            "%d endpoints removed within %g s, %d left: mass-removal protection keeps "
             "the READY ones in use for up to %g s: %s",
-            self.target,
             guard.recent,
             guard.config.window,
             remaining,
@@ -246,9 +241,8 @@ class Membership:
         assert self.guard is not None
         self.guard.end()
         self._protection.cancel()
-        logger.warning(
-            "%s: mass-removal protection ends (%s); %d kept endpoints drain",
-            self.target,
+        self.log.warning(
+            "mass-removal protection ends (%s); %d kept endpoints drain",
             reason,
             len(self.retained),
         )
@@ -260,18 +254,16 @@ class Membership:
         self._tried.discard(sub.address)
         sub.hold(DRAINING)
         self._draining[sub.address] = sub
-        logger.info(
-            "%s: endpoint %s removed; draining %d calls",
-            self.target,
+        self.log.info(
+            "endpoint %s removed; draining %d calls",
             safe(sub.address),
             sub.in_flight,
         )
         self._spawn(sub, self._drain)
 
     def _renew(self, sub: Subchannel, address: Address) -> None:
-        logger.info(
-            "%s: endpoint %s registered again while %s; connecting afresh",
-            self.target,
+        self.log.info(
+            "endpoint %s registered again while %s; connecting afresh",
             safe(sub.address),
             sub.state.name,
         )
@@ -312,16 +304,15 @@ class Membership:
             with anyio.move_on_after(self._drain_timeout):
                 await sub.wait_idle()
             if sub.in_flight:
-                logger.warning(
-                    "%s: closing removed endpoint %s with %d calls still in flight",
-                    self.target,
+                self.log.warning(
+                    "closing removed endpoint %s with %d calls still in flight",
                     safe(sub.address),
                     sub.in_flight,
                 )
             del self._draining[sub.address]
             with anyio.CancelScope(shield=True):
                 await sub.channel.close(None)
-            logger.info("%s: endpoint %s closed", self.target, safe(sub.address))
+            self.log.info("endpoint %s closed", safe(sub.address))
 
 
 def _some(addresses: list[str], shown: int = 10) -> str:

@@ -31,14 +31,13 @@ from .._balancer.deferred import DeferredCall, WaitQueue
 from .._balancer.policies import Picker
 from .._balancer.subchannel import MethodKey, Observer, Subchannel, Tally
 from .._codec.endpointset import EndpointSet
+from .._logsafe import Labelled
 from .._resilience.health import UNHEALTHY, HealthCheck, SubchannelHealth
-from .._resilience.outlier import OutlierDetection, OutlierDetector
-from .._resilience.retrypolicy import RetryConfig, RetryThrottle
-from .._selection.address import AddressFilter
-from .._selection.protection import MassRemovalProtection
-from .._selection.selection import SelectionConfig
-from .membership import Dial, Membership
-from .stats import PoolStatistics, subchannel_statistics, why_held
+from .._resilience.outlier import OutlierDetector
+from .._resilience.retrypolicy import RetryThrottle
+from .membership import Membership
+from .options import PoolOptions
+from .stats import PoolStatistics, subchannel_statistics
 
 __all__ = ["EndpointSource", "Pool"]
 
@@ -73,36 +72,24 @@ class Pool:
     methods. :meth:`serve` is the body of the channel's background task.
     """
 
-    def __init__(
-        self,
-        target: str,
-        picker: Picker[Subchannel],
-        dial: Dial,
-        *,
-        drain_timeout: float,
-        address_filter: AddressFilter | None = None,
-        mass_removal: MassRemovalProtection | None = None,
-        selection: SelectionConfig | None = None,
-        health_check: str | None = None,
-        outlier_detection: OutlierDetection | None = None,
-        retry: RetryConfig | None = None,
-    ) -> None:
+    def __init__(self, target: str, options: PoolOptions) -> None:
         self.target = target
-        self.picker = picker
+        # Every line the pool and its parts log starts with the target it serves.
+        self.log = Labelled(logger, target)
+        self.picker: Picker[Subchannel] = options.picker()
         # The subchannels the picker was last given; empty means "defer the call".
         self.usable: list[Subchannel] = []
         self.state = _State.IDLE
         self.closed = False
         # Why the pool stopped following etcd, once its task has died without close().
         self.stop_reason: str | None = None
+        self.retry, subchannel_options = options.retry(self.log)
         self._members = Membership(
+            self.log,
             target,
-            dial,
+            functools.partial(options.dial, options=subchannel_options),
             self._rebuild,
-            drain_timeout=drain_timeout,
-            address_filter=address_filter,
-            mass_removal=mass_removal,
-            selection=selection,
+            options,
         )
         self._state_changed = anyio.Event()
         self._waiting = WaitQueue()
@@ -110,15 +97,14 @@ class Pool:
         self._no_endpoint_failures = 0
         self._grace: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._health = None if health_check is None else HealthCheck(target, health_check)
+        service = options.health_check
+        self._health = None if service is None else HealthCheck(self.log, service)
+        detection = options.outlier_detection
         self._detector = (
             None
-            if outlier_detection is None
-            else OutlierDetector(outlier_detection, target, self._in_service, self._rebuild)
+            if detection is None
+            else OutlierDetector(detection, self.log, self._in_service, self._rebuild)
         )
-        self.retry = RetryConfig() if retry is None else retry
-        if self.retry.throttle is not None:
-            self.retry.throttle.target = target
         # Counted by the retrying calls.
         self.retries = 0
         self.retries_throttled = 0
@@ -128,32 +114,38 @@ class Pool:
     # -- life cycle -------------------------------------------------------------------------
 
     async def serve(
-        self, watcher: EndpointSource, started: anyio.Event, failure: list[BaseException]
+        self,
+        watcher: EndpointSource,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Follow ``watcher`` until cancelled; set ``started`` once the first set is applied.
+        """Follow ``watcher`` until cancelled; report ``started`` once the first set is applied.
 
-        An error before that goes into ``failure``; after it, the pool says why it stopped in
-        the log, in :attr:`stop_reason` and in every call made from then on.
+        An error before that is the starter's (``TaskGroup.start`` raises it); after it, the
+        pool says why it stopped in the log, in :attr:`stop_reason` and in every call made from
+        then on, and returns: nothing else could report it.
         """
+        started = False
         try:
             async with watcher, anyio.create_task_group() as tg:
                 self._task_group = self._members.task_group = tg
                 if self._detector is not None:
                     tg.start_soon(self._detector.run)
                 self.apply(watcher.snapshot)
-                started.set()
+                task_status.started()
+                started = True
                 async for snapshot in watcher.snapshots():
                     self.apply(snapshot)
-        except BaseException as exc:
-            failure.append(exc)
-            if not isinstance(exc, anyio.get_cancelled_exc_class()) and started.is_set():
-                logger.exception("%s: the pool stopped following etcd", self.target)
-                self.stop_reason = (
-                    f"the pool of {self.target!r} stopped following etcd: {_cause(exc)!r}"
-                )
+        except anyio.get_cancelled_exc_class():
             raise
+        except Exception as exc:
+            if not started:
+                raise
+            self.log.exception("the pool stopped following etcd")
+            self.stop_reason = (
+                f"the pool of {self.target!r} stopped following etcd: {_cause(exc)!r}"
+            )
         finally:
-            started.set()
             self.usable = []
             with anyio.CancelScope(shield=True):
                 await self._members.close(self._grace)
@@ -411,3 +403,23 @@ def _cause(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+def why_held(held: Sequence[Subchannel]) -> str:
+    """Why these subchannels take no calls, for an error message: counts by reason."""
+    reasons: dict[str, int] = {}
+    for sub in held:
+        if sub.tally is not None and sub.tally.ejected_at is not None:
+            reason = "ejected (outlier detection)"
+        elif sub.health is not None and not sub.health.healthy:
+            reason = _HEALTH_REASONS.get(sub.health.status, sub.health.status)
+            reason += " (health check)"
+        else:
+            continue
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return f"{len(held)} held out"
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+
+
+_HEALTH_REASONS = {"PENDING": "not answered yet", "FAILED": "health watch failing"}

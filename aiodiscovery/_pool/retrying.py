@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NEVER_SENT", "PUSHBACK", "RetryingUnaryStreamCall", "RetryingUnaryUnaryCall"]
 
-logger = logging.getLogger("aiodiscovery.pool")
 
 # grpc's details for a call failed while picking a connection for it (pick_first without one).
 NEVER_SENT = ("failed to connect to all addresses",)
@@ -139,7 +137,7 @@ class _Retrying(LateCall):
             self._context.run(self._start, kwargs, sub)
         except Exception:
             # The channel closed meanwhile, say: the caller gets the last attempt's error.
-            logger.debug("%s: could not start a retry", self._target, exc_info=True)
+            self._pool.log.debug("could not start a retry", exc_info=True)
             self._settle(previous)
 
     def _attempt_done(self, attempt: Any, *, reader: bool = False) -> None:
@@ -165,7 +163,7 @@ class _Retrying(LateCall):
             return
         self._retries += 1
         self._pool.retries += 1
-        logger.debug("%s: retrying %s in %.3f s", self._target, self._key[1], delay)
+        self._pool.log.debug("retrying %s in %.3f s", self._key[1], delay)
         self._timer = asyncio.get_running_loop().call_later(delay, self._again)
 
     def _transparent(self, info: Ended) -> bool:
@@ -180,9 +178,8 @@ class _Retrying(LateCall):
             return False
         self._transparent_used = True
         self._pool.transparent_retries += 1
-        logger.debug(
-            "%s: %s never left (%s); sending it to %s",
-            self._target,
+        self._pool.log.debug(
+            "%s never left (%s); sending it to %s",
             self._key[1],
             safe(info.details),
             safe(other.address),
@@ -204,9 +201,7 @@ class _Retrying(LateCall):
         if throttle is not None and not throttle.failure():
             self._pool.retries_throttled += 1
             if throttle.refuse():
-                logger.warning(
-                    "%s: retries throttled: too many calls fail (retryThrottling)", self._target
-                )
+                self._pool.log.warning("retries throttled: too many calls fail (retryThrottling)")
             return None
         if self._retries + 1 >= policy.max_attempts:
             return None

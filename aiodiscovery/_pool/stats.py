@@ -1,14 +1,13 @@
-"""What a pool reports about itself: statistics snapshots, and why endpoints take no calls."""
+"""What a pool reports about itself: statistics snapshots of the pool and its subchannels."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._balancer.subchannel import Subchannel
 from .._selection.selection import SelectionStatistics
 
-__all__ = ["PoolStatistics", "SubchannelStatistics", "subchannel_statistics", "why_held"]
+__all__ = ["PoolStatistics", "SubchannelStatistics", "subchannel_statistics"]
 
 
 @dataclass(frozen=True)
@@ -95,23 +94,3 @@ def subchannel_statistics(sub: Subchannel, retained: bool) -> SubchannelStatisti
         ejections=0 if sub.tally is None else sub.tally.ejections,
         failures=sub.failures,
     )
-
-
-def why_held(held: Sequence[Subchannel]) -> str:
-    """Why these subchannels take no calls, for an error message: counts by reason."""
-    reasons: dict[str, int] = {}
-    for sub in held:
-        if sub.tally is not None and sub.tally.ejected_at is not None:
-            reason = "ejected (outlier detection)"
-        elif sub.health is not None and not sub.health.healthy:
-            reason = _HEALTH_REASONS.get(sub.health.status, sub.health.status)
-            reason += " (health check)"
-        else:
-            continue
-        reasons[reason] = reasons.get(reason, 0) + 1
-    if not reasons:
-        return f"{len(held)} held out"
-    return ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
-
-
-_HEALTH_REASONS = {"PENDING": "not answered yet", "FAILED": "health watch failing"}

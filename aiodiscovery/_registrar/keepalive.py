@@ -25,7 +25,7 @@ import grpc
 from aetcd import rpc
 
 from .._backoff import Backoff
-from .._etcd.rpc import close_call, rpc_step, translate_error
+from .._etcd.rpc import StreamBroken, close_call, rpc_step, translate_error
 from .._etcd.transport import Transport
 from .._exceptions import EtcdError, EtcdUnavailableError
 from .._logsafe import safe
@@ -141,10 +141,6 @@ class KeepAliveCounts:
     last_refresh: float | None = None
 
 
-class _StreamBroken(Exception):
-    """A keep-alive stream stopped serving; a fresh one is needed."""
-
-
 async def keep_alive(
     client: Transport, grant: LeaseGrant, counts: KeepAliveCounts, label: Callable[[], str]
 ) -> str:
@@ -160,7 +156,7 @@ async def keep_alive(
         while True:
             try:
                 return await _stream(client, grant, counts, watchdog, backoff)
-            except (EtcdError, _StreamBroken) as exc:
+            except (EtcdError, StreamBroken) as exc:
                 failure = exc
             logger.debug("keep-alive of %s: %s; opening a new stream", label(), safe(failure))
             await backoff.sleep()
@@ -194,7 +190,7 @@ async def _stream(
                 await abandoned.wait()
             if abandoned.is_set():
                 # Someone found this member silent: refresh on the member now in use.
-                raise _StreamBroken(f"left etcd member {member.url}")
+                raise StreamBroken(f"left etcd member {member.url}")
             sent = anyio.current_time()
             reply: Any = None
             # etcd answers a stream's requests one at a time, in order: one that stalls (a
@@ -208,9 +204,9 @@ async def _stream(
                 # The reply was due: the member is frozen, partitioned or overloaded. Move every
                 # stream of the client off it while the lease can still be refreshed.
                 members.abandon(member, f"no keep-alive reply within {patience:.3g} s")
-                raise _StreamBroken(f"no keep-alive reply within {patience:.3g} s")
+                raise StreamBroken(f"no keep-alive reply within {patience:.3g} s")
             if reply is grpc.aio.EOF:
-                raise _StreamBroken("etcd closed the keep-alive stream")
+                raise StreamBroken("etcd closed the keep-alive stream")
             members.heard(member)
             if reply.TTL <= 0:
                 return "etcd reports the lease expired or revoked"
@@ -226,7 +222,7 @@ async def _stream(
         raise translate_error(exc) from exc
     except asyncio.InvalidStateError:
         # grpc.aio refuses a write on a call that already ended; its status says why.
-        raise _StreamBroken(f"keep-alive stream ended: {await _status(call)}") from None
+        raise StreamBroken(f"keep-alive stream ended: {await _status(call)}") from None
     finally:
         await close_call(call)
 

@@ -34,7 +34,7 @@ from .._exceptions import EtcdError, LeaseNotFoundError
 from .._logsafe import safe
 from .._metrics import track
 from .._statecell import StateCell
-from .._taskgroup import TaskHost
+from .._taskgroup import EnterOnce, TaskHost
 from .keepalive import (
     RETRY_CAP,
     RETRY_INITIAL,
@@ -147,7 +147,7 @@ class LeaseKeeper:
         #: How long each request of a (re)registration under this lease may take.
         self.attempt_timeout = attempt_timeout(client.timeout, ttl)
         self._cell = StateCell(LeaseState.GRANTING, LeaseState.CLOSED)
-        self._entered = False
+        self._once = EnterOnce("LeaseKeeper")
         self._host: TaskHost | None = None
         self._grant: LeaseGrant | None = None
         self._hold_scope: anyio.CancelScope | None = None
@@ -240,9 +240,7 @@ class LeaseKeeper:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._entered:
-            raise RuntimeError("a LeaseKeeper can be entered only once; create a new one")
-        self._entered = True
+        self._once.enter()
         try:
             grant = await self._first_grant()
             self._host = TaskHost(f"aiodiscovery lease keeper {grant.id:x}")

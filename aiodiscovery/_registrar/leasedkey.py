@@ -15,6 +15,7 @@ import logging
 from aetcd import rpc
 
 from .._backoff import Backoff
+from .._etcd.rpc import StreamBroken
 from .._etcd.transport import Transport
 from .._etcd.watch.stream import run_watch
 from .._exceptions import EtcdError
@@ -24,10 +25,6 @@ from .keepalive import RETRY_CAP, RETRY_INITIAL
 __all__ = ["LeasedKey"]
 
 logger = logging.getLogger("aiodiscovery.registrar")
-
-
-class _StreamBroken(Exception):
-    """etcd cancelled the watch; a fresh one is needed."""
 
 
 class _KeyDeleted(Exception):
@@ -96,7 +93,7 @@ class LeasedKey:
                         return "the key was deleted while the watch was down"
                     start = current + 1
                 return await self._watch(start, backoff)
-            except (EtcdError, _StreamBroken) as exc:
+            except (EtcdError, StreamBroken) as exc:
                 logger.debug("watch of %s: %s; watching again", safe(self.key), safe(exc))
                 start = None
             await backoff.sleep()
@@ -105,14 +102,14 @@ class LeasedKey:
         """Watch the key from ``start`` on one stream; return once it is deleted.
 
         Every way the stream itself can fail surfaces as an :class:`EtcdError` (see
-        :func:`run_watch`); etcd cancelling the watch as :class:`_StreamBroken`.
+        :func:`run_watch`); etcd cancelling the watch as :class:`StreamBroken`.
         """
         self.watch_streams += 1
         create = rpc.WatchCreateRequest(key=self._key_bytes, start_revision=start)
 
         def handle(reply: rpc.WatchResponse) -> None:
             if reply.canceled:
-                raise _StreamBroken(
+                raise StreamBroken(
                     f"etcd cancelled the watch ({reply.cancel_reason or 'no reason given'}, "
                     f"compact revision {reply.compact_revision})"
                 )
@@ -129,7 +126,7 @@ class LeasedKey:
         except _KeyDeleted:
             return "the key was deleted (by another client, or with its lease)"
         # run_watch ends only by raising; this keeps a future change from ending silently.
-        raise _StreamBroken("the watch stream ended")
+        raise StreamBroken("the watch stream ended")
 
     async def _read_key(self) -> int | None:
         """The current revision if the key exists, else ``None``."""

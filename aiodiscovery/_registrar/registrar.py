@@ -32,6 +32,7 @@ from .._etcd.client import EtcdClient
 from .._exceptions import EtcdUnavailableError
 from .._logsafe import safe
 from .._metrics import track
+from .._taskgroup import EnterOnce
 from .health import DEFAULT_HEALTH_GRACE, HealthWatch
 from .keepalive import lease_text
 from .lease import (
@@ -183,7 +184,7 @@ class Registrar:
             client, self.key, encode_endpoint(self.endpoint), timeout=self._keeper.attempt_timeout
         )
         self._work = Registration(self._key, self._keeper, self._health, self.endpoint.addr)
-        self._entered = False
+        self._once = EnterOnce("Registrar")
         self._shut_down = False
 
     # -- public state ---------------------------------------------------------------------------
@@ -272,9 +273,7 @@ class Registrar:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._entered:
-            raise RuntimeError("a Registrar can be entered only once; create a new one")
-        self._entered = True
+        self._once.enter()
         keeper = self._keeper
         deadline = anyio.current_time() + self.start_timeout
         # Attached first, so that the keeper's log lines name the key from the start.

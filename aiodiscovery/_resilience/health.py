@@ -15,7 +15,6 @@ The protocol's messages come from :mod:`._healthproto`, shared with the Registra
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import anyio
@@ -25,11 +24,10 @@ import grpc.aio
 from .._backoff import Backoff
 from .._balancer.subchannel import Subchannel
 from .._healthproto import WATCH_METHOD, messages, status_name
-from .._logsafe import safe
+from .._logsafe import Labelled, safe
 
 __all__ = ["UNHEALTHY", "HealthCheck", "SubchannelHealth"]
 
-logger = logging.getLogger("aiodiscovery.pool")
 
 # The hold reason of a subchannel without a SERVING answer on its current connection.
 UNHEALTHY = "unhealthy"
@@ -47,8 +45,8 @@ _State = grpc.ChannelConnectivity
 class HealthCheck:
     """A pool's health checking: which service to ask about, and what it logged already."""
 
-    def __init__(self, target: str, service: str) -> None:
-        self.target = target
+    def __init__(self, log: Labelled, service: str) -> None:
+        self.log = log
         self.service = service
         self.request = messages()[0](service=service)
         # Addresses already reported as having no health service.
@@ -85,9 +83,8 @@ class SubchannelHealth:
         if status not in (PENDING, FAILED) and not routine:
             # The first SERVING on each connection is routine, and watch() tells how a stream
             # ended; what a server says about itself is news.
-            logger.info(
-                "%s: endpoint %s health %s -> %s",
-                self.check.target,
+            self.check.log.info(
+                "endpoint %s health %s -> %s",
                 safe(sub.address),
                 previous,
                 status,
@@ -118,17 +115,15 @@ class SubchannelHealth:
             self._set(sub, FAILED, changed)
             if answered:
                 backoff.reset()
-                logger.info(
-                    "%s: health watch of %s ended (%s); opening it again",
-                    check.target,
+                check.log.info(
+                    "health watch of %s ended (%s); opening it again",
                     safe(sub.address),
                     why,
                 )
             else:
                 delay = backoff.next_delay()
-                logger.info(
-                    "%s: health watch of %s failed (%s); trying again in %.1f s",
-                    check.target,
+                check.log.info(
+                    "health watch of %s failed (%s); trying again in %.1f s",
                     safe(sub.address),
                     why,
                     delay,
@@ -165,9 +160,8 @@ class SubchannelHealth:
         check = self.check
         if sub.address not in check.unimplemented:
             check.unimplemented.add(sub.address)
-            logger.warning(
-                "%s: endpoint %s has no health service (UNIMPLEMENTED); it counts as healthy",
-                check.target,
+            check.log.warning(
+                "endpoint %s has no health service (UNIMPLEMENTED); it counts as healthy",
                 safe(sub.address),
             )
         self._set(sub, UNIMPLEMENTED, changed)

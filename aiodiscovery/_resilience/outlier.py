@@ -13,7 +13,6 @@ The hot path is :meth:`OutlierDetector.record`: two counter increments per finis
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -25,11 +24,10 @@ import grpc
 
 from .._balancer.callstatus import code_value
 from .._balancer.subchannel import Subchannel, Tally
-from .._logsafe import safe
+from .._logsafe import Labelled, safe
 
 __all__ = ["DEFAULT_FAILURE_CODES", "EJECTED", "OutlierDetection", "OutlierDetector", "Tally"]
 
-logger = logging.getLogger("aiodiscovery.pool")
 
 # The hold reason of an ejected subchannel.
 EJECTED = "ejected"
@@ -152,12 +150,12 @@ class OutlierDetector:
     def __init__(
         self,
         config: OutlierDetection,
-        target: str,
+        log: Labelled,
         subchannels: Callable[[], Iterable[Subchannel]],
         changed: Callable[[], None],
     ) -> None:
         self.config = config
-        self.target = target
+        self.log = log
         self._subchannels = subchannels
         self._changed = changed
         self._failing = frozenset(code_value(c) for c in config.failure_codes)
@@ -215,9 +213,8 @@ class OutlierDetector:
         tally.ejections += 1
         self.ejections += 1
         sub.hold(EJECTED)
-        logger.warning(
-            "%s: endpoint %s ejected for %g s (%s)",
-            self.target,
+        self.log.warning(
+            "endpoint %s ejected for %g s (%s)",
             safe(sub.address),
             self._ejection_time(tally),
             why,
@@ -261,7 +258,7 @@ class OutlierDetector:
                 tally.streak = 0
                 sub.release(EJECTED)
                 returned = True
-                logger.info("%s: endpoint %s is back from ejection", self.target, safe(sub.address))
+                self.log.info("endpoint %s is back from ejection", safe(sub.address))
         if returned or ejected != before:
             self._changed()
 

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from .._balancer.callstatus import OK, code_value
+from .._logsafe import Labelled
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -78,9 +79,9 @@ class RetryThrottle:
     tokens are left.
     """
 
-    __slots__ = ("max_tokens", "refusing", "target", "threshold", "token_ratio", "tokens")
+    __slots__ = ("log", "max_tokens", "refusing", "threshold", "token_ratio", "tokens")
 
-    def __init__(self, max_tokens: float, token_ratio: float) -> None:
+    def __init__(self, max_tokens: float, token_ratio: float, log: Labelled) -> None:
         self.max_tokens = max_tokens
         self.token_ratio = token_ratio
         self.threshold = max_tokens / 2
@@ -88,7 +89,7 @@ class RetryThrottle:
         # Whether a retry was refused since the tokens were last above the threshold.
         self.refusing = False
         # For the log line that says retries resume.
-        self.target = ""
+        self.log = log
 
     def success(self) -> None:
         """Count a successful call."""
@@ -96,7 +97,7 @@ class RetryThrottle:
         self.tokens = tokens if tokens < self.max_tokens else self.max_tokens
         if self.refusing and self.tokens > self.threshold:
             self.refusing = False
-            logger.info("%s: retries resume (retryThrottling)", self.target)
+            self.log.info("retries resume (retryThrottling)")
 
     def refuse(self) -> bool:
         """Note a refused retry; True if it is the first since retries were last allowed."""
@@ -142,8 +143,12 @@ class RetryConfig:
 _TRANSPARENT_ONLY = MethodRetry(None)
 
 
-def retry_config(options: Iterable[tuple[str, Any]]) -> tuple[RetryConfig, list[tuple[str, Any]]]:
+def retry_config(
+    options: Iterable[tuple[str, Any]], log: Labelled
+) -> tuple[RetryConfig, list[tuple[str, Any]]]:
     """Parse the retry parts of ``options``; return them and the options for the subchannels.
+
+    ``log`` is the pool's: the throttle says through it when retries resume.
 
     Raises ``ValueError`` naming the field when the service config is not valid JSON or its
     retry parts break gRFC A6's rules.
@@ -161,7 +166,7 @@ def retry_config(options: Iterable[tuple[str, Any]]) -> tuple[RetryConfig, list[
         stripped.append((key, value))
     if document is not None:
         config.methods = _method_rules(document)
-        config.throttle = _throttle(document.get("retryThrottling"))
+        config.throttle = _throttle(document.get("retryThrottling"), log)
     return config, stripped
 
 
@@ -296,7 +301,7 @@ def _duration(value: Any, where: str) -> float:
     return seconds
 
 
-def _throttle(value: Any) -> RetryThrottle | None:
+def _throttle(value: Any, log: Labelled) -> RetryThrottle | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -309,4 +314,4 @@ def _throttle(value: Any) -> RetryThrottle | None:
     assert isinstance(tokens, int | float) and isinstance(ratio, int | float)
     if tokens > 1000:
         raise _invalid(f"retryThrottling.maxTokens must be at most 1000, not {tokens!r}")
-    return RetryThrottle(float(tokens), float(ratio))
+    return RetryThrottle(float(tokens), float(ratio), log)
