@@ -25,7 +25,7 @@ from .._etcd.rpc import close_call, rpc_step
 from .._exceptions import HealthCheckError
 from .._healthproto import WATCH_METHOD, ServingStatus, messages, status_name
 from .._logsafe import safe
-from .keepalive import RETRY_CAP, RETRY_INITIAL
+from .timing import RETRY_CAP, RETRY_INITIAL
 
 __all__ = ["DEFAULT_HEALTH_GRACE", "HealthWatch"]
 
