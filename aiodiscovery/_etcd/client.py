@@ -29,11 +29,12 @@ import anyio
 import grpc
 
 from .._exceptions import AuthenticationError, EtcdError
+from .._grpccall import rpc_step
 from .._metrics import track
 from .._taskgroup import TaskHost
 from .auth import TOKEN_KEY, AuthInterceptor, TokenAuth, is_auth_cancel, is_token_error
 from .members import DEFAULT_HEARTBEAT, Member, MemberSet, MemberStatistics
-from .rpc import member_trouble, rpc_step, translate_error
+from .rpc import member_trouble, translate_error
 from .tls import PemSource, tls_config
 from .urls import DEFAULT_URL, member_address, parse_urls
 from .watch.hub import WatchHub

@@ -22,9 +22,10 @@ import grpc
 from aetcd import rpc
 
 from .._backoff import Backoff
-from .._etcd.rpc import StreamBroken, close_call, rpc_step, translate_error
+from .._etcd.rpc import StreamBroken, translate_error
 from .._etcd.transport import Transport
 from .._exceptions import EtcdError
+from .._grpccall import close_call, rpc_step
 from .._logsafe import safe
 from .timing import RETRY_INITIAL
 
