@@ -64,7 +64,7 @@ class SelectionConfig:
         return self.subset_size is not None or self.zone is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SelectionStatistics:
     """Which endpoints the pool chose to connect to, and why.
 
