@@ -56,6 +56,10 @@ from ._resilience.outlier import OutlierDetection
 from ._selection.address import Address, allow_networks, parse_address
 from ._selection.protection import MassRemovalProtection
 from ._selection.selection import SelectionStatistics
+from ._xds.local import local_xds_server
+from ._xds.policy import XdsPolicy
+from ._xds.server import XdsServer
+from ._xds.stats import XdsNack, XdsServiceStatistics, XdsStatistics, XdsStreamStatistics
 
 # Grouped by subsystem, bottom up (the layer table in tests/test_structure.py), sorted within.
 # A single sorted list would hide which part of the house a name belongs to.
@@ -122,6 +126,14 @@ __all__ = [  # noqa: RUF022
     "allow_networks",
     "parse_address",
     "resolve",
+    # the registry as an xDS control plane: grpc core balances
+    "XdsNack",
+    "XdsPolicy",
+    "XdsServer",
+    "XdsServiceStatistics",
+    "XdsStatistics",
+    "XdsStreamStatistics",
+    "local_xds_server",
 ]
 
 

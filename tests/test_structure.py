@@ -45,6 +45,8 @@ LAYERS: dict[str, set[str]] = {
     "_balancer": {"kernel", "_codec"},
     "_selection": {"kernel", "_codec"},
     "_resilience": {"kernel", "_codec", "_balancer"},
+    # The registry as an xDS control plane: grpc core balances, so no pool below it.
+    "_xds": {"kernel", "_codec", "_etcd", "_naming", "_selection"},
     "_pool": {
         "kernel",
         "_codec",
@@ -54,6 +56,8 @@ LAYERS: dict[str, set[str]] = {
         "_balancer",
         "_selection",
         "_resilience",
+        # resolve(engine="xds") only dispatches to _xds.
+        "_xds",
     },
     # The public face and the tools built on it.
     "__init__": {
@@ -66,6 +70,7 @@ LAYERS: dict[str, set[str]] = {
         "_selection",
         "_resilience",
         "_pool",
+        "_xds",
     },
     "__main__": {"_cli"},
     "_cli": {"public"},
@@ -137,6 +142,8 @@ def test_imports_follow_the_layer_table() -> None:
         ("aiodiscovery._registrar.lease", "aiodiscovery._pool.channel"),
         ("aiodiscovery._logsafe", "aiodiscovery._codec.endpoint"),
         ("aiodiscovery._cli._list", "aiodiscovery._naming.watcher"),
+        ("aiodiscovery._xds.catalog", "aiodiscovery._pool.channel"),
+        ("aiodiscovery._xds.server", "aiodiscovery._registrar.registrar"),
     ],
 )
 def test_the_layer_check_refuses_a_wrong_direction(importer: str, imported: str) -> None:

@@ -30,6 +30,8 @@ from .._selection.locality import DEFAULT_SPILL_THRESHOLD
 from .._selection.protection import MassRemovalProtection
 from .._selection.selection import SelectionConfig
 from .._taskgroup import TaskHost
+from .._xds.local import xds_channel
+from .._xds.policy import XdsPolicy
 from .multicallable import multi_callable
 from .options import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MASS_REMOVAL, PoolOptions
 from .pool import Pool
@@ -260,7 +262,9 @@ async def resolve(
     spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
     health_check: str | None = None,
     outlier_detection: OutlierDetection | None = None,
-) -> BalancedChannel:
+    engine: str = "pool",
+    xds_policy: XdsPolicy | None = None,
+) -> BalancedChannel | grpc.aio.Channel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
     ``target`` is ``"etcd:///foo/bar/my-service"`` or ``"foo/bar/my-service"``. The channel is
@@ -301,7 +305,38 @@ async def resolve(
     client (its endpoint's connection had just broken) is sent once more to another READY
     endpoint, policy or not. ``("grpc.enable_retries", 0)`` turns all of this off (and grpc's
     own retries in the subchannels): every call is then grpc.aio's own call object.
+
+    ``engine="xds"`` returns grpc's own channel on ``xds:///<service>`` instead, balanced by grpc
+    core from a control plane in this process (:func:`local_xds_server`) that follows the
+    registry: ``policy`` ``"round_robin"`` or ``"pick_first"``, ``outlier_detection``, or an
+    :class:`XdsPolicy` as ``xds_policy``; the pool's own options are refused. See the xDS guide.
     """
+    if engine == "xds":
+        pool_only = {
+            "drain_timeout": drain_timeout != DEFAULT_DRAIN_TIMEOUT,
+            "address_filter": address_filter is not None,
+            "mass_removal": mass_removal is not DEFAULT_MASS_REMOVAL,
+            "subset_size": subset_size is not None,
+            "client_id": client_id is not None,
+            "zone": zone is not None,
+            "spill_threshold": spill_threshold != DEFAULT_SPILL_THRESHOLD,
+            "health_check": health_check is not None,
+        }
+        return await xds_channel(
+            client,
+            target,
+            pool_policy=policy,
+            outlier_detection=outlier_detection,
+            xds_policy=xds_policy,
+            credentials=credentials,
+            options=options,
+            interceptors=interceptors,
+            compression=compression,
+            start_timeout=start_timeout,
+            refused=[name for name, given in pool_only.items() if given],
+        )
+    if engine != "pool" or xds_policy is not None:
+        raise ValueError(f"engine {engine!r}: 'pool' (the default) or 'xds' (xds_policy needs it)")
     channel = BalancedChannel(
         client,
         target,
