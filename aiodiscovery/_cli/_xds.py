@@ -18,7 +18,8 @@ from ._settings import ConnectSettings
 
 __all__ = ["XDS_SERVER"]
 
-_POLICIES = ("round_robin", "ring_hash", "pick_first", "least_request")
+# The policies grpc clients implement (XdsPolicy also names Envoy-only ones).
+_POLICIES = ("round_robin", "ring_hash", "pick_first")
 _RETRY = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 
 

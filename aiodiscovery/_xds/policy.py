@@ -2,8 +2,8 @@
 
 Plain data, checked when made: a policy that a client would reject (NACK) because of a value out
 of range is refused here with a clear error instead. What a client may still refuse is a
-policy it does not implement (``"maglev"`` and ``"random"`` are Envoy's; gRPC clients NACK
-them), which the server then reports (see :class:`~.ads.XdsStatistics`).
+policy it does not implement (``least_request``, ``random`` and ``maglev`` are for Envoy; grpcio
+NACKs them), which the server then reports (see :class:`~.stats.XdsStatistics`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Protocol
 __all__ = ["LB_POLICIES", "RETRY_CODES", "OutlierSettings", "XdsPolicy"]
 
 #: Load-balancing policies a Cluster can name. gRPC clients implement ``round_robin``,
-#: ``ring_hash`` and ``pick_first`` (``least_request`` in recent versions); ``random`` and
-#: ``maglev`` are for Envoy data planes.
+#: ``ring_hash`` and ``pick_first``; ``least_request``, ``random`` and ``maglev`` are for Envoy
+#: data planes (grpcio 1.85 NACKs all three).
 LB_POLICIES = ("round_robin", "ring_hash", "pick_first", "least_request", "random", "maglev")
 #: Status names a route's retry policy may retry on (gRPC's xDS retry support, gRFC A44).
 RETRY_CODES = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
