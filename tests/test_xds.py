@@ -27,21 +27,18 @@ import pytest
 from aiodiscovery import (
     BalancedChannel,
     Endpoint,
-    EndpointSet,
     EtcdClient,
-    OutlierDetection,
     Registrar,
     XdsPolicy,
     XdsServer,
     local_xds_server,
     resolve,
 )
-from aiodiscovery._xds.local import BOOTSTRAP_ENV, _claim_bootstrap
-from aiodiscovery._xds.resources import build_assignment, build_cluster, build_route
-from aiodiscovery.testing import EtcdServer
+from aiodiscovery._xds.local import BOOTSTRAP_ENV, _Local
+from aiodiscovery.testing import EtcdServer, TLSFiles
 
 from .helpers import until
-from .processes import Process, clean_env, cli_command, run, run_cli
+from .processes import Process, clean_env, cli_command
 from .servers import EchoServer, method
 
 pytestmark = pytest.mark.anyio
@@ -88,7 +85,8 @@ def acked_everywhere(server: XdsServer, version: int) -> bool:
 @pytest.fixture(scope="module", autouse=True)
 async def close_the_local_server() -> AsyncIterator[None]:
     yield
-    await (await local_xds_server()).close()
+    if _Local.server is not None:
+        await _Local.server.close()
 
 
 async def test_the_xds_channel_reaches_every_registered_endpoint(
@@ -237,68 +235,6 @@ async def test_health_zone_and_weight_attributes_reach_grpc(
     assert 0.6 < seen["s0"] / 400 < 0.9, seen
 
 
-def test_registry_data_grpc_would_refuse_is_left_out_and_named() -> None:
-    endpoints = EndpointSet(
-        {
-            "svc/a": Endpoint("10.0.0.1:80", "zone=z1&weight=4294967295"),
-            "svc/b": Endpoint("10.0.0.2:80", "zone=z2&weight=4294967295"),
-            "svc/dup": Endpoint("10.0.0.1:80"),
-            "svc/host": Endpoint("backend.example:80"),
-            "svc/bad": Endpoint("unix:/tmp/x"),
-            "svc/weight": Endpoint("10.0.0.3:80", "weight=0"),
-            "svc/six": Endpoint("[::1]:81", "health=unhealthy"),
-        },
-        revision=7,
-    )
-    assignment = build_assignment("svc", endpoints, XdsPolicy())
-    assert set(assignment.skipped) == {"svc/dup", "svc/host", "svc/bad", "svc/weight"}
-    assert "another key" in assignment.skipped["svc/dup"]
-    assert "host name" in assignment.skipped["svc/host"]
-    assert assignment.endpoints == 3
-    localities = {z.locality.zone: z for z in assignment.message.endpoints}
-    # Locality weights never sum past what a client accepts (2**32 - 1).
-    assert sum(z.load_balancing_weight.value for z in localities.values()) <= 2**32 - 1
-    assert localities[""].lb_endpoints[0].health_status == 2  # UNHEALTHY
-
-
-def test_policies_become_the_cluster_and_the_route() -> None:
-    policy = XdsPolicy(
-        lb_policy="ring_hash",
-        ring_size=(64, 4096),
-        outlier_detection=OutlierDetection(success_rate_stdev_factor=1.5),
-        retry_on=("unavailable",),
-        num_retries=3,
-        max_requests=100,
-    )
-    cluster = build_cluster("svc", policy)
-    assert cluster.ring_hash_lb_config.minimum_ring_size.value == 64
-    assert cluster.outlier_detection.success_rate_stdev_factor.value == 1500
-    assert cluster.circuit_breakers.thresholds[0].max_requests.value == 100
-    route = build_route("svc", policy).virtual_hosts[0].routes[0].route
-    assert (
-        route.retry_policy.retry_on == "unavailable" and route.retry_policy.num_retries.value == 3
-    )
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"lb_policy": "fastest"}, "lb_policy"),
-        ({"ring_size": (10, 5)}, "ring_size"),
-        ({"retry_on": "unavailable"}, "tuple"),
-        ({"retry_on": ("not-found",)}, "retry_on"),
-        ({"num_retries": 9}, "num_retries"),
-        ({"retry_backoff": (1.0, 0.5)}, "retry_backoff"),
-        ({"max_requests": 0}, "max_requests"),
-    ],
-)
-def test_a_policy_a_client_would_refuse_is_an_error_at_once(
-    kwargs: dict[str, object], message: str
-) -> None:
-    with pytest.raises((TypeError, ValueError), match=message):
-        XdsPolicy(**kwargs)  # type: ignore[arg-type]
-
-
 async def test_the_pools_own_options_are_refused_with_the_xds_engine(
     client: EtcdClient, service: str
 ) -> None:
@@ -310,25 +246,23 @@ async def test_the_pools_own_options_are_refused_with_the_xds_engine(
         await resolve(client, service, engine="grpc")
 
 
-def test_another_control_plane_in_the_environment_is_an_error(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv(BOOTSTRAP_ENV, '{"xds_servers": [{"server_uri": "127.0.0.1:1"}]}')
-    with pytest.raises(RuntimeError, match="once per process"):
-        _claim_bootstrap('{"xds_servers": []}')
-
-
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
 async def test_the_standalone_server_serves_a_client_in_another_process(
-    etcd: EtcdServer, client: EtcdClient, service: str
+    etcd: EtcdServer, client: EtcdClient, service: str, tmp_path: Path, tls: bool
 ) -> None:
+    options = ["--listen", "127.0.0.1:0"]
+    if tls:
+        files = TLSFiles.generate(tmp_path / "pki")
+        options += ["--tls-cert", str(files.server_cert_path), "--tls-key"]
+        options += [str(files.server_key_path), "--tls-ca", str(files.ca_path)]
     async with echo_servers(2) as servers, registered(client, service, servers):
-        server = Process(
-            cli_command("--endpoints", etcd.url, "xds-server", "--listen", "127.0.0.1:0")
-        )
+        server = Process(cli_command("--endpoints", etcd.url, "xds-server", *options))
         with server:
             line = await anyio.to_thread.run_sync(server.expect, r"serving ADS on (\S+)")
             bootstrap = await anyio.to_thread.run_sync(server.readline)
-            assert json.loads(bootstrap)["xds_servers"][0]["server_uri"] == line[1]
+            plane = json.loads(bootstrap)["xds_servers"][0]
+            assert plane["server_uri"] == line[1]
+            assert plane["channel_creds"][0]["type"] == ("tls" if tls else "insecure")
             env = clean_env(**{BOOTSTRAP_ENV: bootstrap})
             with Process([sys.executable, str(CHILD), service, "2", "500"], env=env) as child:
                 code = await anyio.to_thread.run_sync(child.wait, 60)
@@ -339,40 +273,26 @@ async def test_the_standalone_server_serves_a_client_in_another_process(
     assert re.search(r"127\.0\.0\.1:\d+", line[1])
 
 
-_WITHOUT_EXTRA = """
-import asyncio, sys
+async def test_two_services_opened_at_once_share_one_in_process_server(
+    client: EtcdClient, service: str
+) -> None:
+    other = f"{service}-other"
+    async with echo_servers(2) as servers, contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(registered(client, service, servers[:1]))
+        await stack.enter_async_context(registered(client, other, servers[1:]))
+        if _Local.server is not None:
+            # From scratch: both channels race to start the server.
+            await _Local.server.close()
+        channels: dict[str, grpc.aio.Channel] = {}
 
-class Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("envoy", "xds", "udpa", "validate"):
-            raise ImportError(f"no module named {name!r}")
+        async def open_channel(name: str) -> None:
+            channels[name] = await resolve(client, name, engine="xds")
 
-sys.meta_path.insert(0, Blocked())
-import aiodiscovery
-assert not [m for m in sys.modules if m.split(".")[0] in ("envoy", "xds", "udpa")]
-try:
-    asyncio.run(aiodiscovery.XdsServer().start())
-except RuntimeError as exc:
-    print(exc)
-"""
-
-
-def test_without_the_extra_nothing_of_it_is_imported_and_starting_says_what_to_install() -> None:
-    result = run([sys.executable, "-c", _WITHOUT_EXTRA])
-    assert result.returncode == 0, result.stderr
-    assert "pip install 'aiodiscovery[xds]'" in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--listen", "0.0.0.0:18000"], "not a loopback address: add --allow-remote"),
-        (["--listen", "localhost"], "expected HOST:PORT"),
-        (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
-        (["--retry-on", "not-found"], "retry_on"),
-    ],
-)
-def test_xds_server_usage_errors(args: list[str], message: str) -> None:
-    result = run_cli("--endpoints", "http://127.0.0.1:1", "xds-server", *args)
-    assert result.returncode == 2
-    assert message in result.stderr
+        async with anyio.create_task_group() as group:
+            group.start_soon(open_channel, service)
+            group.start_soon(open_channel, other)
+        for channel in channels.values():
+            await stack.enter_async_context(channel)
+        assert set(await calls(channels[service], 5)) == {"s0"}
+        assert set(await calls(channels[other], 5)) == {"s1"}
+        assert set((await local_xds_server()).statistics().services) == {service, other}

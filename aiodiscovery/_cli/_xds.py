@@ -27,8 +27,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        default="127.0.0.1:50051",
-        help="where to serve ADS (default: 127.0.0.1:50051; port 0 picks a free one); an "
+        default="127.0.0.1:18000",
+        help="where to serve ADS (default: 127.0.0.1:18000; port 0 picks a free one); an "
         "address that is not loopback needs --allow-remote",
     )
     parser.add_argument(
@@ -38,6 +38,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="the CA file clients check the certificate with, as the printed bootstrap names it",
+    )
     parser.add_argument(
         "--lb-policy", choices=_POLICIES, default="round_robin", help="clients' balancing policy"
     )
@@ -97,7 +102,8 @@ async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:
         server = XdsServer(client, listen=args.listen, credentials=credentials, policy=policy)
         async with server:
             say(f"# xds-server: serving ADS on {server.address} (Ctrl-C to stop)")
-            say(server.bootstrap(ca_file="CA.pem" if credentials is not None else None))
+            ca_file = (args.tls_ca or "ca.pem") if credentials is not None else None
+            say(server.bootstrap(ca_file=ca_file))
             await anyio.sleep_forever()
     return EXIT_OK  # not reached: only a signal ends the server
 

@@ -38,6 +38,9 @@ class _Local:
     server: XdsServer | None = None
     loop: asyncio.AbstractEventLoop | None = None
     port = 0
+    # Two first channels at once must not start two servers: one would lose the bootstrap.
+    lock: asyncio.Lock | None = None
+    lock_loop: asyncio.AbstractEventLoop | None = None
 
 
 async def local_xds_server() -> XdsServer:
@@ -47,6 +50,13 @@ async def local_xds_server() -> XdsServer:
     :func:`xds_channel` starts it again on the same port.
     """
     loop = asyncio.get_running_loop()
+    if _Local.lock is None or _Local.lock_loop is not loop:
+        _Local.lock, _Local.lock_loop = asyncio.Lock(), loop
+    async with _Local.lock:
+        return await _start_local(loop)
+
+
+async def _start_local(loop: asyncio.AbstractEventLoop) -> XdsServer:
     server = _Local.server
     if server is not None and server.running and _Local.loop is loop:
         return server
