@@ -40,16 +40,11 @@ from aiodiscovery.testing import EtcdServer, TLSFiles
 from .helpers import until
 from .processes import Process, clean_env, cli_command
 from .servers import EchoServer, method
+from .test_pool import echo_servers
 
 pytestmark = pytest.mark.anyio
 
 CHILD = Path(__file__).with_name("xds_child.py")
-
-
-@contextlib.asynccontextmanager
-async def echo_servers(count: int) -> AsyncIterator[list[EchoServer]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(EchoServer(f"s{i}")) for i in range(count)]
 
 
 @contextlib.asynccontextmanager
