@@ -28,6 +28,7 @@ from aiodiscovery import (
     BalancedChannel,
     Endpoint,
     EtcdClient,
+    OutlierDetection,
     Registrar,
     XdsPolicy,
     XdsServer,
@@ -291,3 +292,37 @@ async def test_two_services_opened_at_once_share_one_in_process_server(
         assert set(await calls(channels[service], 5)) == {"s0"}
         assert set(await calls(channels[other], 5)) == {"s1"}
         assert set((await local_xds_server()).statistics().services) == {service, other}
+
+
+@pytest.mark.parametrize("lb_policy", ["round_robin", "ring_hash", "pick_first"])
+async def test_grpc_accepts_every_policy_it_implements_with_all_the_settings(
+    client: EtcdClient, service: str, lb_policy: str
+) -> None:
+    policy = XdsPolicy(
+        lb_policy=lb_policy,
+        outlier_detection=OutlierDetection(enforcing_failure_percentage=100),
+        retry_on=("unavailable", "resource-exhausted"),
+        num_retries=2,
+        max_requests=100,
+    )
+    weights = [1, 1, 8]
+    async with echo_servers(3) as servers, contextlib.AsyncExitStack() as stack:
+        for server, weight in zip(servers, weights, strict=True):
+            metadata = Endpoint.with_attributes(server.address, weight=weight).metadata
+            await stack.enter_async_context(
+                Registrar(client, service, server.address, metadata=metadata, ttl=5)
+            )
+        xds = await local_xds_server()
+        nacks = xds.statistics().nacks
+        channel = await resolve(client, service, engine="xds", xds_policy=policy)
+        async with channel:
+            seen = await calls(channel, 200)
+    assert xds.statistics().nacks == nacks
+    if lb_policy == "pick_first":
+        assert len(seen) == 1
+    elif lb_policy == "ring_hash":
+        # Each call hashes anew (no hash policy on the route); the ring honours the weights.
+        assert seen["s2"] > 100, seen
+    else:
+        # Every endpoint of a locality gets its turn; round robin ignores endpoint weights.
+        assert set(seen) == {"s0", "s1", "s2"}
