@@ -8,6 +8,7 @@ with :class:`Registrar`; one test's client is a process of its own, served by th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,6 +24,8 @@ import anyio.to_thread
 import grpc
 import grpc.aio
 import pytest
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from aiodiscovery import (
     BalancedChannel,
@@ -36,7 +39,8 @@ from aiodiscovery import (
     resolve,
 )
 from aiodiscovery._xds.local import BOOTSTRAP_ENV, _Local
-from aiodiscovery.testing import EtcdServer, TLSFiles
+from aiodiscovery._xds.resources import LISTENER
+from aiodiscovery.testing import EtcdServer, TLSFiles, free_port
 
 from .helpers import until
 from .processes import Process, clean_env, cli_command
@@ -326,3 +330,36 @@ async def test_grpc_accepts_every_policy_it_implements_with_all_the_settings(
     else:
         # Every endpoint of a locality gets its turn; round robin ignores endpoint weights.
         assert set(seen) == {"s0", "s1", "s2"}
+
+
+async def test_a_service_whose_registry_is_down_holds_up_no_other_on_the_same_stream(
+    client: EtcdClient, service: str
+) -> None:
+    # grpcio keeps one xDS client (one ADS stream) per channel target, but grpc-go, grpc-java
+    # and Envoy ask for every service on one stream: a raw ADS stream asks for two Listeners
+    # here, one of them served from an etcd that does not answer.
+    dead = EtcdClient(f"http://127.0.0.1:{free_port()}", timeout=0.5)
+    await dead.connect()
+    stranded = f"{service}-stranded"
+    try:
+        async with (
+            XdsServer(client) as xds,
+            grpc.aio.insecure_channel(xds.address) as channel,
+        ):
+            xds.serve(stranded, client=dead)
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            stream = stub.StreamAggregatedResources()
+            try:
+                await stream.write(
+                    discovery_pb2.DiscoveryRequest(
+                        type_url=LISTENER, resource_names=[service, stranded], node={"id": "raw"}
+                    )
+                )
+                response = await asyncio.wait_for(stream.read(), 10)
+            finally:
+                stream.cancel()
+            names = {Listener.FromString(r.value).name for r in response.resources}
+            # Once the stranded service's first load has failed, the answer goes out without it.
+            assert names == {service}
+    finally:
+        await dead.close()

@@ -158,11 +158,11 @@ class _Stream:
         current: dict[str, Any] = {}
         for name in sorted(sub.names):
             source = self.catalog.get(name) if name in self.held else None
-            if source is not None and not source.loaded:
+            if source is not None and not source.loaded and not source.failed:
                 # Say nothing until it is known: an answer without it would mean "no such
                 # resource", and the client would give up on the service.
                 return None
-            if source is not None:
+            if source is not None and source.loaded:
                 current[name] = source.resources[type_url]
         serialized = {name: r.SerializeToString(deterministic=True) for name, r in current.items()}
         if serialized == sub.sent:

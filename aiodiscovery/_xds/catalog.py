@@ -51,6 +51,9 @@ class Source:
     policy: XdsPolicy
     refs: int = 0
     loaded: bool = False
+    # Its first load failed: answers go out without it (it does not exist, for now) rather
+    # than waiting for it and holding up every other service of the same streams.
+    failed: bool = False
     endpoints: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
@@ -177,6 +180,9 @@ class Catalog:
                     logger.warning(
                         "xds: following %s failed, retrying: %s", safe(source.name), safe(str(exc))
                     )
+                    if not source.loaded and not source.failed:
+                        source.failed = True
+                        self._changed()
                 await anyio.sleep(backoff.next_delay())
 
     def _load(self, source: Source, snapshot: EndpointSet) -> None:
