@@ -80,7 +80,7 @@ def test_another_control_plane_in_the_environment_is_an_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(BOOTSTRAP_ENV, '{"xds_servers": [{"server_uri": "127.0.0.1:1"}]}')
-    with pytest.raises(RuntimeError, match="once per process"):
+    with pytest.raises(RuntimeError, match="one for the whole process"):
         _claim_bootstrap('{"xds_servers": []}')
 
 

@@ -1,13 +1,14 @@
 """In-process xDS: grpc's own ``xds:///`` channel, backed by a control plane in this process.
 
-grpc core reads its xDS bootstrap from the environment when it creates its xDS client, and keeps
-that client while any xDS channel lives: in effect, once per process. So there is one in-process
-:class:`XdsServer` per process, serving every service any :func:`xds_channel` asked for, each
-from the etcd client it was asked with; the bootstrap names it, and its port is kept for the
-process's life (a new event loop gets a new server on the same port, so the bootstrap grpc may
-still hold stays true). A process whose environment already names another control plane
-(``GRPC_XDS_BOOTSTRAP`` or a different ``GRPC_XDS_BOOTSTRAP_CONFIG``) cannot have one: that is
-an error, not a silent detour.
+grpc core (1.85) reads its xDS bootstrap from the environment each time it creates an xDS client:
+one per channel target, kept while a channel on that target lives. The environment is one for the
+whole process, so there is one in-process :class:`XdsServer` per process, serving every service
+any :func:`xds_channel` asked for, each from the etcd client it was asked with; the bootstrap
+names it, and its port is kept for the process's life (a new event loop gets a new server on the
+same port, so a bootstrap grpc still holds stays true). A process whose environment already names
+another control plane (``GRPC_XDS_BOOTSTRAP`` or a different ``GRPC_XDS_BOOTSTRAP_CONFIG``)
+cannot have one: replacing it would move that process's other xDS channels here, so that is an
+error, not a silent detour.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def _claim_bootstrap(document: str) -> None:
     if os.environ.get(_FILE_ENV) or (current is not None and current != document):
         raise RuntimeError(
             f"this process's gRPC xDS bootstrap already names another control plane "
-            f"({_FILE_ENV} or {BOOTSTRAP_ENV} is set); grpc reads it once per process, so "
-            "engine='xds' cannot add its own: unset it, or run aiodiscovery xds-server and "
-            "point that bootstrap at it"
+            f"({_FILE_ENV} or {BOOTSTRAP_ENV} is set), and the variable is one for the whole "
+            "process: engine='xds' will not replace it. Unset it, or run aiodiscovery "
+            "xds-server and point that bootstrap at it"
         )
     os.environ[BOOTSTRAP_ENV] = document
 
