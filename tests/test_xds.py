@@ -43,7 +43,7 @@ from aiodiscovery._xds.resources import LISTENER
 from aiodiscovery.testing import EtcdServer, TLSFiles, free_port
 
 from .helpers import until
-from .processes import Process, clean_env, cli_command
+from .processes import Process, clean_env, cli_command, run
 from .servers import EchoServer, method
 from .test_pool import echo_servers
 
@@ -363,3 +363,32 @@ async def test_a_service_whose_registry_is_down_holds_up_no_other_on_the_same_st
             assert names == {service}
     finally:
         await dead.close()
+
+
+_LEFT_OPEN = """
+import asyncio, sys
+import aiodiscovery
+
+async def main(url, service):
+    client = await aiodiscovery.connect(url)
+    channel = await aiodiscovery.resolve(client, service, engine="xds")
+    print(await channel.unary_unary("/test.Echo/Unary")(b"x", wait_for_ready=True, timeout=20))
+    await channel.close()
+    await client.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_an_in_process_server_never_closed_stops_with_its_event_loop(
+    etcd: EtcdServer, client: EtcdClient, service: str
+) -> None:
+    async with echo_servers(1) as servers, registered(client, service, servers):
+        env = clean_env()
+        env.pop(BOOTSTRAP_ENV, None)
+        command = [sys.executable, "-c", _LEFT_OPEN, etcd.url, service]
+        result = await anyio.to_thread.run_sync(lambda: run(command, env=env, timeout=60))
+    assert result.returncode == 0, result.stderr
+    assert "s0:x" in result.stdout
+    assert "Event loop is closed" not in result.stderr
+    assert "never awaited" not in result.stderr

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+import anyio
 import grpc
 import grpc.aio
 
@@ -129,7 +130,19 @@ class XdsServer:
             await self._host.close()
             raise
         self._server = server
+        self._host.start_soon(self._stop_with_the_loop, server, name="xds server guard")
         logger.info("xds: serving on %s", self.address)
+
+    @staticmethod
+    async def _stop_with_the_loop(server: grpc.aio.Server) -> None:
+        # The in-process server is rarely closed by hand: when asyncio.run() ends, it cancels
+        # every task, this one too, and the gRPC server must stop while its loop still runs
+        # (grpc.aio can no longer stop it from __del__ once the loop is closed).
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.stop(None)
 
     async def close(self, grace: float | None = 1.0) -> None:
         """Stop serving: streams get ``grace`` seconds, then every watch stops."""
