@@ -332,6 +332,22 @@ async def test_grpc_accepts_every_policy_it_implements_with_all_the_settings(
         assert set(seen) == {"s0", "s1", "s2"}
 
 
+async def listeners_answered(xds: XdsServer, names: list[str]) -> set[str]:
+    """The Listeners in the first answer to a raw ADS stream that asks for ``names``."""
+    async with grpc.aio.insecure_channel(xds.address) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        stream = stub.StreamAggregatedResources()
+        try:
+            request = discovery_pb2.DiscoveryRequest(
+                type_url=LISTENER, resource_names=names, node={"id": "raw"}
+            )
+            await stream.write(request)
+            response = await asyncio.wait_for(stream.read(), 10)
+        finally:
+            stream.cancel()
+    return {Listener.FromString(r.value).name for r in response.resources}
+
+
 async def test_a_service_whose_registry_is_down_holds_up_no_other_on_the_same_stream(
     client: EtcdClient, service: str
 ) -> None:
@@ -342,23 +358,9 @@ async def test_a_service_whose_registry_is_down_holds_up_no_other_on_the_same_st
     await dead.connect()
     stranded = f"{service}-stranded"
     try:
-        async with (
-            XdsServer(client) as xds,
-            grpc.aio.insecure_channel(xds.address) as channel,
-        ):
+        async with XdsServer(client) as xds:
             xds.serve(stranded, client=dead)
-            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            stream = stub.StreamAggregatedResources()
-            try:
-                await stream.write(
-                    discovery_pb2.DiscoveryRequest(
-                        type_url=LISTENER, resource_names=[service, stranded], node={"id": "raw"}
-                    )
-                )
-                response = await asyncio.wait_for(stream.read(), 10)
-            finally:
-                stream.cancel()
-            names = {Listener.FromString(r.value).name for r in response.resources}
+            names = await listeners_answered(xds, [service, stranded])
             # Once the stranded service's first load has failed, the answer goes out without it.
             assert names == {service}
     finally:
@@ -392,3 +394,11 @@ async def test_an_in_process_server_never_closed_stops_with_its_event_loop(
     assert "s0:x" in result.stdout
     assert "Event loop is closed" not in result.stderr
     assert "never awaited" not in result.stderr
+
+
+async def test_clients_cannot_make_the_server_follow_services_without_bound(
+    client: EtcdClient, service: str
+) -> None:
+    async with XdsServer(client, max_services=1) as xds:
+        names = await listeners_answered(xds, [f"{service}-a", f"{service}-b"])
+    assert len(names) == 1

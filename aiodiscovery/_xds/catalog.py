@@ -74,11 +74,13 @@ class Catalog:
         client: EtcdClient | None,
         policy: XdsPolicy,
         services: Mapping[str, tuple[EtcdClient | None, XdsPolicy | None]],
+        max_services: int,
     ) -> None:
         self._spawn = spawn
         self._client = client
         self._policy = policy
         self._services = dict(services)
+        self._max_services = max_services
         self._sources: dict[str, Source] = {}
         self._listeners: set[Callable[[], None]] = set()
         self._refused: set[str] = set()
@@ -122,6 +124,14 @@ class Catalog:
                     logger.warning(
                         "xds: no service %s to serve (not a registry prefix)", safe(name)
                     )
+                return None
+            if len(self._sources) >= self._max_services:
+                # Each service is an etcd watch: clients must not open them without bound.
+                logger.warning(
+                    "xds: not serving %s: %d services are served already",
+                    safe(name),
+                    len(self._sources),
+                )
                 return None
             client, policy = self._services.get(name, (None, None))
             found = client or self._client

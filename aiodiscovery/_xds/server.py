@@ -42,6 +42,8 @@ class XdsServer:
     :meth:`serve` sets another client or policy for one service, also while running (clients
     get the new Cluster and Route at once). Without a ``client``, only services given to
     :meth:`serve` exist. ``credentials`` (``grpc.ssl_server_credentials(...)``) serve over TLS.
+    Each service followed is an etcd watch, held while a client subscribes to it; at most
+    ``max_services`` at once (a name asked for beyond that does not exist, with a warning).
 
     :meth:`bootstrap` writes the JSON a gRPC client's ``GRPC_XDS_BOOTSTRAP_CONFIG`` takes.
     """
@@ -54,6 +56,7 @@ class XdsServer:
         credentials: grpc.ServerCredentials | None = None,
         policy: XdsPolicy | None = None,
         services: Mapping[str, XdsPolicy] | None = None,
+        max_services: int = 1000,
     ) -> None:
         if policy is not None and not isinstance(policy, XdsPolicy):
             raise TypeError("policy must be an aiodiscovery.XdsPolicy")
@@ -61,6 +64,9 @@ class XdsServer:
         self.listen = listen
         self.credentials = credentials
         self.policy = policy or XdsPolicy()
+        if not isinstance(max_services, int) or max_services < 1:
+            raise ValueError(f"max_services must be a positive whole number, not {max_services!r}")
+        self.max_services = max_services
         self._services: dict[str, tuple[EtcdClient | None, XdsPolicy | None]] = {
             name: (None, p) for name, p in (services or {}).items()
         }
@@ -115,7 +121,9 @@ class XdsServer:
             raise RuntimeError(f"{_EXTRA} ({exc})") from exc
         await self._host.open()
         self._counters = Counters()
-        self._catalog = Catalog(self._host.start_soon, self.client, self.policy, self._services)
+        self._catalog = Catalog(
+            self._host.start_soon, self.client, self.policy, self._services, self.max_services
+        )
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsService(self._catalog, self._counters), server
