@@ -402,3 +402,15 @@ async def test_clients_cannot_make_the_server_follow_services_without_bound(
     async with XdsServer(client, max_services=1) as xds:
         names = await listeners_answered(xds, [f"{service}-a", f"{service}-b"])
     assert len(names) == 1
+
+
+async def test_a_bootstrap_naming_another_control_plane_is_never_replaced(
+    etcd: EtcdServer, service: str
+) -> None:
+    foreign = '{"xds_servers": [{"server_uri": "127.0.0.1:1"}], "node": {"id": "theirs"}}'
+    env = clean_env(**{BOOTSTRAP_ENV: foreign})
+    command = [sys.executable, "-c", _LEFT_OPEN, etcd.url, service]
+    result = await anyio.to_thread.run_sync(lambda: run(command, env=env, timeout=60))
+    assert result.returncode == 1
+    assert "RuntimeError: this process's gRPC xDS bootstrap already names another" in result.stderr
+    assert "will not replace it" in result.stderr

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from aiodiscovery import Endpoint, EndpointSet, OutlierDetection, XdsPolicy
-from aiodiscovery._xds.local import BOOTSTRAP_ENV, _claim_bootstrap
+from aiodiscovery._xds.local import BOOTSTRAP_ENV, _check_bootstrap
 from aiodiscovery._xds.resources import build_assignment, build_cluster, build_route
 
 from .processes import run, run_cli
@@ -81,7 +81,7 @@ def test_another_control_plane_in_the_environment_is_an_error(
 ) -> None:
     monkeypatch.setenv(BOOTSTRAP_ENV, '{"xds_servers": [{"server_uri": "127.0.0.1:1"}]}')
     with pytest.raises(RuntimeError, match="one for the whole process"):
-        _claim_bootstrap('{"xds_servers": []}')
+        _check_bootstrap()
 
 
 _WITHOUT_EXTRA = """

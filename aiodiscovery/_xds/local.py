@@ -39,6 +39,8 @@ class _Local:
     server: XdsServer | None = None
     loop: asyncio.AbstractEventLoop | None = None
     port = 0
+    # The bootstrap this module wrote, to tell it from someone else's.
+    document: str | None = None
     # Two first channels at once must not start two servers: one would lose the bootstrap.
     lock: asyncio.Lock | None = None
     lock_loop: asyncio.AbstractEventLoop | None = None
@@ -61,6 +63,7 @@ async def _start_local(loop: asyncio.AbstractEventLoop) -> XdsServer:
     server = _Local.server
     if server is not None and server.running and _Local.loop is loop:
         return server
+    _check_bootstrap()
     server = XdsServer(listen=f"127.0.0.1:{_Local.port}", policy=XdsPolicy())
     if _Local.server is not None:
         # Keep what was configured: the services and their clients.
@@ -68,20 +71,20 @@ async def _start_local(loop: asyncio.AbstractEventLoop) -> XdsServer:
             server.serve(name, client=client, policy=policy)
     await server.start()
     _Local.server, _Local.loop, _Local.port = server, loop, server.port
-    _claim_bootstrap(server.bootstrap(node_id=f"aiodiscovery-{os.getpid()}"))
+    document = server.bootstrap(node_id=f"aiodiscovery-{os.getpid()}")
+    os.environ[BOOTSTRAP_ENV] = _Local.document = document
     return server
 
 
-def _claim_bootstrap(document: str) -> None:
+def _check_bootstrap() -> None:
     current = os.environ.get(BOOTSTRAP_ENV)
-    if os.environ.get(_FILE_ENV) or (current is not None and current != document):
+    if os.environ.get(_FILE_ENV) or (current is not None and current != _Local.document):
         raise RuntimeError(
             f"this process's gRPC xDS bootstrap already names another control plane "
             f"({_FILE_ENV} or {BOOTSTRAP_ENV} is set), and the variable is one for the whole "
             "process: engine='xds' will not replace it. Unset it, or run aiodiscovery "
             "xds-server and point that bootstrap at it"
         )
-    os.environ[BOOTSTRAP_ENV] = document
 
 
 def _policy(
