@@ -6,6 +6,7 @@ stops them all afterwards)::
 
     python benchmarks/bench_xds.py                          # about 1.5 minutes on 2 cores
     python benchmarks/bench_xds.py --seconds 1 --rounds 2   # a quick smoke run
+    python benchmarks/bench_xds.py --skip-pool --rounds 40  # xDS against the baseline only
 
 The echo servers, the measuring loop and the round order are ``bench_pool.py``'s (read its
 docstring): ``--concurrency`` callers each send a request, await the reply and go again; every
@@ -171,6 +172,8 @@ async def main(args: argparse.Namespace) -> None:
                     "BalancedChannel round_robin": pool,
                     "baseline: native round_robin over ipv4:a,b,c": native,
                 }
+                if args.skip_pool:
+                    del channels["BalancedChannel round_robin"]
                 contenders = [
                     Contender(name, ch.unary_unary(ECHO, _registered_method=True), ch)
                     for name, ch in channels.items()
@@ -244,6 +247,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
     parser.add_argument("--payload", type=int, default=16, help="request size in bytes")
     parser.add_argument("--changes", type=int, default=20, help="puts timed per contender")
+    parser.add_argument(
+        "--skip-pool",
+        action="store_true",
+        help="measure only the xDS channel against the baseline (more rounds in the same time)",
+    )
     return parser.parse_args()
 
 
