@@ -414,3 +414,34 @@ async def test_a_bootstrap_naming_another_control_plane_is_never_replaced(
     assert result.returncode == 1
     assert "RuntimeError: this process's gRPC xDS bootstrap already names another" in result.stderr
     assert "will not replace it" in result.stderr
+
+
+async def test_ring_hash_on_a_header_keeps_each_key_on_one_endpoint(
+    client: EtcdClient, service: str
+) -> None:
+    policy = XdsPolicy(lb_policy="ring_hash", hash_header="x-user")
+    async with echo_servers(3) as servers, registered(client, service, servers):
+        channel = await resolve(client, service, engine="xds", xds_policy=policy)
+        async with channel:
+            unary = channel.unary_unary(method("Unary"))
+
+            async def home_of(user: str) -> str:
+                metadata = (("x-user", user),)
+                reply = await unary(b"x", metadata=metadata, wait_for_ready=True, timeout=10)
+                return str(reply.decode().partition(":")[0])
+
+            users = [f"user-{i}" for i in range(12)]
+            # Ring hash connects to an endpoint when a key first lands on it and sends the call
+            # to the next READY one meanwhile: let every home connect before judging.
+            before: list[str] = []
+            for _ in range(20):
+                now = [await home_of(user) for user in users]
+                if now == before:
+                    break
+                before = now
+            homes: dict[str, set[str]] = {}
+            for user in users:
+                for _ in range(5):
+                    homes.setdefault(user, set()).add(await home_of(user))
+    assert all(len(home) == 1 for home in homes.values()), homes
+    assert len(set().union(*homes.values())) > 1, homes

@@ -121,3 +121,13 @@ def test_xds_server_usage_errors(args: list[str], message: str) -> None:
     result = run_cli("--endpoints", "http://127.0.0.1:1", "xds-server", *args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_hash_header_goes_with_ring_hash_and_into_the_route() -> None:
+    with pytest.raises(ValueError, match="ring_hash only"):
+        XdsPolicy(hash_header="x-user")
+    with pytest.raises(ValueError, match="lower-case header name"):
+        XdsPolicy(lb_policy="ring_hash", hash_header="X-User")
+    policy = XdsPolicy(lb_policy="ring_hash", hash_header="x-user")
+    action = build_route("svc", policy).virtual_hosts[0].routes[0].route
+    assert action.hash_policy[0].header.header_name == "x-user"

@@ -9,6 +9,7 @@ NACKs them), which the server then reports (see :class:`~.stats.XdsStatistics`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,8 @@ LB_POLICIES = ("round_robin", "ring_hash", "pick_first", "least_request", "rando
 RETRY_CODES = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 # gRPC's bounds for a ring hash's size (gRFC A42).
 _MAX_RING = 8_388_608
+# gRPC metadata keys: lower case; binary ("-bin") headers cannot be hashed on.
+_HEADER = re.compile(r"[0-9a-z_.-]+(?<!-bin)")
 
 
 class OutlierSettings(Protocol):
@@ -62,7 +65,9 @@ class XdsPolicy:
     """How grpc clients balance and retry a service served over xDS.
 
     ``lb_policy`` is one of :data:`LB_POLICIES`; ``ring_size`` bounds a ``ring_hash`` ring
-    (``(minimum, maximum)``). ``outlier_detection`` takes an :class:`aiodiscovery.OutlierDetection`
+    (``(minimum, maximum)``), and ``hash_header`` names the request header whose value picks the
+    endpoint (calls with the same value go to the same endpoint while it lives; without it, each
+    call hashes anew). ``outlier_detection`` takes an :class:`aiodiscovery.OutlierDetection`
     (its interval, ejection times and percentages, success-rate and failure-percentage settings
     become the Cluster's; gRPC does not implement consecutive-failure ejection and ignores it).
     ``retry_on`` names the statuses a call is retried on (:data:`RETRY_CODES`; empty: no retry),
@@ -78,6 +83,7 @@ class XdsPolicy:
 
     lb_policy: str = "round_robin"
     ring_size: tuple[int, int] = (1024, _MAX_RING)
+    hash_header: str | None = None
     outlier_detection: OutlierSettings | None = None
     retry_on: tuple[str, ...] = ()
     num_retries: int = 1
@@ -92,6 +98,14 @@ class XdsPolicy:
         if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= _MAX_RING):
             raise ValueError(f"ring_size {self.ring_size!r}: need 1 <= minimum <= maximum <= 2**23")
         retry_on: object = self.retry_on
+        if self.hash_header is not None and (
+            self.lb_policy != "ring_hash"
+            or not isinstance(self.hash_header, str)
+            or _HEADER.fullmatch(self.hash_header) is None
+        ):
+            raise ValueError(
+                f"hash_header {self.hash_header!r}: a lower-case header name, with ring_hash only"
+            )
         if isinstance(retry_on, str):
             raise TypeError("retry_on is a tuple of status names, not one string")
         unknown = [code for code in self.retry_on if code not in RETRY_CODES]

@@ -96,6 +96,8 @@ def build_listener(name: str) -> Any:
 def build_route(name: str, policy: XdsPolicy) -> Any:
     """Every call of the service's authority to its one cluster, with the policy's retries."""
     action = route_components_pb2.RouteAction(cluster=name)
+    if policy.hash_header is not None:
+        action.hash_policy.add().header.header_name = policy.hash_header
     if policy.retry_on:
         base, cap = policy.retry_backoff
         action.retry_policy.CopyFrom(
