@@ -445,3 +445,24 @@ async def test_ring_hash_on_a_header_keeps_each_key_on_one_endpoint(
                     homes.setdefault(user, set()).add(await home_of(user))
     assert all(len(home) == 1 for home in homes.values()), homes
     assert len(set().union(*homes.values())) > 1, homes
+
+
+async def test_a_new_health_attribute_name_reaches_the_assignment_at_once(
+    client: EtcdClient, service: str
+) -> None:
+    async with echo_servers(2) as servers, contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(registered(client, service, servers[:1]))
+        metadata = Endpoint.with_attributes(servers[1].address, state="draining").metadata
+        await stack.enter_async_context(
+            Registrar(client, service, servers[1].address, metadata=metadata, ttl=5)
+        )
+        channel = await resolve(client, service, engine="xds")
+        async with channel:
+            seen: Counter[str] = Counter()
+            while len(seen) < 2:
+                seen += await calls(channel, 1)
+            xds = await local_xds_server()
+            version = xds.statistics().version
+            xds.serve(service, client=client, policy=XdsPolicy(health_attribute="state"))
+            await until(lambda: acked_everywhere(xds, version + 1))
+            assert set(await calls(channel, 20)) == {"s0"}

@@ -58,6 +58,7 @@ class Source:
     skipped: dict[str, str] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    snapshot: EndpointSet = field(default_factory=EndpointSet)
 
     def build_policy_resources(self) -> None:
         self.resources[LISTENER] = build_listener(self.name)
@@ -99,6 +100,9 @@ class Catalog:
         if new_policy != source.policy:
             source.policy = new_policy
             source.build_policy_resources()
+            if source.loaded:
+                # The health attribute's name is the policy's too.
+                self._load(source, source.snapshot)
             self._changed()
         if client is not None and client is not source.client:
             # Another registry: follow it from scratch.
@@ -196,6 +200,7 @@ class Catalog:
                 await anyio.sleep(backoff.next_delay())
 
     def _load(self, source: Source, snapshot: EndpointSet) -> None:
+        source.snapshot = snapshot
         assignment = build_assignment(source.name, snapshot, source.policy)
         for key in assignment.skipped.keys() - source.skipped.keys():
             logger.warning(
