@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 __all__ = ["XdsNack", "XdsServiceStatistics", "XdsStatistics", "XdsStreamStatistics"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class XdsNack:
     """A client's rejection of an answer: who, which type, which version, and why.
 
@@ -22,7 +22,7 @@ class XdsNack:
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class XdsStreamStatistics:
     """One client's ADS stream: its node id, peer, subscriptions and accepted versions by type
     (``Listener``, ``RouteConfiguration``, ``Cluster``, ``ClusterLoadAssignment``)."""
@@ -33,7 +33,7 @@ class XdsStreamStatistics:
     acked: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class XdsServiceStatistics:
     """One service being served: its endpoints in the assignment, and the registry keys left out
     of it with why (a host name, an address registered twice, a bad weight)."""
@@ -44,7 +44,7 @@ class XdsServiceStatistics:
     skipped: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class XdsStatistics:
     """An :class:`XdsServer`'s counters.
 
