@@ -42,7 +42,7 @@ from aiodiscovery._xds.local import BOOTSTRAP_ENV, _Local
 from aiodiscovery._xds.resources import LISTENER
 from aiodiscovery.testing import EtcdServer, TLSFiles, free_port
 
-from .helpers import until
+from .helpers import eventually, until
 from .processes import Process, clean_env, cli_command, run
 from .servers import EchoServer, method
 from .test_pool import echo_servers
@@ -125,6 +125,9 @@ async def test_registrations_and_deregistrations_are_followed(
                 version = xds.statistics().version
             left_at = time.monotonic()
             await until(lambda: acked_everywhere(xds, version + 1))
+            # grpc core applies an update it accepted to its picker a moment after the ACK:
+            # wait for a round of picks without the newcomer, then none may reach it.
+            await eventually(lambda: calls(channel, 10), lambda seen: "s2" not in seen)
             left = time.monotonic() - left_at
             before = newcomer.calls
             assert set(await calls(channel, 20)) == {"s0", "s1"}
@@ -465,4 +468,6 @@ async def test_a_new_health_attribute_name_reaches_the_assignment_at_once(
             version = xds.statistics().version
             xds.serve(service, client=client, policy=XdsPolicy(health_attribute="state"))
             await until(lambda: acked_everywhere(xds, version + 1))
+            # The picker follows the accepted update a moment after the ACK (see above).
+            await eventually(lambda: calls(channel, 10), lambda seen: set(seen) == {"s0"})
             assert set(await calls(channel, 20)) == {"s0"}
