@@ -6,6 +6,15 @@ and Python services share one registry.
 
 from __future__ import annotations
 
+from ._balancer.loadaware import (
+    LeastRequest,
+    LeastRequestPicker,
+    SlowStart,
+    WeightedRoundRobin,
+    WeightedRoundRobinPicker,
+    load_report,
+    report_utilization,
+)
 from ._balancer.policies import (
     P2CPicker,
     Picker,
@@ -48,6 +57,7 @@ from ._exceptions import (
 from ._logsafe import safe as printable
 from ._naming.manager import EndpointManager
 from ._naming.watcher import Watcher
+from ._orcaproto import LoadReport
 from ._pool.channel import BalancedChannel, resolve
 from ._pool.stats import PoolStatistics, SubchannelStatistics
 from ._registrar.lease import LeaseKeeper, LeaseState, LeaseStatistics
@@ -56,6 +66,7 @@ from ._resilience.outlier import OutlierDetection
 from ._selection.address import Address, allow_networks, parse_address
 from ._selection.protection import MassRemovalProtection
 from ._selection.selection import SelectionStatistics
+from ._server.load import CallLoad, LoadReporter, call_load
 
 # Grouped by subsystem, bottom up (the layer table in tests/test_structure.py), sorted within.
 # A single sorted list would hide which part of the house a name belongs to.
@@ -105,9 +116,16 @@ __all__ = [  # noqa: RUF022
     "Registrar",
     "RegistrarState",
     "RegistrarStatistics",
+    # a server's load reports (ORCA)
+    "CallLoad",
+    "LoadReport",
+    "LoadReporter",
+    "call_load",
     # a client's channel: balancing, selection, resilience
     "Address",
     "BalancedChannel",
+    "LeastRequest",
+    "LeastRequestPicker",
     "MassRemovalProtection",
     "OutlierDetection",
     "P2CPicker",
@@ -116,11 +134,16 @@ __all__ = [  # noqa: RUF022
     "PoolStatistics",
     "RoundRobinPicker",
     "SelectionStatistics",
+    "SlowStart",
     "SubchannelStatistics",
     "SubchannelView",
     "WeightedPicker",
+    "WeightedRoundRobin",
+    "WeightedRoundRobinPicker",
     "allow_networks",
+    "load_report",
     "parse_address",
+    "report_utilization",
     "resolve",
 ]
 

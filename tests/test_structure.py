@@ -24,7 +24,15 @@ FILES = sorted(PACKAGE.rglob("*.py"))
 SIZE_ALARM = 600
 
 # The root's leaves: small helpers every subsystem may use, importing nothing of the package.
-KERNEL = {"_exceptions", "_logsafe", "_backoff", "_taskgroup", "_statecell", "_healthproto"}
+KERNEL = {
+    "_exceptions",
+    "_logsafe",
+    "_backoff",
+    "_taskgroup",
+    "_statecell",
+    "_healthproto",
+    "_orcaproto",
+}
 # Each unit (a subsystem package or a root module) and the units it may import, bottom up.
 # Anything not named here may not be imported by the unit.
 LAYERS: dict[str, set[str]] = {
@@ -36,6 +44,8 @@ LAYERS: dict[str, set[str]] = {
     "_registrar": {"kernel", "_codec", "_metrics", "_etcd"},
     "_balancer": {"kernel", "_codec"},
     "_selection": {"kernel", "_codec"},
+    # A gRPC server's side of the balancing: load reports.
+    "_server": {"kernel"},
     "_resilience": {"kernel", "_codec", "_balancer"},
     "_pool": {
         "kernel",
@@ -54,6 +64,7 @@ LAYERS: dict[str, set[str]] = {
         "_etcd",
         "_naming",
         "_registrar",
+        "_server",
         "_balancer",
         "_selection",
         "_resilience",

@@ -109,7 +109,7 @@ class Pool:
         self.retries = 0
         self.retries_throttled = 0
         self.transparent_retries = 0
-        self._observe = _observer(self._detector, self.retry.throttle)
+        self._observe = _observer(self._detector, self.retry.throttle, self.picker)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -354,7 +354,11 @@ class Pool:
         """Subchannels by address (state, calls in flight, picks), totals and failures."""
         members = self._members
         retained = members.retained
-        subs = {s.address: subchannel_statistics(s, s.address in retained) for s in members.held()}
+        weight = self.picker.weight
+        subs = {
+            s.address: subchannel_statistics(s, s.address in retained, weight(s))
+            for s in members.held()
+        }
         guard = members.guard
         until = None if guard is None else guard.until
         throttle = self.retry.throttle
@@ -379,11 +383,17 @@ class Pool:
         )
 
 
-def _observer(detector: OutlierDetector | None, throttle: RetryThrottle | None) -> Observer:
+def _observer(
+    detector: OutlierDetector | None, throttle: RetryThrottle | None, picker: Picker[Subchannel]
+) -> Observer:
     """What each finished call's outcome feeds: the endpoint's failure count (statistics and
-    metrics), the outlier counters, the retry throttle."""
+    metrics), the outlier counters, the retry throttle, and a picker that reads calls (load
+    reports)."""
+    picker_sees = picker.observe if picker.observes_calls else None
 
     def observe(sub: Subchannel, call: object) -> None:
+        if picker_sees is not None:
+            picker_sees(sub, call)
         code = status_code(call)
         if code is None or code == CANCELLED:
             # A cancelled call says nothing about the server (usually the caller gave up).
