@@ -12,7 +12,6 @@ from ._balancer.loadaware import (
     SlowStart,
     WeightedRoundRobin,
     WeightedRoundRobinPicker,
-    load_report,
     report_utilization,
 )
 from ._balancer.policies import (
@@ -141,7 +140,6 @@ __all__ = [  # noqa: RUF022
     "WeightedRoundRobin",
     "WeightedRoundRobinPicker",
     "allow_networks",
-    "load_report",
     "parse_address",
     "report_utilization",
     "resolve",

@@ -339,7 +339,7 @@ INSTRUMENTS = (
     _Instrument(
         "aiodiscovery.pool.endpoint_weight",
         _G,
-        "1",
+        "{weight}",
         "The endpoint's weight in the policy's picks (weighted policies only)",
         _pool_points("weight"),
     ),

@@ -18,16 +18,7 @@ import grpc.aio
 
 from .deferred import DeferredCall
 
-__all__ = [
-    "CANCELLED",
-    "OK",
-    "UNAVAILABLE",
-    "Ended",
-    "code_value",
-    "ended",
-    "status_code",
-    "trailer",
-]
+__all__ = ["CANCELLED", "OK", "UNAVAILABLE", "Ended", "code_value", "ended", "status_code"]
 
 
 def code_value(code: grpc.StatusCode) -> int:
@@ -137,23 +128,3 @@ def ended(call: object) -> Ended | None:
         )
     except (AttributeError, TypeError, ValueError):
         return None
-
-
-def trailer(call: object, key: str) -> str | bytes | None:
-    """The one value of the trailing metadata ``key`` of the finished ``call``.
-
-    ``None`` when the call has no such entry, has several (which one would be meant?), or cannot
-    be read now. On the hot path of load-aware policies: grpc.aio's own call is read directly.
-    """
-    cython: Any = getattr(call, "_cython_call", None)
-    try:
-        if cython is not None:
-            status = getattr(cython, "_status", None)
-            metadata = () if status is None else status.trailing_metadata() or ()
-        else:
-            finished = ended(call)
-            metadata = () if finished is None else finished.trailing_metadata
-        values = [value for name, value in metadata if name == key]
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return values[0] if len(values) == 1 else None

@@ -2,7 +2,8 @@
 
 :class:`WeightedRoundRobin` follows gRFC A58 (``weighted_round_robin``): each server's weight is
 ``qps / (utilization + eps / qps * error_utilization_penalty)`` from the ORCA load reports it sends
-(gRFC A51; per call in a trailer, see :class:`~aiodiscovery.LoadReporter`), used only once it has
+(gRFC A51) on an out-of-band stream to each server (``oob_reporting_period`` apart; see
+:class:`~aiodiscovery.LoadReporter` for the server side), used only once it has
 reported for ``blackout_period`` and dropped when no report came for ``weight_expiration_period``;
 a server without a usable weight gets the mean of the others, and with fewer than two weights the
 policy is round robin. Utilization is ``application_utilization``, else the largest of the metrics
@@ -16,8 +17,12 @@ the one with the fewest calls in flight.
 
 Both are factories: ``resolve(..., policy=WeightedRoundRobin(blackout_period=2))``; the names
 ``"weighted_round_robin"`` and ``"least_request"`` give the defaults. Pickers never await: the
-weights are recomputed lazily by the first pick after each period, and reports are read in the
-finished call's done callback (:meth:`Picker.observe`).
+weights are recomputed lazily by the first pick after each period, and reports arrive on the
+streams the pool runs for the policy (:mod:`.loadstream`): nothing is added to a call.
+
+A58 reads per-call reports by default; grpcio cannot (its C core keeps the
+``endpoint-load-metrics-bin`` trailer from the application), so here the out-of-band stream,
+A58's ``enable_oob_load_report`` mode, is the only mode.
 """
 
 from __future__ import annotations
@@ -32,9 +37,8 @@ from typing import Any
 
 import grpc
 
-from .._orcaproto import TRAILER, LoadReport, decode_report
-from .callstatus import trailer
-from .policies import Picker, S
+from .._orcaproto import LoadReport
+from .policies import LoadListener, Picker, S
 
 __all__ = [
     "LeastRequest",
@@ -42,7 +46,6 @@ __all__ = [
     "SlowStart",
     "WeightedRoundRobin",
     "WeightedRoundRobinPicker",
-    "load_report",
     "report_utilization",
 ]
 
@@ -119,25 +122,16 @@ def report_utilization(report: LoadReport, metric_names: Sequence[str] = ()) -> 
     return best if best > 0 else report.cpu_utilization
 
 
-def load_report(call: object) -> LoadReport | None:
-    """The ORCA load report a finished ``call`` carried in its trailer, if any.
-
-    ``None`` when there is none, several, or one that does not decode: a server's report is
-    untrusted input and never fails the call.
-    """
-    value = trailer(call, TRAILER)
-    if not isinstance(value, bytes):
-        return None
-    return decode_report(value)
-
-
 @dataclass(frozen=True, slots=True)
 class WeightedRoundRobin:
     """``policy=`` factory of gRFC A58's ``weighted_round_robin`` (see the module's text).
 
-    Times are in seconds; the defaults are A58's. Load reports come from each call's trailer.
+    Times are in seconds; the defaults are A58's. ``oob_reporting_period`` is the interval asked
+    of each server's load report stream (a server may grant a longer one: grpc-go's and
+    :class:`~aiodiscovery.LoadReporter`'s default minimum is 30 s).
     """
 
+    oob_reporting_period: float = 10.0
     blackout_period: float = 10.0
     weight_expiration_period: float = 180.0
     weight_update_period: float = 1.0
@@ -146,6 +140,8 @@ class WeightedRoundRobin:
     slow_start: SlowStart | None = None
 
     def __post_init__(self) -> None:
+        if _seconds("oob_reporting_period", self.oob_reporting_period) <= 0:
+            raise ValueError("oob_reporting_period must be > 0 seconds")
         _seconds("blackout_period", self.blackout_period)
         _seconds("weight_expiration_period", self.weight_expiration_period)
         _seconds("weight_update_period", self.weight_update_period)
@@ -213,8 +209,6 @@ class _Load:
 class WeightedRoundRobinPicker(Picker[S]):
     """gRFC A58's ``weighted_round_robin`` picker; build it with :class:`WeightedRoundRobin`."""
 
-    observes_calls = True
-
     def __init__(self, config: WeightedRoundRobin | None = None) -> None:
         self._config = config or WeightedRoundRobin()
         self._period = max(self._config.weight_update_period, _MIN_UPDATE_PERIOD)
@@ -246,13 +240,19 @@ class WeightedRoundRobinPicker(Picker[S]):
         self._subchannels = subchannels
         self._rebuild(now)
 
-    def observe(self, sub: S, call: object) -> None:
-        """Read the finished call's load report, if it brought one, into its server's weight."""
-        load = self._loads.get(sub.address)
-        if load is None:
-            return
-        report = load_report(call)
-        if report is not None:
+    def load_listener(self) -> LoadListener:
+        """The picker itself takes the servers' reports."""
+        return self
+
+    @property
+    def report_interval(self) -> float:
+        """The interval asked of each server's report stream."""
+        return self._config.oob_reporting_period
+
+    def report(self, address: str, report: LoadReport) -> None:
+        """Take a report from the server at ``address`` into its weight."""
+        load = self._loads.get(address)
+        if load is not None:
             load.record(report, time.monotonic(), self._config)
 
     def weight(self, sub: S) -> float | None:

@@ -12,14 +12,16 @@ import abc
 import logging
 import random
 from collections.abc import Sequence
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 
 from .._codec.endpoint import metadata_weight
 from .._logsafe import safe
+from .._orcaproto import LoadReport
 
 __all__ = [
+    "LoadListener",
     "P2CPicker",
     "PickFirstPicker",
     "Picker",
@@ -54,6 +56,17 @@ class SubchannelView(Protocol):
 S = TypeVar("S", bound=SubchannelView)
 
 
+class LoadListener(Protocol):
+    """What a load-aware policy takes from the servers' out-of-band load reports."""
+
+    @property
+    def report_interval(self) -> float:
+        """Seconds between reports to ask each server for (it may send them less often)."""
+
+    def report(self, address: str, report: LoadReport) -> None:
+        """Take a report the server at ``address`` sent; it must be cheap and must not raise."""
+
+
 class Picker(abc.ABC, Generic[S]):
     """Chooses a subchannel for each call among the usable ones.
 
@@ -70,13 +83,14 @@ class Picker(abc.ABC, Generic[S]):
     def pick(self) -> S:
         """Return the subchannel for the next call; called only after an :meth:`update`."""
 
-    #: Whether :meth:`observe` wants every finished call (the pool skips the call otherwise).
-    observes_calls: ClassVar[bool] = False
+    def load_listener(self) -> LoadListener | None:
+        """Where the servers' load reports should go, if this policy balances on them.
 
-    def observe(self, sub: S, call: object) -> None:
-        """See a finished call made on ``sub``, e.g. to read its load report (see
-        :func:`~aiodiscovery.load_report`); only when :attr:`observes_calls` is true. Runs in
-        the call's done callback: it must be cheap and must not raise."""
+        With a listener, the pool opens an ORCA out-of-band stream
+        (``OpenRcaService/StreamCoreMetrics``) on every READY subchannel and hands each report
+        to it. ``None`` (the default): no stream.
+        """
+        return None
 
     def weight(self, sub: S) -> float | None:
         """The weight ``sub`` has in the picks now, for statistics (``None``: no weights)."""

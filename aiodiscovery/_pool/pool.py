@@ -28,6 +28,7 @@ import grpc.aio
 
 from .._balancer.callstatus import CANCELLED, OK, status_code
 from .._balancer.deferred import DeferredCall, WaitQueue
+from .._balancer.loadstream import LoadStream
 from .._balancer.policies import Picker
 from .._balancer.subchannel import MethodKey, Observer, Subchannel, Tally
 from .._codec.endpointset import EndpointSet
@@ -109,7 +110,10 @@ class Pool:
         self.retries = 0
         self.retries_throttled = 0
         self.transparent_retries = 0
-        self._observe = _observer(self._detector, self.retry.throttle, self.picker)
+        self._observe = _observer(self._detector, self.retry.throttle)
+        # The servers' out-of-band load reports, for a policy that balances on them.
+        listener = self.picker.load_listener()
+        self._loads = None if listener is None else LoadStream(self.log, listener)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -188,6 +192,7 @@ class Pool:
             if sub.observe is not None or sub.health is not None:
                 continue
             sub.observe = self._observe
+            sub.load = self._loads
             if self._detector is not None:
                 sub.tally = Tally()
             if self._health is not None:
@@ -383,17 +388,11 @@ class Pool:
         )
 
 
-def _observer(
-    detector: OutlierDetector | None, throttle: RetryThrottle | None, picker: Picker[Subchannel]
-) -> Observer:
+def _observer(detector: OutlierDetector | None, throttle: RetryThrottle | None) -> Observer:
     """What each finished call's outcome feeds: the endpoint's failure count (statistics and
-    metrics), the outlier counters, the retry throttle, and a picker that reads calls (load
-    reports)."""
-    picker_sees = picker.observe if picker.observes_calls else None
+    metrics), the outlier counters, the retry throttle."""
 
     def observe(sub: Subchannel, call: object) -> None:
-        if picker_sees is not None:
-            picker_sees(sub, call)
         code = status_code(call)
         if code is None or code == CANCELLED:
             # A cancelled call says nothing about the server (usually the caller gave up).
