@@ -141,6 +141,7 @@ class LoadedServer(EchoServer):
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self._slow),
             "Count": grpc.unary_stream_rpc_method_handler(self._count),
+            "Cost": grpc.unary_unary_rpc_method_handler(self._cost),
             "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
             "Meta": grpc.unary_unary_rpc_method_handler(self._meta),
         }
@@ -151,11 +152,13 @@ class LoadedServer(EchoServer):
 
     async def _slow(self, request: bytes, context: Any) -> bytes:
         self.calls += 1
-        if request == b"cost":
-            call_load().set_request_cost("rows", 7.0)
-            call_load().set_named_metric("queue", 0.5)
         if self.delay:
             await anyio.sleep(self.delay)
+        return self._tag(request)
+
+    async def _cost(self, request: bytes, context: Any) -> bytes:
+        call_load().set_request_cost("rows", 7.0)
+        call_load().set_named_metric("queue", 0.5)
         return self._tag(request)
 
     async def _fail(self, request: bytes, context: Any) -> bytes:

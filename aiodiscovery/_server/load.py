@@ -263,6 +263,10 @@ class LoadReporter:
         if failed:
             self._errors += 1
         self._roll(now)
+        return self._current()
+
+    def _current(self) -> bytes:
+        """The bytes of the server's report (made again only when something changed)."""
         encoded = self._encoded
         if encoded is None:
             encoded = self._encoded = encode_report(self.report())
@@ -339,8 +343,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if inspect.isasyncgenfunction(behavior):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                _CALL.set(CallLoad())
-                reporter._started()
+                _begin(context, reporter)
                 failed = True
                 try:
                     async for response in behavior(request, context):
@@ -353,8 +356,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if inspect.iscoroutinefunction(behavior):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                _CALL.set(CallLoad())
-                reporter._started()
+                _begin(context, reporter)
                 failed = True
                 try:
                     response = await behavior(request, context)
@@ -368,12 +370,24 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return behavior
 
 
+def _begin(context: grpc.aio.ServicerContext, reporter: LoadReporter) -> None:
+    """Count the call in flight and give it the server's report now.
+
+    ``context.abort()`` sends the status at once, before the handler returns: the trailer set
+    here is what such a call reports. Any other call's report is refreshed by :func:`_trail`.
+    """
+    _CALL.set(CallLoad())
+    reporter._started()
+    context.set_trailing_metadata(((TRAILER, reporter._current()),))
+
+
 def _trail(context: grpc.aio.ServicerContext, reporter: LoadReporter, failed: bool) -> None:
-    """Count the call and add its report to the trailer the handler set (if any)."""
+    """Count the call and put its report, as of its end, beside what the handler set."""
     code = context.code()
     failed = failed or (code is not None and code is not _OK and code != 0)
     data = reporter._ended(failed)
     call = _CALL.get(None)
     if call:
         data = encode_report(call.over(reporter.report()))
-    context.set_trailing_metadata((*(context.trailing_metadata() or ()), (TRAILER, data)))
+    kept = [item for item in context.trailing_metadata() or () if item[0] != TRAILER]
+    context.set_trailing_metadata((*kept, (TRAILER, data)))
