@@ -60,12 +60,18 @@ class Contender:
 class Result:
     latencies: list[float]
     wall: float
+    # The client process's CPU seconds (all its threads) over the measured period.
+    cpu: float
     # Share of the measured calls each server took, by address.
     shares: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.wall
+
+    @property
+    def cpu_per_call(self) -> float:
+        return self.cpu / len(self.latencies)
 
     def quantile(self, q: int) -> float:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1]
@@ -97,7 +103,7 @@ async def measure(
             await anyio.sleep(args.warmup)
             before = {a: s.picks for a, s in channel.statistics().subchannels.items()}
             state["measuring"] = True
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             if midway is None:
                 await anyio.sleep(args.seconds)
             else:
@@ -105,12 +111,12 @@ async def measure(
                 await midway()
                 await anyio.sleep(args.seconds / 2)
             state["measuring"] = False
-            wall = time.perf_counter() - started
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
             after = {a: s.picks for a, s in channel.statistics().subchannels.items()}
             state["stop"] = True
     picks = {a: after[a] - before.get(a, 0) for a in after}
     total = sum(picks.values()) or 1
-    return Result(latencies, wall, {a: n / total for a, n in picks.items()})
+    return Result(latencies, wall, cpu, {a: n / total for a, n in picks.items()})
 
 
 def ms(seconds: float) -> str:
@@ -134,29 +140,28 @@ def table(
             "p50 ms",
             "p99 ms",
             "calls/s",
+            "client CPU µs/call",
             "slow server's share",
             "p99 ratio",
             "calls/s ratio",
+            "CPU/call ratio",
         ]
     ]
     for contender in contenders:
         mine = results[contender.name]
-        p99_ratio = median([m.quantile(99) / b.quantile(99) for m, b in zip(mine, baseline)])
-        rate_ratio = median([m.rate / b.rate for m, b in zip(mine, baseline)])
-        share = (
-            "-"
-            if watched is None
-            else f"{100 * median([m.shares.get(watched, 0) for m in mine]):.0f}%"
-        )
+        pairs = list(zip(mine, baseline, strict=True))
+        shares = [m.shares.get(watched, 0.0) for m in mine] if watched else []
         rows.append(
             [
                 contender.name,
                 ms(median([m.quantile(50) for m in mine])),
                 ms(median([m.quantile(99) for m in mine])),
                 f"{median([m.rate for m in mine]):.0f}",
-                share,
-                f"{p99_ratio:.2f}",
-                f"{rate_ratio:.3f}",
+                f"{median([m.cpu_per_call for m in mine]) * 1e6:.0f}",
+                f"{100 * median(shares):.0f}%" if shares else "-",
+                f"{median([m.quantile(99) / b.quantile(99) for m, b in pairs]):.2f}",
+                f"{median([m.rate / b.rate for m, b in pairs]):.3f}",
+                f"{median([m.cpu_per_call / b.cpu_per_call for m, b in pairs]):.3f}",
             ]
         )
     return f"### {title}\n\n{markdown_table(rows)}\n"
