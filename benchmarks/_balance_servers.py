@@ -1,7 +1,7 @@
 """Servers for bench_balance.py: each in a process of its own, with a finite capacity (``--slots``
 calls served at once, the others queue) and a service time the parent sets at run time; with
 ``--report``, an ORCA :class:`~aiodiscovery.LoadReporter` (per-call trailer and out-of-band stream,
-``application_utilization`` from the calls in flight over the slots).
+``application_utilization`` from the share of the slots in use).
 
 The child (``python benchmarks/_balance_servers.py --etcd URL --target T [--slots N] [--report]``)
 serves ``/bench.Load/Unary`` (waits for a slot, sleeps the service time, answers the request) and

@@ -10,8 +10,8 @@ Progress goes to stderr; stdout gets three markdown tables.
 
 Three servers, each serving ``--slots`` calls at once (the others queue, as in any server with a
 bounded pool of workers), registered in etcd and reporting their load with ORCA
-(:class:`~aiodiscovery.LoadReporter`: ``application_utilization`` is the calls in flight over the
-slots). ``--callers`` callers call back to back, closed loop, through a fresh channel per
+(:class:`~aiodiscovery.LoadReporter`: ``application_utilization`` is the share of the slots in
+use). ``--callers`` callers call back to back, closed loop, through a fresh channel per
 contender and round (``--warmup`` seconds unmeasured, then ``--seconds`` measured; order rotated
 from round to round). Contenders: ``round_robin`` (the baseline), ``p2c``, ``least_request`` and
 ``weighted_round_robin`` (reports every 0.2 s, blackout 1 s, weights every 0.2 s: A58's defaults,

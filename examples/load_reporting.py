@@ -4,7 +4,7 @@
 
 Two greeter servers (``fast`` and ``slow``, in this process) serve ``/demo.Greeter/SayHello``
 with four workers each; a call takes 10 ms on ``fast`` and 30 ms on ``slow``. Each has a
-``LoadReporter`` (its ``application_utilization`` is the calls in flight over its four workers)
+``LoadReporter`` (its ``application_utilization`` is the share of its four workers in use)
 and registers itself in etcd. A client resolves the service with ``weighted_round_robin``: the
 pool follows each server's ORCA report stream and weighs the servers by
 ``qps / utilization``. Eight callers call without pause; the example prints the weights the

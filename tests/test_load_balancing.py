@@ -132,25 +132,20 @@ class LoadedServer(EchoServer):
     """An echo server with a :class:`LoadReporter`; ``delay`` slows its ``Unary`` down."""
 
     def __init__(self, name: str, reporter: LoadReporter) -> None:
-        super().__init__(name)
+        super().__init__(name, interceptors=[reporter.interceptor])
         self.reporter = reporter
         self.delay = 0.0
-        self.server = grpc.aio.server(interceptors=[reporter.interceptor])
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.address = f"127.0.0.1:{self.port}"
+        # Beside the echo server's methods (its Unary is the one below).
         handlers = {
-            "Unary": grpc.unary_unary_rpc_method_handler(self._slow),
-            "Count": grpc.unary_stream_rpc_method_handler(self._count),
             "Cost": grpc.unary_unary_rpc_method_handler(self._cost),
             "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
-            "Meta": grpc.unary_unary_rpc_method_handler(self._meta),
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("test.Echo", handlers),)
         )
         reporter.add_to_server(self.server)
 
-    async def _slow(self, request: bytes, context: Any) -> bytes:
+    async def _unary(self, request: bytes, context: Any) -> bytes:
         self.calls += 1
         if self.delay:
             await anyio.sleep(self.delay)

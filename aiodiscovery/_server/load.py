@@ -15,7 +15,9 @@ on them (:class:`~aiodiscovery.WeightedRoundRobin` here, ``weighted_round_robin`
 Values are measured unless set: queries and errors per second from the calls the interceptor
 sees, over the last ``window`` seconds; ``cpu_utilization`` as the process's CPU time over the
 CPUs it may use; ``mem_utilization`` as its resident memory over the machine's; and, given a
-``capacity``, ``application_utilization`` as the mean calls in flight over that capacity. A value
+``capacity``, ``application_utilization`` as the mean share of that capacity in use (calls in
+flight, counted up to the capacity: calls beyond it wait, which shows in the qps, not as more
+utilization; so a saturated server's weight is its throughput, with or without a queue). A value
 set with a ``set_*`` method wins over the measurement (``None`` gives it back); named metrics and
 utilizations are always the application's. A handler adds its own call's costs and metrics with
 :func:`call_load`.
@@ -155,6 +157,8 @@ class LoadReporter:
         if _value("min_report_interval", min_report_interval) <= 0:
             raise ValueError("min_report_interval must be > 0 seconds")
         self.capacity = capacity
+        # Calls beyond the capacity wait for it: they add to latency, not to utilization.
+        self._slots = capacity or 1
         self.window = float(window)
         self.min_report_interval = float(min_report_interval)
         self._set: dict[str, float] = {}
@@ -228,7 +232,7 @@ class LoadReporter:
         elapsed = now - self._since
         if elapsed < self.window:
             return
-        self._busy += self._in_flight * (now - self._busy_at)
+        self._busy += min(self._in_flight, self._slots) * (now - self._busy_at)
         cpu = time.process_time()
         measured = {
             "qps": self._calls / elapsed,
@@ -249,14 +253,14 @@ class LoadReporter:
 
     def _started(self) -> None:
         now = time.monotonic()
-        self._busy += self._in_flight * (now - self._busy_at)
+        self._busy += min(self._in_flight, self._slots) * (now - self._busy_at)
         self._busy_at = now
         self._in_flight += 1
 
     def _ended(self, failed: bool) -> bytes:
         """Count a finished call; the bytes of the server's report as of now."""
         now = time.monotonic()
-        self._busy += self._in_flight * (now - self._busy_at)
+        self._busy += min(self._in_flight, self._slots) * (now - self._busy_at)
         self._busy_at = now
         self._in_flight -= 1
         self._calls += 1
