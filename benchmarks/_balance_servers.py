@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import threading
 from typing import Any
 
 import anyio
 import grpc
 import grpc.aio
-from _resilience_servers import Child, Servers
+from _resilience_servers import Child, Servers, serve_registered
 
-from aiodiscovery import LoadReporter, Registrar, connect
+from aiodiscovery import LoadReporter
 
 SERVICE = "bench.Load"
 UNARY = f"/{SERVICE}/Unary"
@@ -66,27 +62,7 @@ async def serve(args: argparse.Namespace) -> None:
     if reporter is not None:
         reporter.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-
-    def read_until_eof() -> None:
-        while os.read(0, 4096):
-            pass
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=read_until_eof, daemon=True).start()
-    client = await connect(args.etcd)
-    try:
-        async with Registrar(client, args.target, f"127.0.0.1:{port}", ttl=10):
-            print(f"PORT {port}", flush=True)
-            await stop.wait()
-    finally:
-        await server.stop(None)
-        await client.close()
+    await serve_registered(server, port, args.etcd, args.target, ttl=10)
 
 
 class LoadServers(Servers):

@@ -19,7 +19,6 @@ from aiodiscovery import (
     LeastRequest,
     LoadReport,
     LoadReporter,
-    Registrar,
     SlowStart,
     WeightedRoundRobin,
     call_load,
@@ -28,6 +27,7 @@ from aiodiscovery import (
 )
 from aiodiscovery._orcaproto import STREAM_METHOD, decode_report, encode_report, messages
 
+from .faulty_servers import registered
 from .helpers import until
 from .servers import EchoServer, method
 
@@ -207,6 +207,9 @@ async def test_the_out_of_band_stream_reports_at_the_interval_asked() -> None:
 
 # -- the client side -------------------------------------------------------------------------
 
+# Reports every 50 ms, used at once, weights recomputed every 100 ms: a test's pace.
+QUICK = WeightedRoundRobin(oob_reporting_period=0.05, blackout_period=0, weight_update_period=0.1)
+
 
 class ForeignServer(EchoServer):
     """A server we did not write: its ORCA stream sends hand-built bytes, as grpc-go's
@@ -232,16 +235,6 @@ class ForeignServer(EchoServer):
             await anyio.sleep(0.05)
 
 
-@contextlib.asynccontextmanager
-async def registered(
-    client: EtcdClient, service: str, servers: Sequence[EchoServer]
-) -> AsyncIterator[None]:
-    async with contextlib.AsyncExitStack() as stack:
-        for server in servers:
-            await stack.enter_async_context(Registrar(client, service, server.address, ttl=5))
-        yield
-
-
 def where(replies: Sequence[bytes]) -> Counter[str]:
     return Counter(r.split(b":", 1)[0].decode() for r in replies)
 
@@ -250,9 +243,7 @@ async def test_weighted_round_robin_follows_a_foreign_server_s_reports(
     client: EtcdClient, service: str
 ) -> None:
     # weight = qps / utilization: 100 / 0.25 = 400 against 100 / 1.0 = 100.
-    policy = WeightedRoundRobin(
-        oob_reporting_period=0.05, blackout_period=0, weight_update_period=0.1
-    )
+    policy = QUICK
     async with (
         ForeignServer("light", go_report(qps=100, cpu=0.25)) as light,
         ForeignServer("heavy", go_report(qps=100, cpu=1.0)) as heavy,
@@ -278,9 +269,7 @@ async def test_errors_cost_weight_and_fewer_than_two_weights_mean_round_robin(
     client: EtcdClient, service: str
 ) -> None:
     # The same qps and utilization, but eps/qps = 1: weight = 100 / (0.5 + 1 x 1.0).
-    policy = WeightedRoundRobin(
-        oob_reporting_period=0.05, blackout_period=0, weight_update_period=0.1
-    )
+    policy = QUICK
     async with (
         ForeignServer("good", go_report(qps=100, cpu=0.5)) as good,
         ForeignServer("errors", go_report(qps=100, cpu=0.5, eps=100)) as errors,

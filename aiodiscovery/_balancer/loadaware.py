@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 
 from .._orcaproto import LoadReport
-from .policies import LoadListener, Picker, S
+from .policies import LoadListener, P2CPicker, Picker, S
 
 __all__ = [
     "LeastRequest",
@@ -322,16 +322,15 @@ class LeastRequest:
         return LeastRequestPicker(self.choice_count)
 
 
-class LeastRequestPicker(Picker[S]):
-    """gRFC A48's ``least_request`` picker; build it with :class:`LeastRequest`."""
+class LeastRequestPicker(P2CPicker[S]):
+    """gRFC A48's ``least_request`` picker; build it with :class:`LeastRequest`.
+
+    :class:`P2CPicker` with ``choice_count`` draws, taken with replacement as A48 takes them.
+    """
 
     def __init__(self, choice_count: int = 2) -> None:
+        super().__init__()
         self._choices = min(max(choice_count, 2), _MAX_CHOICES)
-        self._subchannels: Sequence[S] = ()
-
-    def update(self, subchannels: Sequence[S]) -> None:
-        """Take the new usable list."""
-        self._subchannels = subchannels
 
     def pick(self) -> S:
         """The least busy of ``choice_count`` random draws (with replacement, as A48 draws)."""
