@@ -48,7 +48,8 @@ async def serve(args: argparse.Namespace) -> None:
         return b""
 
     reporter = (
-        LoadReporter(capacity=args.slots or 1, window=0.5, min_report_interval=0.2)
+        # Without slots, the utilization is the CPU's: these servers only spend CPU.
+        LoadReporter(capacity=args.slots or None, window=0.5, min_report_interval=0.2)
         if args.report
         else None
     )

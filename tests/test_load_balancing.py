@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -231,7 +232,8 @@ class ForeignServer(EchoServer):
     async def _reports(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         self.streams += 1
         while True:
-            yield self.report
+            if self.report:
+                yield self.report
             await anyio.sleep(0.05)
 
 
@@ -295,6 +297,40 @@ async def test_errors_cost_weight_and_fewer_than_two_weights_mean_round_robin(
             unary = channel.unary_unary(method("Unary"))
             replies = [await unary(b"x") for _ in range(100)]
             assert where(replies) == {"only": 50, "silent": 50}
+
+
+async def test_weights_wait_out_the_blackout_and_expire_without_reports(
+    client: EtcdClient, service: str
+) -> None:
+    policy = WeightedRoundRobin(
+        oob_reporting_period=0.05,
+        blackout_period=1.5,
+        weight_expiration_period=1.0,
+        weight_update_period=0.1,
+    )
+    async with (
+        ForeignServer("light", go_report(qps=100, cpu=0.25)) as light,
+        ForeignServer("heavy", go_report(qps=100, cpu=1.0)) as heavy,
+        registered(client, service, [light, heavy]),
+    ):
+        # No report can be older than this.
+        start = time.monotonic()
+        async with await resolve(client, service, policy=policy) as channel:
+            unary = channel.unary_unary(method("Unary"))
+
+            async def weight_becomes(wanted: float) -> float:
+                with anyio.fail_after(10):
+                    while channel.statistics().subchannels[light.address].weight != wanted:
+                        await unary(b"x")
+                return time.monotonic()
+
+            # Reports come every 50 ms; the weights wait out the blackout.
+            assert await weight_becomes(400.0) - start >= 1.5
+            # The servers stop reporting: once the weights expire, round robin again.
+            light.report = heavy.report = b""
+            stopped = time.monotonic()
+            # (The last report may have left the server a moment before the switch.)
+            assert await weight_becomes(1.0) - stopped >= 0.5
 
 
 async def test_a_server_turning_slow_loses_its_share_and_gets_it_back(
