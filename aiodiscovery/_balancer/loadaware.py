@@ -13,7 +13,7 @@ follow an earliest-deadline-first schedule rebuilt every ``weight_update_period`
 ``min_weight_percent`` of its weight over ``window`` seconds.
 
 :class:`LeastRequest` follows gRFC A48 (``least_request``): of ``choice_count`` random servers,
-the one with the fewest calls in flight.
+the one with the fewest calls in flight (distinct draws, where A48 draws with replacement).
 
 Both are factories: ``resolve(..., policy=WeightedRoundRobin(blackout_period=2))``; the names
 ``"weighted_round_robin"`` and ``"least_request"`` give the defaults. Pickers never await: the
@@ -304,8 +304,8 @@ class WeightedRoundRobinPicker(Picker[S]):
 
 @dataclass(frozen=True, slots=True)
 class LeastRequest:
-    """``policy=`` factory of gRFC A48's ``least_request``: of ``choice_count`` servers drawn at
-    random, the one with the fewest calls in flight (the first drawn among equals).
+    """``policy=`` factory of gRFC A48's ``least_request``: of ``choice_count`` distinct servers
+    drawn at random, the one with the fewest calls in flight (the first drawn among equals).
 
     ``choice_count`` must be at least 2; above 10 it counts as 10, as A48 says.
     """
@@ -325,7 +325,10 @@ class LeastRequest:
 class LeastRequestPicker(P2CPicker[S]):
     """gRFC A48's ``least_request`` picker; build it with :class:`LeastRequest`.
 
-    :class:`P2CPicker` with ``choice_count`` draws, taken with replacement as A48 takes them.
+    :class:`P2CPicker` with ``choice_count`` draws. A48 draws with replacement, so with few
+    servers it often compares a server with itself (one pick in three, with two draws among
+    three servers) and has no choice at all; here the draws are distinct, and with no more
+    servers than draws every server is compared.
     """
 
     def __init__(self, choice_count: int = 2) -> None:
@@ -333,13 +336,29 @@ class LeastRequestPicker(P2CPicker[S]):
         self._choices = min(max(choice_count, 2), _MAX_CHOICES)
 
     def pick(self) -> S:
-        """The least busy of ``choice_count`` random draws (with replacement, as A48 draws)."""
+        """The least busy of ``choice_count`` distinct random servers (the first drawn among
+        equals)."""
         subchannels = self._subchannels
         count = len(subchannels)
         draw = random.random
-        best = subchannels[int(draw() * count)]
-        for _ in range(self._choices - 1):
-            other = subchannels[int(draw() * count)]
+        if count <= self._choices:
+            # Every server: start at a random one, so that ties do not all go to the first.
+            start = int(draw() * count)
+            best = subchannels[start]
+            for i in range(start + 1, start + count):
+                other = subchannels[i % count]
+                if other.in_flight < best.in_flight:
+                    best = other
+            return best
+        first = int(draw() * count)
+        best = subchannels[first]
+        drawn = {first}
+        while len(drawn) < self._choices:
+            index = int(draw() * count)
+            if index in drawn:
+                continue
+            drawn.add(index)
+            other = subchannels[index]
             if other.in_flight < best.in_flight:
                 best = other
         return best

@@ -136,7 +136,8 @@ class LoadReporter:
     """A ``grpc.aio`` server's load, reported per call and on the ORCA stream (see the module).
 
     ``capacity`` is how many calls in flight the server counts as fully busy (for
-    ``application_utilization``); ``window`` is the measuring period in seconds;
+    ``application_utilization``; calls beyond it count as waiting, not as more use); ``window``
+    is the measuring period in seconds;
     ``min_report_interval`` the shortest interval granted to an out-of-band stream (grpc-go's
     default, 30 s, unless you choose less).
     """
