@@ -220,6 +220,8 @@ class ForeignServer(EchoServer):
         super().__init__(name)
         self.report = report
         self.streams = 0
+        # Then the server ends the stream (OK).
+        self.reports_per_stream = 1 << 30
         handler = grpc.unary_stream_rpc_method_handler(self._reports)
         self.server.add_generic_rpc_handlers(
             (
@@ -231,7 +233,7 @@ class ForeignServer(EchoServer):
 
     async def _reports(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         self.streams += 1
-        while True:
+        for _ in range(self.reports_per_stream):
             if self.report:
                 yield self.report
             await anyio.sleep(0.05)
@@ -297,6 +299,20 @@ async def test_errors_cost_weight_and_fewer_than_two_weights_mean_round_robin(
             unary = channel.unary_unary(method("Unary"))
             replies = [await unary(b"x") for _ in range(100)]
             assert where(replies) == {"only": 50, "silent": 50}
+
+
+async def test_a_report_stream_that_ends_is_opened_again(client: EtcdClient, service: str) -> None:
+    async with (
+        ForeignServer("a", go_report(qps=100, cpu=0.5)) as a,
+        ForeignServer("b", go_report(qps=100, cpu=0.5)) as b,
+        registered(client, service, [a, b]),
+    ):
+        a.reports_per_stream = 1
+        async with await resolve(client, service, policy=QUICK) as channel:
+            await until(lambda: a.streams >= 3)
+            # On the same connection all along: one stream at a time, each after a backoff.
+            assert b.streams == 1
+            assert channel.statistics().subchannels[a.address].reconnects == 0
 
 
 async def test_weights_wait_out_the_blackout_and_expire_without_reports(
