@@ -6,6 +6,14 @@ and Python services share one registry.
 
 from __future__ import annotations
 
+from ._balancer.loadaware import (
+    LeastRequest,
+    LeastRequestPicker,
+    SlowStart,
+    WeightedRoundRobin,
+    WeightedRoundRobinPicker,
+    report_utilization,
+)
 from ._balancer.policies import (
     P2CPicker,
     Picker,
@@ -48,6 +56,7 @@ from ._exceptions import (
 from ._logsafe import safe as printable
 from ._naming.manager import EndpointManager
 from ._naming.watcher import Watcher
+from ._orcaproto import LoadReport
 from ._pool.channel import BalancedChannel, resolve
 from ._pool.stats import PoolStatistics, SubchannelStatistics
 from ._registrar.lease import LeaseKeeper, LeaseState, LeaseStatistics
@@ -56,6 +65,7 @@ from ._resilience.outlier import OutlierDetection
 from ._selection.address import Address, allow_networks, parse_address
 from ._selection.protection import MassRemovalProtection
 from ._selection.selection import SelectionStatistics
+from ._server.load import CallLoad, LoadReporter, call_load
 from ._xds.local import local_xds_server
 from ._xds.policy import XdsPolicy
 from ._xds.server import XdsServer
@@ -109,9 +119,16 @@ __all__ = [  # noqa: RUF022
     "Registrar",
     "RegistrarState",
     "RegistrarStatistics",
+    # a server's load reports (ORCA)
+    "CallLoad",
+    "LoadReport",
+    "LoadReporter",
+    "call_load",
     # a client's channel: balancing, selection, resilience
     "Address",
     "BalancedChannel",
+    "LeastRequest",
+    "LeastRequestPicker",
     "MassRemovalProtection",
     "OutlierDetection",
     "P2CPicker",
@@ -120,11 +137,15 @@ __all__ = [  # noqa: RUF022
     "PoolStatistics",
     "RoundRobinPicker",
     "SelectionStatistics",
+    "SlowStart",
     "SubchannelStatistics",
     "SubchannelView",
     "WeightedPicker",
+    "WeightedRoundRobin",
+    "WeightedRoundRobinPicker",
     "allow_networks",
     "parse_address",
+    "report_utilization",
     "resolve",
     # the registry as an xDS control plane: grpc core balances
     "XdsNack",

@@ -217,3 +217,23 @@ def test_etcdctl_interop_script(etcd: EtcdServer, service: str) -> None:
     assert f"attached keys([{service}/e2])" in out
     assert out.rstrip().endswith(f"no endpoints under {service}/")
     wait_for(lambda: keys(etcd, service), lambda k: k == [], timeout=5)
+
+
+def test_load_reporting_example(etcd: EtcdServer, service: str) -> None:
+    command = [
+        sys.executable,
+        str(EXAMPLES / "load_reporting.py"),
+        "--endpoints",
+        etcd.url,
+        "--service",
+        service,
+    ]
+    result = run(command, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    weights, shares = result.stdout.splitlines()[-2:]
+    found = re.fullmatch(r"weights: fast=(\d+), slow=(\d+)", weights)
+    assert found is not None, result.stdout
+    # 10 ms against 30 ms per call, four workers each: the fast server weighs about 3x more.
+    assert int(found[1]) > 1.5 * int(found[2]), weights
+    assert re.fullmatch(r"second half: fast \d+%, slow \d+%", shares), shares
+    assert keys(etcd, service) == []

@@ -32,6 +32,7 @@ KERNEL = {
     "_statecell",
     "_grpccall",
     "_healthproto",
+    "_orcaproto",
 }
 # Each unit (a subsystem package or a root module) and the units it may import, bottom up.
 # Anything not named here may not be imported by the unit.
@@ -44,6 +45,8 @@ LAYERS: dict[str, set[str]] = {
     "_registrar": {"kernel", "_codec", "_metrics", "_etcd"},
     "_balancer": {"kernel", "_codec"},
     "_selection": {"kernel", "_codec"},
+    # A gRPC server's side of the balancing: load reports.
+    "_server": {"kernel"},
     "_resilience": {"kernel", "_codec", "_balancer"},
     # The registry as an xDS control plane: grpc core balances, so no pool below it.
     "_xds": {"kernel", "_codec", "_etcd", "_naming", "_selection"},
@@ -66,6 +69,7 @@ LAYERS: dict[str, set[str]] = {
         "_etcd",
         "_naming",
         "_registrar",
+        "_server",
         "_balancer",
         "_selection",
         "_resilience",

@@ -28,6 +28,7 @@ import grpc.aio
 
 from .._balancer.callstatus import CANCELLED, OK, status_code
 from .._balancer.deferred import DeferredCall, WaitQueue
+from .._balancer.loadstream import LoadStream
 from .._balancer.policies import Picker
 from .._balancer.subchannel import MethodKey, Observer, Subchannel, Tally
 from .._codec.endpointset import EndpointSet
@@ -110,6 +111,9 @@ class Pool:
         self.retries_throttled = 0
         self.transparent_retries = 0
         self._observe = _observer(self._detector, self.retry.throttle)
+        # The servers' out-of-band load reports, for a policy that balances on them.
+        listener = self.picker.load_listener()
+        self._loads = None if listener is None else LoadStream(self.log, listener)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -188,6 +192,7 @@ class Pool:
             if sub.observe is not None or sub.health is not None:
                 continue
             sub.observe = self._observe
+            sub.load = self._loads
             if self._detector is not None:
                 sub.tally = Tally()
             if self._health is not None:
@@ -354,7 +359,11 @@ class Pool:
         """Subchannels by address (state, calls in flight, picks), totals and failures."""
         members = self._members
         retained = members.retained
-        subs = {s.address: subchannel_statistics(s, s.address in retained) for s in members.held()}
+        weight = self.picker.weight
+        subs = {
+            s.address: subchannel_statistics(s, s.address in retained, weight(s))
+            for s in members.held()
+        }
         guard = members.guard
         until = None if guard is None else guard.until
         throttle = self.retry.throttle

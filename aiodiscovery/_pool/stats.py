@@ -31,6 +31,8 @@ class SubchannelStatistics:
     ejections: int = 0
     #: Calls that ended with a status other than OK or CANCELLED.
     failures: int = 0
+    # Its weight in the policy's picks now (weighted policies; None for the others).
+    weight: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,11 @@ class PoolStatistics:
         return counts
 
 
-def subchannel_statistics(sub: Subchannel, retained: bool) -> SubchannelStatistics:
-    """A snapshot of ``sub``; ``retained`` if mass-removal protection keeps it."""
+def subchannel_statistics(
+    sub: Subchannel, retained: bool, weight: float | None = None
+) -> SubchannelStatistics:
+    """A snapshot of ``sub``; ``retained`` if mass-removal protection keeps it; ``weight`` is
+    its weight in the policy's picks."""
     return SubchannelStatistics(
         sub.state.name,
         sub.in_flight,
@@ -93,4 +98,5 @@ def subchannel_statistics(sub: Subchannel, retained: bool) -> SubchannelStatisti
         ejected=sub.tally is not None and sub.tally.ejected_at is not None,
         ejections=0 if sub.tally is None else sub.tally.ejections,
         failures=sub.failures,
+        weight=weight,
     )
