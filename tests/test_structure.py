@@ -41,8 +41,9 @@ LAYERS: dict[str, set[str]] = {
     "_codec": {"kernel"},
     "_metrics": {"kernel", "_codec"},
     "_etcd": {"kernel", "_codec", "_metrics"},
-    "_naming": {"kernel", "_codec", "_etcd"},
     "_registrar": {"kernel", "_codec", "_metrics", "_etcd"},
+    # Subsetting ranks keep their lease alive the way a registration does.
+    "_naming": {"kernel", "_codec", "_etcd", "_registrar"},
     "_balancer": {"kernel", "_codec"},
     "_selection": {"kernel", "_codec"},
     # A gRPC server's side of the balancing: load reports.

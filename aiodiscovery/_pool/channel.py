@@ -76,6 +76,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
         health_check: str | None = None,
         outlier_detection: OutlierDetection | None = None,
+        subset_ranks: bool = True,
     ) -> None:
         self.target = target
         self._options = PoolOptions(
@@ -88,12 +89,12 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             start_timeout=start_timeout,
             address_filter=address_filter,
             mass_removal=mass_removal,
-            selection=SelectionConfig(subset_size, client_id, zone, spill_threshold),
+            selection=SelectionConfig(subset_size, client_id, zone, spill_threshold, subset_ranks),
             health_check=health_check,
             outlier_detection=outlier_detection,
         )
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
-        self._pool = Pool(target, self._options)
+        self._pool = Pool(target, self._options, client)
         # The channel is a plain object (closed from any task, like every grpc.aio channel), so
         # the pool's task group lives in a task of its own; close() cancels and joins it. The
         # task runs the pool, which never refers back to this object.
@@ -262,6 +263,7 @@ async def resolve(
     spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
     health_check: str | None = None,
     outlier_detection: OutlierDetection | None = None,
+    subset_ranks: bool = True,
     engine: str = "pool",
     xds_policy: XdsPolicy | None = None,
 ) -> BalancedChannel | grpc.aio.Channel:
@@ -282,15 +284,20 @@ async def resolve(
     READY in use for a while when most of the service vanishes from the registry at once;
     ``None`` turns that off.
 
-    ``subset_size=N`` connects to about ``N`` of the endpoints (between ``ceil(0.6 N)`` and
-    ``floor(1.5 N)``), chosen so that many clients spread evenly over the servers and a server
-    coming or going moves few connections; give each client a ``client_id``, ideally its
-    instance number (0, 1, 2, ...: numbers spread best), else the process's
-    ``"<host name>/<process id>"`` is used. ``zone="eu-west-1a"`` sends calls to the endpoints
+    ``subset_size=N`` connects to exactly ``min(N, endpoints)`` of the endpoints (plus, while
+    some of those are unhealthy, as many healthy stand-ins), chosen so that many clients spread
+    evenly over the servers and a server coming or going moves only its own connections. Each
+    client needs a rank: an integer ``client_id`` is one (an instance number: 0, 1, 2, ...);
+    otherwise, with ``subset_ranks=True`` (the default), the channel claims the lowest free rank
+    from etcd under a key of its own with a lease (``_aiodiscovery/ranks/<target>/<rank>``, value
+    ``client_id`` or the process's ``"<host name>/<process id>"``), and with
+    ``subset_ranks=False`` it is placed by the hash of that id (spreading only as evenly as
+    random subsetting). ``zone="eu-west-1a"`` sends calls to the endpoints
     whose metadata names that zone (the string ``"zone=eu-west-1a"``, URL query form) while at
     least ``spill_threshold`` (default 0.5) of them are healthy, and to other zones' too below
-    that; with both, the subset is drawn within the zone, and spilling over adds a subset of the
-    other zones. ``statistics().selection`` says what was chosen.
+    that; with both, the subset is drawn within the zone, and spilling over tops its healthy
+    endpoints up to ``N`` from the other zones. ``statistics().selection`` says what was chosen
+    and how.
 
     ``health_check`` (a service name; ``""`` for the whole server) keeps a standard
     ``grpc.health.v1.Health/Watch`` stream per subchannel: an endpoint takes new calls only
@@ -318,6 +325,7 @@ async def resolve(
             "mass_removal": mass_removal is not DEFAULT_MASS_REMOVAL,
             "subset_size": subset_size is not None,
             "client_id": client_id is not None,
+            "subset_ranks": subset_ranks is not True,
             "zone": zone is not None,
             "spill_threshold": spill_threshold != DEFAULT_SPILL_THRESHOLD,
             "health_check": health_check is not None,
@@ -355,6 +363,7 @@ async def resolve(
         spill_threshold=spill_threshold,
         health_check=health_check,
         outlier_detection=outlier_detection,
+        subset_ranks=subset_ranks,
     )
     await channel._open()
     return channel

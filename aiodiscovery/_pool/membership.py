@@ -77,6 +77,10 @@ class Membership:
         # Addresses whose subchannel has been through a connection attempt (READY or failed):
         # until then a subchannel gets the benefit of the doubt in a zone's health.
         self._tried: set[str] = set()
+        # Registered addresses whose last connection attempt failed and that have not been READY
+        # since: they do not count towards the subset's size, and are not taken as stand-ins
+        # again (a reconnect attempt, or being let go, does not make them count).
+        self._failing: set[str] = set()
 
     def held(self) -> list[Subchannel]:
         """Every subchannel: registered, kept by mass-removal protection, draining."""
@@ -104,8 +108,15 @@ class Membership:
         return self._sync(chosen)
 
     def review(self) -> None:
-        """Re-decide, from the zone's health, whether other zones take calls too."""
-        changed = self.selection.review(self._healthy)
+        """Re-decide, from the endpoints' health, which stand in for unhealthy members of the
+        subset and whether other zones take calls too."""
+        changed = self.selection.review(self._healthy, self._serving)
+        if changed:
+            self._sync(changed)
+
+    def rank(self, rank: int) -> None:
+        """Place the subset by the ``rank`` etcd gave this client."""
+        changed = self.selection.set_rank(rank)
         if changed:
             self._sync(changed)
 
@@ -158,6 +169,18 @@ class Membership:
             return False
         return sub.state is _State.READY or addr not in self._tried
 
+    def _serving(self, addr: str) -> bool:
+        """Whether ``addr`` counts towards the subset's size: not known to be failing (one not
+        held yet, or waiting for its first health answer, gets the benefit of the doubt)."""
+        sub = self.registered.get(addr)
+        if sub is None:
+            return True
+        if sub.tally is not None and sub.tally.ejected_at is not None:
+            return False
+        if sub.health is not None and not sub.health.pending and not sub.health.healthy:
+            return False
+        return addr not in self._failing
+
     def _hold(self, addr: str, want: Wanted) -> Subchannel:
         """The subchannel for ``want``, made or brought back if need be."""
         sub = self.registered.get(addr)
@@ -196,6 +219,7 @@ class Membership:
         protecting = guard is not None and guard.protecting
         remaining = len(self.registered) - len(addresses)
         keep = guard is not None and guard.removed(addresses, remaining, time.monotonic())
+        self._failing.difference_update(addresses)
         for addr in addresses:
             sub = self.registered.pop(addr)
             if keep and sub.state is _State.READY:
@@ -292,6 +316,10 @@ class Membership:
     def _subchannel_changed(self, sub: Subchannel) -> None:
         if sub.state in _TRIED and self.registered.get(sub.address) is sub:
             self._tried.add(sub.address)
+            if sub.state is _State.READY:
+                self._failing.discard(sub.address)
+            else:
+                self._failing.add(sub.address)
         if sub.state is not _State.READY and self.retained.get(sub.address) is sub:
             # Kept only while it works: a server that shuts down is let go at once.
             del self.retained[sub.address]
@@ -303,6 +331,9 @@ class Membership:
         with sub.scope:
             with anyio.move_on_after(self._drain_timeout):
                 await sub.wait_idle()
+            if self._draining.get(sub.address) is not sub:
+                # Held again before this task began (it ran in the new role's scope): no drain.
+                return
             if sub.in_flight:
                 self.log.warning(
                     "closing removed endpoint %s with %d calls still in flight",

@@ -1,0 +1,211 @@
+"""Dense client ranks for subsetting, handed out by etcd (as Finagle's aperture and LinkedIn's D2
+take theirs from ZooKeeper).
+
+Each client of a service that subsets without an integer ``client_id`` claims the lowest free
+rank: the key ``_aiodiscovery/ranks/<target>/<rank>`` (value: the client's id, for operators),
+created only if absent (one transaction comparing its create revision with 0, so two clients racing
+for a rank cannot both win) under a lease of its own, kept alive on one ``LeaseKeepAlive`` stream
+(every TTL/3). A client that leaves revokes its lease: its rank is free for the next client that
+comes, and no other client's rank changes. The keys live outside every service's prefix, so no
+resolver (Go's lists the bare target, ``foo/bar/svc`` also matching ``foo/bar/svc_x``) ever reads
+them as endpoints, unless a service is named ``_aiodiscovery...``.
+
+What it costs etcd, per subsetting channel: one key, one lease and its keep-alive stream, and
+one small read every TTL to see that the key is still there; no watch. A lost rank (the lease
+expired while etcd was out of reach, or someone deleted the key) is claimed again, preferring
+the same number, with jittered backoff; the client keeps its place meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import anyio
+from aetcd import rpc
+
+from .._backoff import Backoff
+from .._etcd.client import EtcdClient
+from .._etcd.kv import list_prefix
+from .._exceptions import EtcdError
+from .._logsafe import safe
+from .._registrar.keepalive import (
+    RETRY_CAP,
+    RETRY_INITIAL,
+    KeepAliveCounts,
+    LeaseGrant,
+    attempt_timeout,
+    keep_alive,
+)
+
+__all__ = ["DEFAULT_RANK_TTL", "RANKS_PREFIX", "RankClaim", "rank_prefix"]
+
+logger = logging.getLogger("aiodiscovery.pool")
+
+#: Where every service's client ranks live: outside any service's own prefix.
+RANKS_PREFIX = "_aiodiscovery/ranks/"
+#: The lease TTL of a rank key: how long a client that died holds its rank.
+DEFAULT_RANK_TTL = 10
+_REVOKE_TIMEOUT = 2.0
+# Free ranks tried per listing of the taken ones.
+_CANDIDATES = 4
+
+
+def rank_prefix(target: str) -> str:
+    """The prefix under which the clients of ``target`` hold their ranks."""
+    return f"{RANKS_PREFIX}{target}/"
+
+
+class RankClaim:
+    """One client's rank among the clients of ``target``, held while :meth:`run` runs."""
+
+    def __init__(
+        self, client: EtcdClient, target: str, member: str, ttl: int = DEFAULT_RANK_TTL
+    ) -> None:
+        self.client = client
+        self.target = target
+        self.member = member
+        self.ttl = ttl
+        self.rank: int | None = None
+        # Ranks claimed so far (more than one: a rank was lost and claimed again).
+        self.claims = 0
+        self._prefix = rank_prefix(target)
+        self._grant: LeaseGrant | None = None
+        self._timeout = attempt_timeout(client.timeout, ttl)
+
+    async def claim(self) -> int:
+        """Take a rank (granting a lease first if need be), however many clients race for the
+        same ones; :class:`EtcdError` if etcd cannot be asked. The caller bounds the time."""
+        if self._grant is None or self._grant.lost.is_set():
+            self._grant = await self._grant_lease()
+        # Every lost race means another client took a rank: the next listing has fewer free.
+        backoff = Backoff(initial=0.01, cap=0.5)
+        while True:
+            _, taken = await list_prefix(self.client, self._prefix)
+            used = {_rank_of(kv.key[len(self._prefix) :]) for kv in taken}
+            # The rank held before first: a client that lost its key keeps its place if it can.
+            candidates = [] if self.rank is None else [self.rank]
+            rank = 0
+            while len(candidates) < _CANDIDATES:
+                if rank not in used and rank not in candidates:
+                    candidates.append(rank)
+                rank += 1
+            for rank in candidates:
+                if await self._create(rank, self._grant.id):
+                    self.rank = rank
+                    self.claims += 1
+                    return rank
+            await backoff.sleep()
+
+    async def run(self, ranked: Callable[[int], None]) -> None:
+        """Claim a rank, tell ``ranked``, keep it; claim again whenever it is lost. Revokes the
+        lease when cancelled."""
+        backoff = Backoff(initial=RETRY_INITIAL, cap=max(RETRY_CAP, self.ttl / 3))
+        try:
+            while True:
+                if self.rank is None or self._grant is None or self._grant.lost.is_set():
+                    try:
+                        ranked(await self.claim())
+                    except EtcdError as exc:
+                        logger.debug("%s: no rank yet: %s", self.target, safe(exc))
+                        await backoff.sleep()
+                        continue
+                backoff.reset()
+                assert self._grant is not None
+                reason = await self._keep(self._grant)
+                self._grant.lost.set()
+                logger.warning(
+                    "%s: subsetting rank %s lost (%s); claiming one again",
+                    self.target,
+                    self.rank,
+                    safe(reason),
+                )
+                await backoff.sleep()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._revoke()
+
+    async def _keep(self, grant: LeaseGrant) -> str:
+        """Keep the rank until it is lost; return why."""
+        reason = "lost"
+        async with anyio.create_task_group() as tg:
+
+            async def alive() -> None:
+                nonlocal reason
+                reason = await keep_alive(self.client, grant, KeepAliveCounts(), self._label)
+                tg.cancel_scope.cancel()
+
+            async def present() -> None:
+                nonlocal reason
+                reason = await self._check(grant)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(alive)
+            tg.start_soon(present)
+        return reason
+
+    async def _check(self, grant: LeaseGrant) -> str:
+        """Return once the rank key is gone or no longer ours (checked every TTL)."""
+        key = f"{self._prefix}{self.rank}"
+        while True:
+            await anyio.sleep(self.ttl)
+            try:
+                reply = await self.client.unary(
+                    lambda m: m.kv.Range,
+                    rpc.RangeRequest(key=key.encode()),
+                    timeout=self._timeout,
+                )
+            except EtcdError:
+                # The keep-alive judges etcd being out of reach.
+                continue
+            if not reply.kvs or int(reply.kvs[0].lease) != grant.id:
+                return f"its key {key} was deleted or taken over"
+
+    async def _create(self, rank: int, lease: int) -> bool:
+        key = f"{self._prefix}{rank}".encode()
+        absent = rpc.Compare(
+            key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+        )
+        put = rpc.RequestOp(
+            request_put=rpc.PutRequest(key=key, value=self.member.encode(), lease=lease)
+        )
+        reply = await self.client.unary(
+            lambda m: m.kv.Txn,
+            rpc.TxnRequest(compare=[absent], success=[put]),
+            timeout=self._timeout,
+        )
+        return bool(reply.succeeded)
+
+    async def _grant_lease(self) -> LeaseGrant:
+        sent = anyio.current_time()
+        reply = await self.client.unary(
+            lambda m: m.lease.LeaseGrant,
+            rpc.LeaseGrantRequest(TTL=self.ttl),
+            timeout=self._timeout,
+        )
+        if reply.error:
+            raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
+        return LeaseGrant.granted(int(reply.ID), int(reply.TTL), sent)
+
+    async def _revoke(self) -> None:
+        grant, self._grant = self._grant, None
+        if grant is None:
+            return
+        # Not revoked (etcd out of reach): the key goes when the lease expires.
+        with anyio.move_on_after(_REVOKE_TIMEOUT), contextlib.suppress(EtcdError):
+            await self.client.unary(
+                lambda m: m.lease.LeaseRevoke,
+                rpc.LeaseRevokeRequest(ID=grant.id),
+                timeout=_REVOKE_TIMEOUT,
+            )
+
+    def _label(self) -> str:
+        return f"the subsetting rank {self.rank} of {self.target!r}"
+
+
+def _rank_of(suffix: str) -> int | None:
+    """The rank a key names (None for a key that is not one: registry data is untrusted)."""
+    if not (suffix.isascii() and suffix.isdigit()) or len(suffix) > 9:
+        return None
+    return int(suffix)
