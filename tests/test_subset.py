@@ -20,8 +20,10 @@ from aiodiscovery._naming.ranks import RankClaim, rank_prefix
 from aiodiscovery._selection.subset import Ring, client_point
 from aiodiscovery.testing import EtcdServer, TcpProxy
 
+from .faulty_servers import NOT_SERVING, SERVING, faulty_servers, registered
 from .helpers import until
 from .servers import EchoServer
+from .test_pool import call, where
 
 SERVICE = "fleet/subset"
 
@@ -374,3 +376,64 @@ async def test_forty_channels_with_string_ids_call_exactly_five_servers_each(
             )
             assert len(per_server) == 20
             assert max(per_server.values()) <= 1.5 * min(per_server.values()), per_server
+
+
+@pytest.mark.anyio
+async def test_an_unhealthy_member_gets_a_stand_in_and_the_size_holds(
+    client: EtcdClient, service: str
+) -> None:
+    async with faulty_servers(6) as servers, registered(client, service, servers):
+        names = {server.address: server.name for server in servers}
+        async with await resolve(
+            client, service, subset_size=3, client_id=2, health_check=""
+        ) as channel:
+
+            def serving() -> set[str]:
+                stats = channel.statistics().subchannels
+                return {names[a] for a, s in stats.items() if s.health == "SERVING"}
+
+            await until(lambda: len(serving()) == 3)
+            subset = serving()
+            sick = next(s for s in servers if s.name == sorted(subset)[0])
+            await sick.set_health(NOT_SERVING)
+            # Another endpoint stands in: three healthy ones take the calls, the sick one is
+            # still followed.
+            await until(lambda: len(serving()) == 3 and sick.name not in serving())
+            stand_in = serving() - subset
+            assert len(stand_in) == 1
+            selection = channel.statistics().selection
+            assert selection is not None and selection.standing_in == 1
+            assert sick.address in (selection.subset or ())
+            answered = where([await call(channel) for _ in range(30)])
+            assert set(answered) == subset - {sick.name} | stand_in
+            # Healthy again: the stand-in goes, the subset is what it was.
+            await sick.set_health(SERVING)
+            await until(lambda: set(held(channel)) == {a for a, n in names.items() if n in subset})
+            selection = channel.statistics().selection
+            assert selection is not None and selection.standing_in == 0
+
+
+@pytest.mark.anyio
+async def test_a_stopped_member_gets_a_stand_in(client: EtcdClient, service: str) -> None:
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        names = {server.address: server.name for server in servers}
+        async with await resolve(client, service, subset_size=2, client_id=0) as channel:
+            await until(lambda: channel.statistics().by_state().get("READY", 0) == 2)
+            subset = {names[a] for a in held(channel)}
+            stopped = next(s for s in servers if s.name == sorted(subset)[0])
+            await stopped.stop()
+            await until(
+                lambda: (
+                    len(
+                        {
+                            a
+                            for a, s in channel.statistics().subchannels.items()
+                            if s.state == "READY" and not s.draining
+                        }
+                    )
+                    == 2
+                    and stopped.address in held(channel)
+                )
+            )
+            answered = where([await call(channel) for _ in range(20)])
+            assert len(answered) == 2 and stopped.name not in answered

@@ -258,9 +258,13 @@ class Selection:
         return self._choose()
 
     def _review_zone(self, healthy: Healthy) -> None:
+        # Judged on the zone's subset itself: stand-ins come and go with the health they are
+        # judged by, and would make the decision flap. While spilling, the zone's own
+        # stand-ins are still taken first (see _choose).
         local = self._local.chosen(_always)
+        total = len(local)
         self._local_healthy = sum(1 for address in local if healthy(address))
-        spill = should_spill(self._local_healthy, len(local), self.config.spill_threshold)
+        spill = should_spill(self._local_healthy, total, self.config.spill_threshold)
         if spill == self.spilling:
             return
         self.spilling = spill
@@ -273,7 +277,7 @@ class Selection:
                 self.target,
                 zone,
                 self._local_healthy,
-                len(local),
+                total,
                 self.config.spill_threshold,
             )
         else:
@@ -282,7 +286,7 @@ class Selection:
                 self.target,
                 zone,
                 self._local_healthy,
-                len(local),
+                total,
             )
 
     def _choose(self) -> set[str]:

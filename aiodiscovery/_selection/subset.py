@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 __all__ = ["Ring", "address_point", "client_point", "van_der_corput"]
 
 _SCALE = float(1 << 64)
+# How many addresses per subset member the search for stand-ins looks at, at most.
+_STAND_IN_SEARCH = 8
 _BITS = 64
 
 
@@ -186,10 +188,12 @@ class Ring:
         chosen = sorted(held, key=lambda a: self._distance(a, start))
         if healthy is None:
             return chosen
-        # Stand-ins: the first healthy ones after the start that are not held.
+        # Stand-ins: the first healthy ones after the start that are not held. The search is
+        # bounded: it runs on every health change, and a service mostly down must not cost a
+        # walk over all of its addresses each time.
         missing = sum(1 for a in chosen if not healthy(a))
         index = start
-        for _ in range(total):
+        for _ in range(min(total, _STAND_IN_SEARCH * target + 64)):
             if not missing:
                 break
             address = self._sorted[index][1]
