@@ -239,10 +239,9 @@ async def test_without_a_client_id_each_channel_takes_a_rank_from_etcd(
     em = EndpointManager(client, service)
     async with (
         echo_servers(4) as servers,
+        registered(client, service, servers),
         contextlib.AsyncExitStack() as stack,
     ):
-        for server in servers:
-            await em.add_endpoint(f"{service}/{server.name}", Endpoint(server.address))
         first = await stack.enter_async_context(await resolve(client, service, subset_size=2))
         second = await stack.enter_async_context(await resolve(client, service, subset_size=2))
         one, two = first.statistics().selection, second.statistics().selection
@@ -256,7 +255,7 @@ async def test_without_a_client_id_each_channel_takes_a_rank_from_etcd(
         keys = await rank_keys(client, service)
         assert keys == {f"{rank_prefix(service)}{r}": one.client_id for r in (0, 1)}
         # Outside the service's prefix: its own watchers never see them.
-        assert set(await em.list_endpoints()) == {f"{service}/{s.name}" for s in servers}
+        assert set(await em.list_endpoints()) == {f"{service}/{s.address}" for s in servers}
         await stack.aclose()
     # Closing revokes the lease: the ranks are free again.
     assert await rank_keys(client, service) == {}
@@ -264,10 +263,11 @@ async def test_without_a_client_id_each_channel_takes_a_rank_from_etcd(
 
 @pytest.mark.anyio
 async def test_ranks_can_be_turned_off(client: EtcdClient, service: str) -> None:
-    em = EndpointManager(client, service)
-    async with echo_servers(4) as servers, contextlib.AsyncExitStack() as stack:
-        for server in servers:
-            await em.add_endpoint(f"{service}/{server.name}", Endpoint(server.address))
+    async with (
+        echo_servers(4) as servers,
+        registered(client, service, servers),
+        contextlib.AsyncExitStack() as stack,
+    ):
         first, second = [
             await stack.enter_async_context(
                 await resolve(client, service, subset_size=1, subset_ranks=False)
@@ -350,10 +350,7 @@ async def test_a_rank_is_claimed_once_etcd_answers(etcd: EtcdServer, service: st
 async def test_forty_channels_with_string_ids_call_exactly_five_servers_each(
     client: EtcdClient, service: str
 ) -> None:
-    async with echo_servers(20) as servers:
-        em = EndpointManager(client, service)
-        for server in servers:
-            await em.add_endpoint(f"{service}/{server.name}", Endpoint(server.address))
+    async with echo_servers(20) as servers, registered(client, service, servers):
         names = {server.address: server.name for server in servers}
         async with contextlib.AsyncExitStack() as stack:
             channels = [

@@ -30,14 +30,8 @@ from .._etcd.client import EtcdClient
 from .._etcd.kv import list_prefix
 from .._exceptions import EtcdError
 from .._logsafe import safe
-from .._registrar.keepalive import (
-    RETRY_CAP,
-    RETRY_INITIAL,
-    KeepAliveCounts,
-    LeaseGrant,
-    attempt_timeout,
-    keep_alive,
-)
+from .._registrar import keepalive, timing
+from .._registrar.keepalive import LeaseGrant
 
 __all__ = ["DEFAULT_RANK_TTL", "RANKS_PREFIX", "RankClaim", "rank_prefix"]
 
@@ -72,13 +66,13 @@ class RankClaim:
         self.claims = 0
         self._prefix = rank_prefix(target)
         self._grant: LeaseGrant | None = None
-        self._timeout = attempt_timeout(client.timeout, ttl)
+        self._timeout = timing.attempt_timeout(client.timeout, ttl)
 
     async def claim(self) -> int:
         """Take a rank (granting a lease first if need be), however many clients race for the
         same ones; :class:`EtcdError` if etcd cannot be asked. The caller bounds the time."""
         if self._grant is None or self._grant.lost.is_set():
-            self._grant = await self._grant_lease()
+            self._grant = await keepalive.grant_lease(self.client, self.ttl, self._timeout)
         # Every lost race means another client took a rank: the next listing has fewer free.
         backoff = Backoff(initial=0.01, cap=0.5)
         while True:
@@ -101,7 +95,7 @@ class RankClaim:
     async def run(self, ranked: Callable[[int], None]) -> None:
         """Claim a rank, tell ``ranked``, keep it; claim again whenever it is lost. Revokes the
         lease when cancelled."""
-        backoff = Backoff(initial=RETRY_INITIAL, cap=max(RETRY_CAP, self.ttl / 3))
+        backoff = Backoff(initial=timing.RETRY_INITIAL, cap=max(timing.RETRY_CAP, self.ttl / 3))
         try:
             while True:
                 if self.rank is None or self._grant is None or self._grant.lost.is_set():
@@ -133,7 +127,9 @@ class RankClaim:
 
             async def alive() -> None:
                 nonlocal reason
-                reason = await keep_alive(self.client, grant, KeepAliveCounts(), self._label)
+                reason = await keepalive.keep_alive(
+                    self.client, grant, keepalive.KeepAliveCounts(), self._label
+                )
                 tg.cancel_scope.cancel()
 
             async def present() -> None:
@@ -176,17 +172,6 @@ class RankClaim:
             timeout=self._timeout,
         )
         return bool(reply.succeeded)
-
-    async def _grant_lease(self) -> LeaseGrant:
-        sent = anyio.current_time()
-        reply = await self.client.unary(
-            lambda m: m.lease.LeaseGrant,
-            rpc.LeaseGrantRequest(TTL=self.ttl),
-            timeout=self._timeout,
-        )
-        if reply.error:
-            raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
-        return LeaseGrant.granted(int(reply.ID), int(reply.TTL), sent)
 
     async def _revoke(self) -> None:
         grant, self._grant = self._grant, None

@@ -29,7 +29,7 @@ from .._grpccall import close_call, rpc_step
 from .._logsafe import safe
 from .timing import RETRY_INITIAL
 
-__all__ = ["KeepAliveCounts", "LeaseGrant", "keep_alive", "lease_text"]
+__all__ = ["KeepAliveCounts", "LeaseGrant", "grant_lease", "keep_alive", "lease_text"]
 
 logger = logging.getLogger("aiodiscovery.registrar")
 
@@ -76,6 +76,18 @@ class KeepAliveCounts:
     sent: int = 0
     round_trips: int = 0
     last_refresh: float | None = None
+
+
+async def grant_lease(client: Transport, ttl: int, timeout: float) -> LeaseGrant:
+    """Ask etcd for a lease of ``ttl`` seconds (:class:`EtcdError` if it refuses or cannot be
+    asked)."""
+    sent = anyio.current_time()
+    reply = await client.unary(
+        lambda m: m.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl), timeout=timeout
+    )
+    if reply.error:
+        raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
+    return LeaseGrant.granted(int(reply.ID), int(reply.TTL), sent)
 
 
 async def keep_alive(

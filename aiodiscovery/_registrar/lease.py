@@ -35,7 +35,7 @@ from .._logsafe import safe
 from .._metrics import track
 from .._statecell import StateCell
 from .._taskgroup import EnterOnce, TaskHost
-from .keepalive import KeepAliveCounts, LeaseGrant, keep_alive, lease_text
+from .keepalive import KeepAliveCounts, LeaseGrant, grant_lease, keep_alive, lease_text
 from .timing import RETRY_CAP, RETRY_INITIAL, attempt_timeout, retry_until
 
 __all__ = [
@@ -336,16 +336,9 @@ class LeaseKeeper:
 
     async def _grant_lease(self) -> LeaseGrant:
         self._grants += 1
-        sent = anyio.current_time()
-        reply = await self.client.unary(
-            lambda m: m.lease.LeaseGrant,
-            rpc.LeaseGrantRequest(TTL=self.ttl),
-            timeout=self.attempt_timeout,
-        )
-        if reply.error:
-            raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
-        self._leases.add(int(reply.ID))
-        return LeaseGrant.granted(int(reply.ID), int(reply.TTL), sent)
+        grant = await grant_lease(self.client, self.ttl, self.attempt_timeout)
+        self._leases.add(grant.id)
+        return grant
 
     async def _revoke(self, lease: int, timeout: float) -> None:
         self._revokes += 1
