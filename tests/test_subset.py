@@ -15,7 +15,7 @@ from aetcd import rpc
 import aiodiscovery
 from aiodiscovery import Endpoint, EndpointManager, EndpointSet, EtcdClient, resolve
 from aiodiscovery._codec.endpointset import ChangeLog
-from aiodiscovery._etcd.kv import list_prefix
+from aiodiscovery._etcd.kv import list_prefix, prefix_range_end
 from aiodiscovery._naming.ranks import RankClaim, rank_prefix
 from aiodiscovery._selection.subset import Ring, client_point
 from aiodiscovery.testing import EtcdServer, TcpProxy
@@ -434,3 +434,20 @@ async def test_a_stopped_member_gets_a_stand_in(client: EtcdClient, service: str
             )
             answered = where([await call(channel) for _ in range(20)])
             assert len(answered) == 2 and stopped.name not in answered
+
+
+@pytest.mark.anyio
+async def test_junk_under_the_ranks_prefix_is_ignored(client: EtcdClient, service: str) -> None:
+    prefix = rank_prefix(service)
+    for suffix in ("abc", "9" * 5000, "-1", "٣", "0/extra"):
+        await client.unary(
+            lambda m: m.kv.Put, rpc.PutRequest(key=f"{prefix}{suffix}".encode(), value=b"x")
+        )
+    claim = RankClaim(client, service, "me")
+    # Untrusted keys name no rank: the lowest free one is still 0.
+    assert await claim.claim() == 0
+    await claim._revoke()
+    await client.unary(
+        lambda m: m.kv.DeleteRange,
+        rpc.DeleteRangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix.encode())),
+    )

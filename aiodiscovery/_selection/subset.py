@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["Ring", "address_point", "client_point", "van_der_corput"]
@@ -76,16 +77,19 @@ def client_point(client_id: int | str, salt: str) -> float:
 class Ring:
     """The addresses of one group (a zone, or the whole service) and the ones this client holds.
 
-    A change costs ``O(S)`` at worst (one insertion in a sorted list); reading the subset costs
-    ``O(N)`` plus a binary search per address that joined since the last read.
+    A change costs ``O(S)`` at worst (one insertion in a sorted array); reading the subset costs
+    ``O(N)``, plus a binary search per held address when what is held is not the plan. Per
+    address it keeps a float and a reference in two arrays and a set entry.
     """
 
     def __init__(self, size: int, point: float, salt: str) -> None:
         self.size = size
         self._point = point
         self._salt = salt
-        # (hash, address) of every address, sorted: the i-th sits at i / S.
-        self._sorted: list[tuple[float, str]] = []
+        # Every address, sorted by (hash, address), in two parallel arrays: the i-th sits at
+        # i / S.
+        self._hashes = array("d")
+        self._addresses: list[str] = []
         self._members: set[str] = set()
         # What the client holds, and the addresses that joined since the last subset().
         self._held: set[str] = set()
@@ -117,7 +121,9 @@ class Ring:
         members = set(addresses)
         self._joined |= members - self._members
         self._members = members
-        self._sorted = sorted((address_point(a, self._salt), a) for a in members)
+        ordered = sorted((address_point(a, self._salt), a) for a in members)
+        self._hashes = array("d", (h for h, _ in ordered))
+        self._addresses = [a for _, a in ordered]
 
     def add(self, address: str) -> None:
         """Put ``address`` on the ring."""
@@ -125,7 +131,9 @@ class Ring:
             return
         self._members.add(address)
         self._joined.add(address)
-        bisect.insort(self._sorted, (address_point(address, self._salt), address))
+        index = self._index(address)
+        self._hashes.insert(index, address_point(address, self._salt))
+        self._addresses.insert(index, address)
 
     def discard(self, address: str) -> None:
         """Take ``address`` off the ring, if it is there."""
@@ -133,41 +141,56 @@ class Ring:
             return
         self._members.discard(address)
         self._joined.discard(address)
-        entry = (address_point(address, self._salt), address)
-        index = bisect.bisect_left(self._sorted, entry)
-        del self._sorted[index]
+        index = self._index(address)
+        del self._hashes[index]
+        del self._addresses[index]
+
+    def _index(self, address: str) -> int:
+        """Where ``address`` is, or goes, in the sorted arrays."""
+        point = address_point(address, self._salt)
+        hashes, addresses = self._hashes, self._addresses
+        index = bisect.bisect_left(hashes, point)
+        # Equal hashes (a 2**-64 chance per pair) are ordered by address.
+        while index < len(hashes) and hashes[index] == point and addresses[index] < address:
+            index += 1
+        return index
 
     def _start(self) -> int:
         """The index of the first address at or after the client's position."""
-        return math.ceil(self._point * len(self._sorted)) % len(self._sorted)
+        return math.ceil(self._point * len(self._addresses)) % len(self._addresses)
 
     def _distance(self, address: str, start: int) -> int:
         """How many steps after ``start`` ``address`` comes in ring order."""
-        entry = (address_point(address, self._salt), address)
-        return (bisect.bisect_left(self._sorted, entry) - start) % len(self._sorted)
+        return (self._index(address) - start) % len(self._addresses)
 
     def plan(self) -> list[str]:
         """The ``min(N, S)`` addresses the client's position names, in ring order."""
-        total = len(self._sorted)
+        addresses = self._addresses
+        total = len(addresses)
         if not total:
             return []
         start = self._start()
-        return [self._sorted[(start + i) % total][1] for i in range(min(self.size, total))]
+        end = start + min(self.size, total)
+        if end <= total:
+            return addresses[start:end]
+        return addresses[start:] + addresses[: end - total]
 
     def subset(
         self, healthy: Callable[[str], bool] | None = None, size: int | None = None
     ) -> list[str]:
         """What the client holds now, in ring order: ``min(size, S)`` addresses (``size``
         defaults to the ring's), plus stand-ins for the unhealthy ones among them."""
-        target = min(self.size if size is None else size, len(self._sorted))
+        addresses = self._addresses
+        total = len(addresses)
+        target = min(self.size if size is None else size, total)
         joined, self._joined = self._joined, set()
         held = self._held & self._members
         if not target:
             self._held = set()
             return []
         start = self._start()
-        total = len(self._sorted)
-        plan = set(self.plan()[:target])
+        planned = self.plan()[:target]
+        plan = set(planned)
         # A joiner the plan names replaces the held address furthest from the plan.
         for address in sorted(joined & plan - held, key=lambda a: self._distance(a, start)):
             if len(held) >= target:
@@ -182,10 +205,11 @@ class Ring:
         for _ in range(total):
             if len(held) >= target:
                 break
-            held.add(self._sorted[index][1])
+            held.add(addresses[index])
             index = (index + 1) % total
         self._held = held
-        chosen = sorted(held, key=lambda a: self._distance(a, start))
+        # Mostly what is held is the plan: no search needed to put it in ring order.
+        chosen = planned if held == plan else sorted(held, key=lambda a: self._distance(a, start))
         if healthy is None:
             return chosen
         # Stand-ins: the first healthy ones after the start that are not held. The search is
@@ -196,7 +220,7 @@ class Ring:
         for _ in range(min(total, _STAND_IN_SEARCH * target + 64)):
             if not missing:
                 break
-            address = self._sorted[index][1]
+            address = addresses[index]
             if address not in held and healthy(address):
                 chosen.append(address)
                 missing -= 1
