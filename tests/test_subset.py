@@ -443,9 +443,11 @@ async def test_junk_under_the_ranks_prefix_is_ignored(client: EtcdClient, servic
         await client.unary(
             lambda m: m.kv.Put, rpc.PutRequest(key=f"{prefix}{suffix}".encode(), value=b"x")
         )
-    claim = RankClaim(client, service, "me")
+    # An id that is not valid UTF-8 is written escaped, not refused.
+    claim = RankClaim(client, service, "host\udc80/1")
     # Untrusted keys name no rank: the lowest free one is still 0.
     assert await claim.claim() == 0
+    assert (await rank_keys(client, service))[f"{prefix}0"] == "host\\udc80/1"
     await claim._revoke()
     await client.unary(
         lambda m: m.kv.DeleteRange,

@@ -28,7 +28,7 @@ from aetcd import rpc
 from .._backoff import Backoff
 from .._etcd.client import EtcdClient
 from .._etcd.kv import list_prefix
-from .._exceptions import EtcdError
+from .._exceptions import EtcdError, LeaseNotFoundError
 from .._logsafe import safe
 from .._registrar import keepalive, timing
 from .._registrar.keepalive import LeaseGrant
@@ -86,7 +86,13 @@ class RankClaim:
                     candidates.append(rank)
                 rank += 1
             for rank in candidates:
-                if await self._create(rank, self._grant.id):
+                try:
+                    created = await self._create(rank, self._grant.id)
+                except LeaseNotFoundError:
+                    # Expired before it was used: the next claim grants another.
+                    self._grant.lost.set()
+                    raise
+                if created:
                     self.rank = rank
                     self.claims += 1
                     return rank
@@ -164,7 +170,12 @@ class RankClaim:
             key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
         )
         put = rpc.RequestOp(
-            request_put=rpc.PutRequest(key=key, value=self.member.encode(), lease=lease)
+            request_put=rpc.PutRequest(
+                # An id is any str: one that is not valid UTF-8 is written escaped.
+                key=key,
+                value=self.member.encode("utf-8", "backslashreplace"),
+                lease=lease,
+            )
         )
         reply = await self.client.unary(
             lambda m: m.kv.Txn,
