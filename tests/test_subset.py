@@ -20,10 +20,12 @@ from aiodiscovery._naming.ranks import RankClaim, rank_prefix
 from aiodiscovery._selection.subset import Ring, client_point
 from aiodiscovery.testing import EtcdServer, TcpProxy
 
-from .faulty_servers import NOT_SERVING, SERVING, faulty_servers, registered
+from .faulty_servers import NOT_SERVING, SERVING, FaultyServer, faulty_servers, registered
 from .helpers import until
 from .servers import EchoServer
 from .test_pool import call, where
+
+pytestmark = pytest.mark.anyio
 
 SERVICE = "fleet/subset"
 
@@ -192,11 +194,14 @@ async def echo_servers(count: int) -> AsyncIterator[list[EchoServer]]:
         yield [await stack.enter_async_context(EchoServer(f"s{i}")) for i in range(count)]
 
 
+def names_of(servers: list[EchoServer] | list[FaultyServer]) -> dict[str, str]:
+    return {server.address: server.name for server in servers}
+
+
 def held(channel: aiodiscovery.BalancedChannel) -> set[str]:
     return {a for a, s in channel.statistics().subchannels.items() if not s.draining}
 
 
-@pytest.mark.anyio
 async def test_a_pool_holds_its_subset_and_replaces_a_leaver(
     client: EtcdClient, service: str
 ) -> None:
@@ -232,7 +237,6 @@ async def rank_keys(client: EtcdClient, service: str) -> dict[str, str]:
     return {kv.key: kv.value.decode() for kv in kvs}
 
 
-@pytest.mark.anyio
 async def test_without_a_client_id_each_channel_takes_a_rank_from_etcd(
     client: EtcdClient, service: str
 ) -> None:
@@ -261,7 +265,6 @@ async def test_without_a_client_id_each_channel_takes_a_rank_from_etcd(
     assert await rank_keys(client, service) == {}
 
 
-@pytest.mark.anyio
 async def test_ranks_can_be_turned_off(client: EtcdClient, service: str) -> None:
     async with (
         echo_servers(4) as servers,
@@ -286,7 +289,6 @@ async def test_ranks_can_be_turned_off(client: EtcdClient, service: str) -> None
         assert await rank_keys(client, service) == {}
 
 
-@pytest.mark.anyio
 async def test_clients_racing_for_ranks_get_distinct_dense_ones(
     client: EtcdClient, service: str
 ) -> None:
@@ -310,7 +312,6 @@ async def test_clients_racing_for_ranks_get_distinct_dense_ones(
     assert await rank_keys(client, service) == {}
 
 
-@pytest.mark.anyio
 async def test_a_lost_rank_key_is_claimed_again(client: EtcdClient, service: str) -> None:
     seen: list[int] = []
     claim = RankClaim(client, service, "me", ttl=2)
@@ -326,7 +327,6 @@ async def test_a_lost_rank_key_is_claimed_again(client: EtcdClient, service: str
     assert await rank_keys(client, service) == {}
 
 
-@pytest.mark.anyio
 async def test_a_rank_is_claimed_once_etcd_answers(etcd: EtcdServer, service: str) -> None:
     async with TcpProxy(etcd.client_port) as proxy:
         proxied = await aiodiscovery.connect(proxy.url, timeout=1)
@@ -346,12 +346,11 @@ async def test_a_rank_is_claimed_once_etcd_answers(etcd: EtcdServer, service: st
             await proxied.close()
 
 
-@pytest.mark.anyio
 async def test_forty_channels_with_string_ids_call_exactly_five_servers_each(
     client: EtcdClient, service: str
 ) -> None:
     async with echo_servers(20) as servers, registered(client, service, servers):
-        names = {server.address: server.name for server in servers}
+        names = names_of(servers)
         async with contextlib.AsyncExitStack() as stack:
             channels = [
                 await stack.enter_async_context(
@@ -375,12 +374,11 @@ async def test_forty_channels_with_string_ids_call_exactly_five_servers_each(
             assert max(per_server.values()) <= 1.5 * min(per_server.values()), per_server
 
 
-@pytest.mark.anyio
 async def test_an_unhealthy_member_gets_a_stand_in_and_the_size_holds(
     client: EtcdClient, service: str
 ) -> None:
     async with faulty_servers(6) as servers, registered(client, service, servers):
-        names = {server.address: server.name for server in servers}
+        names = names_of(servers)
         async with await resolve(
             client, service, subset_size=3, client_id=2, health_check=""
         ) as channel:
@@ -410,10 +408,9 @@ async def test_an_unhealthy_member_gets_a_stand_in_and_the_size_holds(
             assert selection is not None and selection.standing_in == 0
 
 
-@pytest.mark.anyio
 async def test_a_stopped_member_gets_a_stand_in(client: EtcdClient, service: str) -> None:
     async with faulty_servers(5) as servers, registered(client, service, servers):
-        names = {server.address: server.name for server in servers}
+        names = names_of(servers)
         async with await resolve(client, service, subset_size=2, client_id=0) as channel:
             await until(lambda: channel.statistics().by_state().get("READY", 0) == 2)
             subset = {names[a] for a in held(channel)}
@@ -436,7 +433,6 @@ async def test_a_stopped_member_gets_a_stand_in(client: EtcdClient, service: str
             assert len(answered) == 2 and stopped.name not in answered
 
 
-@pytest.mark.anyio
 async def test_junk_under_the_ranks_prefix_is_ignored(client: EtcdClient, service: str) -> None:
     prefix = rank_prefix(service)
     for suffix in ("abc", "9" * 5000, "-1", "٣", "0/extra"):
