@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import anyio
+import grpc
 import pytest
 from aetcd import rpc
 
@@ -449,3 +450,37 @@ async def test_junk_under_the_ranks_prefix_is_ignored(client: EtcdClient, servic
         lambda m: m.kv.DeleteRange,
         rpc.DeleteRangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix.encode())),
     )
+
+
+async def test_an_ejected_member_gets_a_stand_in(client: EtcdClient, service: str) -> None:
+    # Ejected for longer than the test runs: the stand-in is seen while it lasts.
+    detection = aiodiscovery.OutlierDetection(
+        interval=0.1, base_ejection_time=60, max_ejection_time=60
+    )
+    async with faulty_servers(6) as servers, registered(client, service, servers):
+        names = names_of(servers)
+        async with await resolve(
+            client, service, subset_size=2, client_id=0, outlier_detection=detection
+        ) as channel:
+
+            def taking_calls() -> set[str]:
+                stats = channel.statistics().subchannels
+                return {
+                    names[a]
+                    for a, s in stats.items()
+                    if s.state == "READY" and not s.ejected and not s.draining
+                }
+
+            await until(lambda: len(taking_calls()) == 2)
+            bad = next(s for s in servers if s.name == sorted(taking_calls())[0])
+            bad.fail_with = grpc.StatusCode.UNAVAILABLE
+            unary = channel.unary_unary("/test.Echo/Unary")
+            for _ in range(10):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await unary(b"x", timeout=5)
+            await until(lambda: channel.statistics().ejected == 1)
+            # Ejected, still held; another endpoint stands in: two still take the calls.
+            await until(lambda: len(taking_calls()) == 2 and bad.name not in taking_calls())
+            assert bad.address in held(channel)
+            answered = where([await call(channel) for _ in range(20)])
+            assert len(answered) == 2 and bad.name not in answered
