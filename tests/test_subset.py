@@ -293,7 +293,7 @@ async def test_ranks_can_be_turned_off(client: EtcdClient, service: str) -> None
 async def test_clients_racing_for_ranks_get_distinct_dense_ones(
     client: EtcdClient, service: str
 ) -> None:
-    claims = [RankClaim(client, service, f"client-{i}") for i in range(12)]
+    claims = [RankClaim(client, service, f"client-{i}") for i in range(40)]
     ranks: list[int] = []
 
     async def claim(rank_claim: RankClaim) -> None:
@@ -303,10 +303,10 @@ async def test_clients_racing_for_ranks_get_distinct_dense_ones(
     async with anyio.create_task_group() as tg:
         for rank_claim in claims:
             tg.start_soon(claim, rank_claim)
-    assert sorted(ranks) == list(range(12))
+    assert sorted(ranks) == list(range(40))
     keys = await rank_keys(client, service)
     assert {keys[f"{rank_prefix(service)}{c.rank}"] for c in claims} == {
-        f"client-{i}" for i in range(12)
+        f"client-{i}" for i in range(40)
     }
     for rank_claim in claims:
         await rank_claim._revoke()

@@ -3,17 +3,22 @@ take theirs from ZooKeeper).
 
 Each client of a service that subsets without an integer ``client_id`` claims the lowest free
 rank: the key ``_aiodiscovery/ranks/<target>/<rank>`` (value: the client's id, for operators),
-created only if absent (one transaction comparing its create revision with 0, so two clients racing
-for a rank cannot both win) under a lease of its own, kept alive on one ``LeaseKeepAlive`` stream
-(every TTL/3). A client that leaves revokes its lease: its rank is free for the next client that
-comes, and no other client's rank changes. The keys live outside every service's prefix, so no
-resolver (Go's lists the bare target, ``foo/bar/svc`` also matching ``foo/bar/svc_x``) ever reads
-them as endpoints, unless a service is named ``_aiodiscovery...``.
+created only if absent (one transaction comparing its create revision with 0, so two clients
+racing for a rank cannot both win) under a lease of its own, kept alive on one
+``LeaseKeepAlive`` stream (every TTL/3). Clients that start together do not all try the lowest
+free rank: each first writes ``.../waiting/<lease>`` under its lease, and the i-th of the
+waiting clients (in lease ID order, which all of them see alike) tries the i-th free rank, so a
+fleet starting at once gets dense ranks in a round or two (``benchmarks/bench_ranks.py``: 300
+clients racing on one etcd all ranked, 0 to 299, within 3.3 s); the waiting key goes once
+ranked. A client that leaves revokes its lease: its rank is free for the next client that comes,
+and no other client's rank changes. The keys live outside every service's prefix, so no resolver
+(Go's lists the bare target, ``foo/bar/svc`` also matching ``foo/bar/svc_x``) ever reads them as
+endpoints, unless a service is named ``_aiodiscovery...``.
 
-What it costs etcd, per subsetting channel: one key, one lease and its keep-alive stream, and
-one small read every TTL to see that the key is still there; no watch. A lost rank (the lease
-expired while etcd was out of reach, or someone deleted the key) is claimed again, preferring
-the same number, with jittered backoff; the client keeps its place meanwhile.
+What it costs etcd, per subsetting channel: one key (two while claiming), one lease and its
+keep-alive stream, and one small read every TTL to see that the key is still there; no watch. A
+lost rank (the lease expired while etcd was out of reach, or someone deleted the key) is claimed
+again, preferring the same number, with jittered backoff; the client keeps its place meanwhile.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ RANKS_PREFIX = "_aiodiscovery/ranks/"
 #: The lease TTL of a rank key: how long a client that died holds its rank.
 DEFAULT_RANK_TTL = 10
 _REVOKE_TIMEOUT = 2.0
-# Free ranks tried per listing of the taken ones.
-_CANDIDATES = 4
+# Where clients wait for a rank, each under its own key (never a rank: not a number).
+_WAITING = "waiting/"
 
 
 def rank_prefix(target: str) -> str:
@@ -69,30 +74,60 @@ class RankClaim:
         self._timeout = timing.attempt_timeout(client.timeout, ttl)
 
     async def claim(self) -> int:
-        """Take a rank (granting a lease first if need be), however many clients race for the
-        same ones; :class:`EtcdError` if etcd cannot be asked. The caller bounds the time."""
+        """Take a rank (granting a lease first if need be), however many clients race for
+        ranks; :class:`EtcdError` if etcd cannot be asked. The caller bounds the time."""
         if self._grant is None or self._grant.lost.is_set():
             self._grant = await keepalive.grant_lease(self.client, self.ttl, self._timeout)
-        # Every lost race means another client took a rank: the next listing has fewer free.
+        grant = self._grant
+        # Clients starting together would all try the lowest free rank, one winner a round.
+        # Each says first that it is waiting, under a key of its own: the i-th waiting one (in
+        # lease order, which every client sees alike) tries the i-th free rank.
+        waiting_key = f"{self._prefix}{_WAITING}{grant.id:x}"
+        await self._put(waiting_key, grant.id)
+        try:
+            return await self._take(grant)
+        except LeaseNotFoundError:
+            # Expired before it was used: the next claim grants another.
+            grant.lost.set()
+            raise
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(EtcdError):
+                await self.client.unary(
+                    lambda m: m.kv.DeleteRange,
+                    rpc.DeleteRangeRequest(key=waiting_key.encode()),
+                    timeout=self._timeout,
+                )
+
+    async def _take(self, grant: LeaseGrant) -> int:
+        # Each lost race means another client took a rank: the next listing has fewer free.
         backoff = Backoff(initial=0.01, cap=0.5)
         while True:
-            _, taken = await list_prefix(self.client, self._prefix)
-            used = {_rank_of(kv.key[len(self._prefix) :]) for kv in taken}
-            # The rank held before first: a client that lost its key keeps its place if it can.
-            candidates = [] if self.rank is None else [self.rank]
+            _, keys = await list_prefix(self.client, self._prefix)
+            used: set[int] = set()
+            ranked: set[int] = set()
+            waiting: set[int] = set()
+            for kv in keys:
+                suffix = kv.key[len(self._prefix) :]
+                rank = _rank_of(suffix)
+                if rank is not None:
+                    used.add(rank)
+                    ranked.add(kv.lease)
+                elif suffix.startswith(_WAITING):
+                    waiting.add(kv.lease)
+            queue = sorted(waiting - ranked)
+            position = queue.index(grant.id) if grant.id in queue else 0
+            free: list[int] = []
             rank = 0
-            while len(candidates) < _CANDIDATES:
-                if rank not in used and rank not in candidates:
-                    candidates.append(rank)
+            while len(free) <= position:
+                if rank not in used:
+                    free.append(rank)
                 rank += 1
+            # The rank held before first: a client that lost its key keeps its place if it can.
+            candidates = [free[position]]
+            if self.rank is not None and self.rank not in used:
+                candidates.insert(0, self.rank)
             for rank in candidates:
-                try:
-                    created = await self._create(rank, self._grant.id)
-                except LeaseNotFoundError:
-                    # Expired before it was used: the next claim grants another.
-                    self._grant.lost.set()
-                    raise
-                if created:
+                if await self._create(rank, grant.id):
                     self.rank = rank
                     self.claims += 1
                     return rank
@@ -165,24 +200,29 @@ class RankClaim:
                 return f"its key {key} was deleted or taken over"
 
     async def _create(self, rank: int, lease: int) -> bool:
+        """Write the key of ``rank`` under ``lease`` if no one holds it; whether it was."""
         key = f"{self._prefix}{rank}".encode()
         absent = rpc.Compare(
             key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
         )
-        put = rpc.RequestOp(
-            request_put=rpc.PutRequest(
-                # An id is any str: one that is not valid UTF-8 is written escaped.
-                key=key,
-                value=self.member.encode("utf-8", "backslashreplace"),
-                lease=lease,
-            )
-        )
         reply = await self.client.unary(
             lambda m: m.kv.Txn,
-            rpc.TxnRequest(compare=[absent], success=[put]),
+            rpc.TxnRequest(
+                compare=[absent], success=[rpc.RequestOp(request_put=self._value(key, lease))]
+            ),
             timeout=self._timeout,
         )
         return bool(reply.succeeded)
+
+    async def _put(self, key: str, lease: int) -> None:
+        await self.client.unary(
+            lambda m: m.kv.Put, self._value(key.encode(), lease), timeout=self._timeout
+        )
+
+    def _value(self, key: bytes, lease: int) -> rpc.PutRequest:
+        # An id is any str: one that is not valid UTF-8 is written escaped.
+        value = self.member.encode("utf-8", "backslashreplace")
+        return rpc.PutRequest(key=key, value=value, lease=lease)
 
     async def _revoke(self) -> None:
         grant, self._grant = self._grant, None
