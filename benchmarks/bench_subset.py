@@ -149,7 +149,7 @@ def moved(before: Subsets, after: Subsets, clients: Sequence[int]) -> int:
     return sum(len(before[c] ^ after[c]) for c in clients)
 
 
-def run(make: Callable[[], Fleet], args: argparse.Namespace) -> dict[str, float]:
+def run(make: Callable[[], Fleet], args: argparse.Namespace) -> dict[str, float | str]:
     servers = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:50051" for i in range(args.servers)]
     clients = list(range(args.clients))
     rng = random.Random(args.seed)
@@ -178,9 +178,12 @@ def run(make: Callable[[], Fleet], args: argparse.Namespace) -> dict[str, float]
     fleet.subsets(servers, clients)
     with_more = fleet.subsets(servers, [*clients, *new])
 
+    # Every state measured: the first, and after each change.
+    every = [before, after_leave, after_join, without, with_more]
+    all_sizes = [len(s) for state in every for s in state.values()]
     return {
-        "subset size min": min(sizes),
-        "subset size max": max(sizes),
+        "subset size min - max": f"{min(sizes)} - {max(sizes)}",
+        "subset size min - max, every case": f"{min(all_sizes)} - {max(all_sizes)}",
         "connections/server max/min": ratio(counts),
         "connections/server sd": statistics.pstdev(counts),
         "call share/server max/min": ratio(shares),
@@ -197,7 +200,9 @@ def run(make: Callable[[], Fleet], args: argparse.Namespace) -> dict[str, float]
     }
 
 
-def fmt(value: float) -> str:
+def fmt(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
     if math.isinf(value):
         return "inf"
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:.2f}"
@@ -237,7 +242,10 @@ def main() -> None:
         ours = results["ours, ranks"][metric]
         for baseline in baselines:
             theirs = results[baseline][metric]
-            row.append(f"{ours / theirs:.2f}x" if theirs and not math.isinf(theirs) else "-")
+            if isinstance(ours, str) or isinstance(theirs, str) or not theirs:
+                row.append("-")
+            else:
+                row.append(f"{ours / theirs:.2f}x" if not math.isinf(theirs) else "-")
         rows.append(row)
     print(markdown_table(rows))
 
