@@ -4,6 +4,7 @@ hold a subset of a real service."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -195,6 +196,10 @@ async def echo_servers(count: int) -> AsyncIterator[list[EchoServer]]:
         yield [await stack.enter_async_context(EchoServer(f"s{i}")) for i in range(count)]
 
 
+def all_ready(channel: aiodiscovery.BalancedChannel, count: int) -> bool:
+    return channel.statistics().by_state().get("READY", 0) == count
+
+
 def names_of(servers: list[EchoServer] | list[FaultyServer]) -> dict[str, str]:
     return {server.address: server.name for server in servers}
 
@@ -347,22 +352,28 @@ async def test_a_rank_is_claimed_once_etcd_answers(etcd: EtcdServer, service: st
             await proxied.close()
 
 
-async def test_forty_channels_with_string_ids_call_exactly_five_servers_each(
-    client: EtcdClient, service: str
+@pytest.mark.parametrize("ids", ["str", "int", "none"])
+async def test_forty_channels_call_exactly_five_servers_each(
+    client: EtcdClient, service: str, ids: str
 ) -> None:
+    def client_id(i: int) -> int | str | None:
+        return {"str": f"web-{i}", "int": i, "none": None}[ids]
+
     async with echo_servers(20) as servers, registered(client, service, servers):
         names = names_of(servers)
         async with contextlib.AsyncExitStack() as stack:
             channels = [
                 await stack.enter_async_context(
-                    await resolve(client, service, subset_size=5, client_id=f"web-{i}")
+                    await resolve(client, service, subset_size=5, client_id=client_id(i))
                 )
                 for i in range(40)
             ]
             per_server: Counter[str] = Counter()
             for channel in channels:
                 selection = channel.statistics().selection
-                assert selection is not None and selection.placed_by == "etcd rank"
+                placed = "client_id" if ids == "int" else "etcd rank"
+                assert selection is not None and selection.placed_by == placed
+                await until(functools.partial(all_ready, channel, 5))
                 call = channel.unary_unary("/test.Echo/Unary")
                 replies = {(await call(b"x", timeout=5)).split(b":")[0].decode() for _ in range(15)}
                 # Round robin over exactly the 5 it holds.
