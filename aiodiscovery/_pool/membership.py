@@ -172,6 +172,9 @@ class Membership:
     def _serving(self, addr: str) -> bool:
         """Whether ``addr`` counts towards the subset's size: not known to be failing (one not
         held yet, or waiting for its first health answer, gets the benefit of the doubt)."""
+        if addr in self._failing:
+            # Also once let go and closed: it must work again before it counts.
+            return False
         sub = self.registered.get(addr) or self._draining.get(addr)
         if sub is None:
             return True
@@ -179,7 +182,7 @@ class Membership:
             return False
         if sub.health is not None and not sub.health.pending and not sub.health.healthy:
             return False
-        return addr not in self._failing and sub.state is not _State.TRANSIENT_FAILURE
+        return sub.state is not _State.TRANSIENT_FAILURE
 
     def _hold(self, addr: str, want: Wanted) -> Subchannel:
         """The subchannel for ``want``, made or brought back if need be."""
