@@ -188,6 +188,10 @@ def test_subsetting_options_are_checked() -> None:
         aiodiscovery.BalancedChannel(None, "svc", zone="a", spill_threshold=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="client_id"):
         aiodiscovery.BalancedChannel(None, "svc", subset_size=2, client_id=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="client_id"):
+        aiodiscovery.BalancedChannel(None, "svc", subset_size=2, client_id=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="subset_ranks"):
+        aiodiscovery.BalancedChannel(None, "svc", subset_size=2, subset_ranks="no")  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager

@@ -65,7 +65,10 @@ class SelectionConfig:
         size = self.subset_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"subset_size must be a whole number >= 1 or None, got {size!r}")
-        if self.client_id is not None and not isinstance(self.client_id, int | str):
+        client_id = self.client_id
+        if client_id is not None and (
+            isinstance(client_id, bool) or not isinstance(client_id, int | str)
+        ):
             raise TypeError(f"client_id must be an int or a str, got {self.client_id!r}")
         if self.zone is not None and (not isinstance(self.zone, str) or not self.zone):
             raise ValueError(f"zone must be a non-empty string or None, got {self.zone!r}")
@@ -162,7 +165,7 @@ class _Group:
 
     def chosen(self, healthy: Healthy, size: int | None = None) -> list[str]:
         if self._ring is None:
-            return sorted(self._all)
+            return list(self._all)
         return self._ring.subset(healthy, size)
 
 
