@@ -62,7 +62,7 @@ from ._pool.stats import PoolStatistics, SubchannelStatistics
 from ._registrar.lease import LeaseKeeper, LeaseState, LeaseStatistics
 from ._registrar.registrar import Registrar, RegistrarState, RegistrarStatistics
 from ._resilience.outlier import OutlierDetection
-from ._selection.address import Address, allow_networks, parse_address
+from ._selection.address import Address, address_refusal, allow_networks, parse_address
 from ._selection.protection import MassRemovalProtection
 from ._selection.selection import SelectionStatistics
 from ._server.load import CallLoad, LoadReporter, call_load
@@ -143,6 +143,7 @@ __all__ = [  # noqa: RUF022
     "WeightedPicker",
     "WeightedRoundRobin",
     "WeightedRoundRobinPicker",
+    "address_refusal",
     "allow_networks",
     "parse_address",
     "report_utilization",
