@@ -23,6 +23,8 @@ from ._balancer.policies import (
     WeightedPicker,
 )
 from ._codec.endpoint import (
+    BUDGET_RATIO,
+    DEFAULT_METADATA_BUDGET,
     Endpoint,
     Operation,
     Update,
@@ -75,6 +77,8 @@ from ._xds.stats import XdsNack, XdsServiceStatistics, XdsStatistics, XdsStreamS
 # A single sorted list would hide which part of the house a name belongs to.
 __all__ = [  # noqa: RUF022
     # the registry's data
+    "BUDGET_RATIO",
+    "DEFAULT_METADATA_BUDGET",
     "MAX_TTL",
     "Endpoint",
     "EndpointSet",

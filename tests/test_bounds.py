@@ -1,18 +1,31 @@
-"""Untrusted registry data, bounded: log lines scale with problems, not with data (real etcd)."""
+"""Untrusted registry data, bounded: memory per endpoint, and log lines that scale with problems."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 from aetcd import rpc
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from aiodiscovery import EtcdClient, Watcher
+from aiodiscovery import (
+    BUDGET_RATIO,
+    DEFAULT_METADATA_BUDGET,
+    DecodeError,
+    Endpoint,
+    EtcdClient,
+    Watcher,
+    decode_endpoint,
+    encode_endpoint,
+)
 from aiodiscovery._etcd.watch.badvalues import BURST, WINDOW, BadValueLog
 
 from .helpers import until
-
-pytestmark = pytest.mark.anyio
 
 
 async def put_raw(client: EtcdClient, items: list[tuple[str, bytes]]) -> None:
@@ -29,6 +42,7 @@ def lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level]
 
 
+@pytest.mark.anyio
 async def test_2000_bad_values_make_a_handful_of_lines_at_a_start(
     client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -74,3 +88,103 @@ def test_watch_lines_come_back_after_the_window_and_say_what_was_held_back(
     last = caplog.records[-1].getMessage()
     assert len(caplog.records) == BURST + 1
     assert "svc/again" in last and "5 more such lines" in last
+
+
+# -- memory: what one endpoint may hold ---------------------------------------------------------
+
+
+def empties(count: int) -> bytes:
+    """The issue's value: 1.35 MB of empty objects, 64 bytes each once decoded."""
+    return b'{"Addr":"127.0.0.1:1","Metadata":[' + b",".join([b"{}"] * count) + b"]}"
+
+
+def retained(action: Callable[[], object]) -> tuple[object, int]:
+    """What ``action()`` returns and the bytes still allocated for it afterwards (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = action()
+        gc.collect()
+        return result, tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.anyio
+async def test_three_huge_values_cost_a_watcher_at_most_4x_their_size(
+    client: EtcdClient, service: str
+) -> None:
+    value = empties(450_000)
+    assert len(value) > 1_350_000
+    for i in range(3):  # one to a request: etcd takes 1.5 MiB at most
+        await put_raw(client, [(f"{service}/big{i}", value)])
+    await put_raw(client, [(f"{service}/good", b'{"Addr":"127.0.0.1:1","Metadata":"zone=a"}')])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        async with Watcher(client, service) as watcher:
+            assert list(watcher.snapshot) == [f"{service}/good"]
+            assert watcher.statistics().bad_values == 3
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= 4 * 3 * len(value), f"{held:,} bytes held for {3 * len(value):,} stored"
+
+
+def test_budget_refuses_with_a_clear_reason_and_none_lifts_it() -> None:
+    value = empties(10_000)
+    with pytest.raises(DecodeError, match=r"\(10,002 arrays and objects; the limit is 120,140 bytes"):
+        decode_endpoint("k", value, budget=DEFAULT_METADATA_BUDGET)
+    # Not decoded at all: the count comes from the bytes.
+    _, held = retained(lambda: _catch(lambda: decode_endpoint("k", value, budget=64 * 1024)))
+    assert held < 4 * len(value)
+    assert len(decode_endpoint("k", value).metadata) == 10_000  # no budget: Go's behaviour
+    # Scalars and strings in brackets are not containers; a long string is held at its size.
+    text = "[" * 500_000
+    big = b'{"Addr":"a:1","Metadata":"' + text.encode() + b'"}'
+    assert decode_endpoint("k", big, budget=1024).metadata == text
+    numbers = b'{"Addr":"a:1","Metadata":[' + b",".join([b"1.5"] * 100_000) + b"]}"
+    with pytest.raises(DecodeError, match="bytes in memory"):
+        decode_endpoint("k", numbers, budget=1024)
+
+
+def _catch(action: Callable[[], object]) -> object:
+    try:
+        return action()
+    except DecodeError as exc:
+        return exc
+
+
+# Any JSON value Go accepts as metadata, small enough to come out either side of a small budget.
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40).filter(lambda t: not any("\ud800" <= c <= "\udfff" for c in t))
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=400,
+)
+BUDGET = 4096
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(metadata=_json, addr=st.text(min_size=1, max_size=30))
+def test_retained_memory_per_endpoint_stays_under_the_bound(metadata: object, addr: str) -> None:
+    assume(not any("\ud800" <= c <= "\udfff" for c in addr))
+    value = encode_endpoint(Endpoint(addr, metadata))
+    bound = max(BUDGET, BUDGET_RATIO * len(value))
+    endpoint, held = retained(lambda: _catch(lambda: decode_endpoint("k", value, budget=BUDGET)))
+    if isinstance(endpoint, DecodeError):
+        assert f"the limit is {bound:,} bytes" in endpoint.reason
+        return
+    assert isinstance(endpoint, Endpoint)
+    assert endpoint == decode_endpoint("k", value)  # the budget changes nothing it lets through
+    # The endpoint object itself, on top of its address and metadata.
+    assert held <= bound + sys.getsizeof(endpoint) + 64

@@ -25,7 +25,7 @@ import threading
 from itertools import accumulate
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "RecordError", "decode_record"]
+__all__ = ["MAX_DEPTH", "RecordError", "brackets", "decode_record"]
 
 # Go's scanner refuses a value nested deeper than this (the record's own object counts).
 MAX_DEPTH = 10_000
@@ -84,13 +84,18 @@ class _NotFast(Exception):
     """The fast path cannot vouch for this value: take the faithful path."""
 
 
+def brackets(data: bytes) -> bytes:
+    """The brackets of JSON ``data`` outside its strings, in order: exact for valid JSON, a
+    guess for the rest. Its ``count(b"[") + count(b"{")`` is the number of arrays and objects."""
+    return _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+
+
 def _deeper_than(data: bytes, limit: int) -> bool:
     """Whether JSON ``data`` nests deeper than ``limit``: exact for valid JSON, a guess for the
     rest (which the faithful path then refuses with Go's own error)."""
     if data.count(b"[") + data.count(b"{") <= limit:
         return False
-    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
-    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0) > limit
+    return max(accumulate(map(_NESTING.__getitem__, brackets(data))), default=0) > limit
 
 
 def _decode_canonical(data: bytes) -> tuple[str, Any] | None:

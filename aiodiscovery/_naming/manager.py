@@ -123,12 +123,13 @@ class EndpointManager:
         revision, kvs = await list_prefix(self.client, self.prefix)
         updates: list[Update] = []
         bad: list[tuple[str, str]] = []
+        budget = self.client.metadata_budget
         for kv in kvs:
             if not valid_key(kv.key):
                 bad.append((kv.key, "the key is not valid UTF-8"))
                 continue
             try:
-                endpoint = decode_endpoint(kv.key, kv.value)
+                endpoint = decode_endpoint(kv.key, kv.value, budget=budget)
             except Exception as exc:
                 # One key's bad value (or a decoder bug) costs that key, never the listing.
                 bad.append((kv.key, exc.reason if isinstance(exc, DecodeError) else repr(exc)))

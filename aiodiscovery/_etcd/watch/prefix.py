@@ -292,7 +292,7 @@ class PrefixWatch:
         try:
             if not (key.isascii() or valid_key(key)):
                 raise DecodeError(safe(key), "the key is not valid UTF-8")  # noqa: TRY301
-            endpoint = decode_endpoint(key, value)
+            endpoint = decode_endpoint(key, value, budget=self.client.metadata_budget)
         except Exception as exc:
             # DecodeError is the decoder's only failure; anything else is a bug that must still
             # cost one key, never the watch.
