@@ -136,7 +136,8 @@ async def test_three_huge_values_cost_a_watcher_at_most_4x_their_size(
 
 def test_budget_refuses_with_a_clear_reason_and_none_lifts_it() -> None:
     value = empties(10_000)
-    with pytest.raises(DecodeError, match=r"\(10,002 arrays and objects; the limit is 120,140 bytes"):
+    reason = r"\(10,002 arrays and objects; the limit is 120,140 bytes"
+    with pytest.raises(DecodeError, match=reason):
         decode_endpoint("k", value, budget=DEFAULT_METADATA_BUDGET)
     # Not decoded at all: the count comes from the bytes.
     _, held = retained(lambda: _catch(lambda: decode_endpoint("k", value, budget=64 * 1024)))
@@ -149,6 +150,19 @@ def test_budget_refuses_with_a_clear_reason_and_none_lifts_it() -> None:
     numbers = b'{"Addr":"a:1","Metadata":[' + b",".join([b"1.5"] * 100_000) + b"]}"
     with pytest.raises(DecodeError, match="bytes in memory"):
         decode_endpoint("k", numbers, budget=1024)
+
+
+def test_small_values_skip_the_count_yet_stay_under_the_budget() -> None:
+    # The shape holding the most per stored byte, as long as a value may be uncounted.
+    budget = 8192
+    for levels in range(1, 40):
+        value = b'{"Addr":"a:1","Metadata":' + b'{"":' * levels + b"0" + b"}" * levels + b"}"
+        if len(value) * 64 > budget:
+            break
+        endpoint, held = retained(lambda v=value: decode_endpoint("k", v, budget=budget))
+        assert isinstance(endpoint, Endpoint)
+        assert held <= budget, (levels, held)
+    assert levels > 20
 
 
 def _catch(action: Callable[[], object]) -> object:

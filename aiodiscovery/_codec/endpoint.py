@@ -188,6 +188,9 @@ DEFAULT_METADATA_BUDGET = 64 * 1024
 BUDGET_RATIO = 4
 # The least an array or object holds (an empty list; an empty dict holds 64).
 _MIN_CONTAINER = sys.getsizeof([])
+# No JSON holds more than this many bytes per stored byte (the worst, {"":{"":...}}, holds 233
+# for 5), so a value this much smaller than the budget needs no counting: the common case.
+_WORST_RATIO = 64
 
 
 def decode_endpoint(key: str, value: bytes, *, budget: int | None = None) -> Endpoint:
@@ -207,7 +210,9 @@ def decode_endpoint(key: str, value: bytes, *, budget: int | None = None) -> End
     is decoded. Registry data is untrusted: ``[{},{},...]`` stores 3 bytes per object that
     Python holds in 64.
     """
-    limit = None if budget is None else max(budget, BUDGET_RATIO * len(value))
+    limit = None
+    if budget is not None and len(value) * _WORST_RATIO > budget:
+        limit = max(budget, BUDGET_RATIO * len(value))
     if limit is not None and (value.count(b"[") + value.count(b"{")) * _MIN_CONTAINER > limit:
         shape = brackets(value)
         containers = shape.count(b"[") + shape.count(b"{")
