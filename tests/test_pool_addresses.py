@@ -19,10 +19,12 @@ import pytest
 
 from aiodiscovery import (
     Address,
+    BalancedChannel,
     Endpoint,
     EndpointManager,
     EndpointSet,
     EtcdClient,
+    PoolStatistics,
     address_refusal,
     allow_networks,
     parse_address,
@@ -187,6 +189,14 @@ async def put_raw(client: EtcdClient, key: str, addr: str) -> None:
     await client.put(key.encode(), json.dumps({"Op": 0, "Addr": addr}).encode())
 
 
+async def only_the_good_one_serves(channel: BalancedChannel) -> PoolStatistics:
+    """Calls carrying a secret all reach s0, the one dialable endpoint; the channel's statistics."""
+    await ready(channel, 1)
+    replies = [await call(channel, metadata=(("authorization", SECRET),)) for _ in range(20)]
+    assert where(replies) == {"s0": 20}
+    return channel.statistics()
+
+
 async def test_hostile_addrs_are_never_dialled(
     client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -200,12 +210,7 @@ async def test_hostile_addrs_are_never_dialled(
             await put_raw(client, key, addr)
         with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
             async with await resolve(client, service) as channel:
-                await ready(channel, 1)
-                replies = [
-                    await call(channel, metadata=(("authorization", SECRET),)) for _ in range(20)
-                ]
-                assert where(replies) == {"s0": 20}
-                stats = channel.statistics()
+                stats = await only_the_good_one_serves(channel)
                 assert set(stats.skipped) == set(keys)
                 assert stats.skipped_endpoints == len(hostile)
                 assert list(stats.subchannels) == [servers[0].address]
@@ -365,12 +370,7 @@ async def test_a_bind_address_gets_no_call_while_a_good_one_serves(
         await em.add_endpoint(f"{service}/meta", Endpoint("169.254.169.254:80"))
         with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
             async with await resolve(client, service) as channel:
-                await ready(channel, 1)
-                replies = [
-                    await call(channel, metadata=(("authorization", SECRET),)) for _ in range(20)
-                ]
-                assert where(replies) == {"s0": 20}
-                stats = channel.statistics()
+                stats = await only_the_good_one_serves(channel)
                 assert set(stats.skipped) == {bound, f"{service}/meta"}
                 assert "unspecified" in stats.skipped[bound]
                 assert stats.skipped_endpoints == 2
