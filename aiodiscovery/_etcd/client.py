@@ -138,6 +138,8 @@ class EtcdClient:
             isinstance(metadata_budget, bool) or not isinstance(metadata_budget, int)
         ):
             raise TypeError(f"metadata_budget must be an int or None, got {metadata_budget!r}")
+        if metadata_budget is not None and metadata_budget < 0:
+            raise ValueError(f"metadata_budget must not be negative, got {metadata_budget}")
         #: What one endpoint read from etcd may hold in memory (see :func:`connect`).
         self.metadata_budget = metadata_budget
         self._members: MemberSet | None = None
