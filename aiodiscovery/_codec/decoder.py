@@ -471,5 +471,10 @@ def decode_record(data: bytes) -> tuple[str, Any]:
 
     Raises :class:`RecordError` where Go fails, and nothing else, whatever the bytes.
     """
-    decoded = _decode_canonical(data) or _decode_fast(data)
+    try:
+        decoded = _decode_canonical(data) or _decode_fast(data)
+    finally:
+        # Left behind, the scanner's last pairs would keep parts of this value (its unknown
+        # fields, say) alive until the next decode.
+        _LAST_OBJECT.__dict__.pop("pairs", None)
     return decoded if decoded is not None else _decode_slow(data)
