@@ -23,6 +23,8 @@ from ._balancer.policies import (
     WeightedPicker,
 )
 from ._codec.endpoint import (
+    BUDGET_RATIO,
+    DEFAULT_METADATA_BUDGET,
     Endpoint,
     Operation,
     Update,
@@ -62,7 +64,7 @@ from ._pool.stats import PoolStatistics, SubchannelStatistics
 from ._registrar.lease import LeaseKeeper, LeaseState, LeaseStatistics
 from ._registrar.registrar import Registrar, RegistrarState, RegistrarStatistics
 from ._resilience.outlier import OutlierDetection
-from ._selection.address import Address, allow_networks, parse_address
+from ._selection.address import Address, address_refusal, allow_networks, parse_address
 from ._selection.protection import MassRemovalProtection
 from ._selection.selection import SelectionStatistics
 from ._server.load import CallLoad, LoadReporter, call_load
@@ -75,6 +77,8 @@ from ._xds.stats import XdsNack, XdsServiceStatistics, XdsStatistics, XdsStreamS
 # A single sorted list would hide which part of the house a name belongs to.
 __all__ = [  # noqa: RUF022
     # the registry's data
+    "BUDGET_RATIO",
+    "DEFAULT_METADATA_BUDGET",
     "MAX_TTL",
     "Endpoint",
     "EndpointSet",
@@ -143,6 +147,7 @@ __all__ = [  # noqa: RUF022
     "WeightedPicker",
     "WeightedRoundRobin",
     "WeightedRoundRobinPicker",
+    "address_refusal",
     "allow_networks",
     "parse_address",
     "report_utilization",

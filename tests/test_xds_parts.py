@@ -24,11 +24,21 @@ def test_registry_data_grpc_would_refuse_is_left_out_and_named() -> None:
             "svc/bad": Endpoint("unix:/tmp/x"),
             "svc/weight": Endpoint("10.0.0.3:80", "weight=0"),
             "svc/six": Endpoint("[::1]:81", "health=unhealthy"),
+            "svc/bind": Endpoint("0.0.0.0:80"),
+            "svc/metadata-service": Endpoint("169.254.169.254:80"),
         },
         revision=7,
     )
     assignment = build_assignment("svc", endpoints, XdsPolicy())
-    assert set(assignment.skipped) == {"svc/dup", "svc/host", "svc/bad", "svc/weight"}
+    assert set(assignment.skipped) == {
+        "svc/dup",
+        "svc/host",
+        "svc/bad",
+        "svc/weight",
+        "svc/bind",
+        "svc/metadata-service",
+    }
+    assert "unspecified" in assignment.skipped["svc/bind"]
     assert "another key" in assignment.skipped["svc/dup"]
     assert "host name" in assignment.skipped["svc/host"]
     assert assignment.endpoints == 3

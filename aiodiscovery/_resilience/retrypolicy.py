@@ -29,6 +29,7 @@ __all__ = [
     "RetryConfig",
     "RetryPolicy",
     "RetryThrottle",
+    "pushback_delay",
     "retry_config",
 ]
 
@@ -41,6 +42,10 @@ MAX_ATTEMPTS = 5
 # A proto3 JSON Duration: decimal seconds with up to nine fraction digits, then "s".
 _DURATION = re.compile(r"^(-?)(\d*)(?:\.(\d{0,9}))?s$")
 _CODES = {code.name: code for code in grpc.StatusCode}
+# gRFC A6: the server's pushback is a non-negative int32 in decimal; "[0-9]" is ASCII only (where
+# str.isdigit() also takes "²", which int() then refuses). A leading zero is not the canonical form.
+_PUSHBACK = re.compile(r"0|[1-9][0-9]{0,9}")
+MAX_PUSHBACK_MS = 2**31 - 1
 _BY_NUMBER = {code_value(code): code for code in grpc.StatusCode}
 
 
@@ -315,3 +320,15 @@ def _throttle(value: Any, log: Labelled) -> RetryThrottle | None:
     if tokens > 1000:
         raise _invalid(f"retryThrottling.maxTokens must be at most 1000, not {tokens!r}")
     return RetryThrottle(float(tokens), float(ratio), log)
+
+
+def pushback_delay(value: str | bytes) -> float | None:
+    """The wait in seconds a ``grpc-retry-pushback-ms`` value asks for; None means "do not retry".
+
+    gRFC A6: the value is a non-negative int32 in ASCII decimal digits; anything else (negative,
+    empty, beyond 2**31 - 1, other digits, spaces, a sign) is the server asking for no retry.
+    """
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if _PUSHBACK.fullmatch(text) is None or int(text) > MAX_PUSHBACK_MS:
+        return None
+    return int(text) / 1000

@@ -4,7 +4,9 @@ Every resource of a service carries the service's name (``foo/bar/my-service``):
 that ``xds:///foo/bar/my-service`` asks for, its RouteConfiguration, the Cluster it routes to and
 that Cluster's ClusterLoadAssignment. Registry data is untrusted: an endpoint a gRPC client would
 refuse (a host name where xDS wants an IP address, an address registered twice, a bad weight)
-would make it reject the whole assignment, so it is left out here and named in ``skipped``.
+would make it reject the whole assignment, so it is left out here and named in ``skipped``; so
+is one the pool would not dial either (unspecified, link-local, multicast: see
+:func:`~aiodiscovery.address_refusal`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from .._codec.endpoint import metadata_attributes, metadata_weight
 from .._codec.endpointset import EndpointSet
-from .._selection.address import parse_address
+from .._selection.address import address_refusal, parse_address
 from .policy import XdsPolicy
 
 __all__ = [
@@ -201,6 +203,12 @@ def build_assignment(name: str, endpoints: EndpointSet, policy: XdsPolicy) -> As
             continue
         if address.ip is None:
             skipped[key] = f"{endpoint.addr!r} is a host name; xDS endpoints are IP addresses"
+            continue
+        # The pool's default policy: no client of ours dials a bind, link-local or multicast
+        # address (the address parsed, so only that policy can refuse it here).
+        refusal = address_refusal(endpoint.addr)
+        if refusal is not None:
+            skipped[key] = refusal
             continue
         where = (str(address.ip), address.port)
         if where in seen:
