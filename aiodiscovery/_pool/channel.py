@@ -277,8 +277,10 @@ async def resolve(
 
     An endpoint is dialled only if its ``Addr`` is ``host:port``, ``[IPv6]:port`` or
     ``IPv4:port`` (never read as a gRPC target URI) and ``address_filter(address)`` (if given,
-    for example :func:`allow_networks`) admits it; the others are skipped with a warning and
-    listed in ``statistics().skipped``.
+    for example :func:`allow_networks`) admits it; without a filter, unspecified (``0.0.0.0``,
+    ``::``), link-local and multicast addresses are refused (:func:`address_refusal` says why)
+    and loopback is allowed. The others are skipped with a warning and listed in
+    ``statistics().skipped``.
 
     ``mass_removal`` (a :class:`MassRemovalProtection`) keeps removed endpoints that are still
     READY in use for a while when most of the service vanishes from the registry at once;
