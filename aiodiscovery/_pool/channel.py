@@ -38,6 +38,8 @@ from .stats import PoolStatistics, SubchannelStatistics
 __all__ = ["BalancedChannel", "PoolStatistics", "SubchannelStatistics", "resolve"]
 
 _State = grpc.ChannelConnectivity
+# grpc.aio's own words for it, so that code matching on them works with either channel.
+_CLOSED = "Channel is closed."
 
 
 class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
@@ -130,7 +132,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def __aenter__(self) -> BalancedChannel:
         if self._pool.closed:
-            raise grpc.aio.UsageError("Channel is closed.")
+            raise grpc.aio.UsageError(_CLOSED)
         if self._host is None:
             await self._open()
         return self
@@ -164,14 +166,23 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return self._pool.state
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        """Wait until :meth:`get_state` differs from ``last_observed_state``."""
+        """Wait until :meth:`get_state` differs from ``last_observed_state``.
+
+        On a closed channel it raises ``grpc.aio.UsageError`` at once, as grpc.aio's does; a wait
+        under way when the channel closes returns (SHUTDOWN is a change).
+        """
+        if self._pool.closed:
+            raise grpc.aio.UsageError(_CLOSED)
         await self._pool.wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
-        """Wait until at least one subchannel is READY."""
+        """Wait until at least one subchannel is READY, connecting an IDLE channel.
+
+        Raises ``grpc.aio.UsageError`` if the channel is or gets closed, as grpc.aio's does.
+        """
         while (state := self.get_state(try_to_connect=True)) is not _State.READY:
-            if state is _State.SHUTDOWN:
-                raise RuntimeError("the channel is closed")
+            if state is _State.SHUTDOWN or self._pool.closed:
+                raise grpc.aio.UsageError(_CLOSED)
             if self._pool.stop_reason is not None:
                 raise RuntimeError(self._pool.stop_reason)
             await self.wait_for_state_change(state)
