@@ -5,14 +5,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
 import grpc
 import grpc.aio
 import pytest
 
-from aiodiscovery import BalancedChannel, EtcdClient, OutlierDetection, resolve
+from aiodiscovery import (
+    BalancedChannel,
+    EtcdClient,
+    OutlierDetection,
+    Picker,
+    SubchannelView,
+    resolve,
+)
 
 from .faulty_servers import NOT_SERVING, FaultyServer, faulty_servers, registered
 from .helpers import until
@@ -266,3 +274,86 @@ async def test_a_lone_server_is_never_ejected(client: EtcdClient, service: str) 
             results = [await outcome(channel) for _ in range(12)]
             assert results == [grpc.StatusCode.UNAVAILABLE] * 12
             assert ejected(channel) == set()
+
+
+class _Busy(Picker[SubchannelView]):
+    """Sends every call to the first ``busy`` usable subchannels in turn: only they get traffic."""
+
+    busy = 1
+
+    def __init__(self) -> None:
+        self._subs: Sequence[SubchannelView] = ()
+        self._next = 0
+
+    def update(self, subchannels: Sequence[SubchannelView]) -> None:
+        self._subs = sorted(subchannels, key=lambda s: s.address)[: self.busy]
+
+    def pick(self) -> SubchannelView:
+        self._next = (self._next + 1) % len(self._subs)
+        return self._subs[self._next]
+
+
+def _busy(count: int) -> Callable[[], Picker[SubchannelView]]:
+    return type(f"Busy{count}", (_Busy,), {"busy": count})
+
+
+async def _sweep_after(channel: BalancedChannel, calls: int) -> None:
+    """Make ``calls`` calls, then run one interval's sweep now (the config's interval is an
+    hour, so that the detector's own never runs during the test)."""
+    for _ in range(calls):
+        await outcome(channel)
+    detector = channel._pool._detector
+    assert detector is not None
+    detector.sweep(time.monotonic())
+
+
+async def test_failure_percentage_counts_only_hosts_with_enough_calls(
+    client: EtcdClient, service: str
+) -> None:
+    # A50: the check runs only if at least failure_percentage_minimum_hosts hosts had
+    # failure_percentage_request_volume calls in the interval; registered hosts do not count.
+    config = dataclasses.replace(
+        FAST,
+        interval=3600,
+        enforcing_consecutive_failures=0,
+        enforcing_success_rate=0,
+        enforcing_failure_percentage=100,
+        failure_percentage_request_volume=10,
+    )
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        for server in servers:
+            server.fail_with = grpc.StatusCode.UNAVAILABLE
+        first = min(s.address for s in servers)
+        for minimum, expected in ((5, set()), (1, {first})):
+            limited = dataclasses.replace(config, failure_percentage_minimum_hosts=minimum)
+            async with await resolve(
+                client, service, policy=_busy(1), outlier_detection=limited
+            ) as channel:
+                await ready(channel, 5)
+                # 5 hosts, 1 of them with 20 calls, all failed.
+                await _sweep_after(channel, 20)
+                assert ejected(channel) == expected
+
+
+async def test_success_rate_counts_only_hosts_with_enough_calls(
+    client: EtcdClient, service: str
+) -> None:
+    config = dataclasses.replace(
+        FAST,
+        interval=3600,
+        enforcing_consecutive_failures=0,
+        success_rate_request_volume=10,
+        success_rate_minimum_hosts=4,
+        success_rate_stdev_factor=1.0,
+    )
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        by_address = sorted(servers, key=lambda s: s.address)
+        by_address[0].fail_with = grpc.StatusCode.UNAVAILABLE
+        # Three busy hosts of five are fewer than 4; four are enough.
+        for busy, expected in ((3, set()), (4, {by_address[0].address})):
+            async with await resolve(
+                client, service, policy=_busy(busy), outlier_detection=config
+            ) as channel:
+                await ready(channel, 5)
+                await _sweep_after(channel, 12 * busy)
+                assert ejected(channel) == expected
