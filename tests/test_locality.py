@@ -70,7 +70,7 @@ async def test_calls_stay_in_the_zone_spill_over_and_come_back(
         channel = await resolve(client, service, zone="a")
         async with channel:
             assert held(channel, servers) == {"a1", "a2"}
-            await until(lambda: channel.get_state() is grpc.ChannelConnectivity.READY)
+            await until(lambda: channel.get_state(True) is grpc.ChannelConnectivity.READY)
             assert await answered_by(channel) == {"a1", "a2"}
             selection = channel.statistics().selection
             assert selection is not None and (selection.zone, selection.local) == ("a", 2)
@@ -121,5 +121,5 @@ async def test_the_subset_is_drawn_within_the_zone(client: EtcdClient, service: 
             assert 2 <= len(chosen) <= 3 and all(name.startswith("b") for name in chosen)
             selection = channel.statistics().selection
             assert selection is not None and (selection.endpoints, selection.local) == (8, 4)
-            await until(lambda: channel.get_state() is grpc.ChannelConnectivity.READY)
+            await until(lambda: channel.get_state(True) is grpc.ChannelConnectivity.READY)
             assert await answered_by(channel) <= chosen

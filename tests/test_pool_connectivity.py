@@ -8,7 +8,8 @@ gRPC's own ``connectivity_test`` does for grpc.aio.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -16,8 +17,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from aiodiscovery import EtcdClient, resolve
+from aiodiscovery import Endpoint, EndpointManager, EtcdClient, resolve
+from aiodiscovery.testing import TcpProxy
 
+from .helpers import until
 from .servers import EchoServer, method
 from .test_pool import echo_servers, registered
 
@@ -114,3 +117,138 @@ async def test_waiting_on_a_channel_while_it_closes(client: EtcdClient, service:
         expected = await scenario(native([gone]))
         assert expected[1] == ("UsageError", "Channel is closed.")
         assert await scenario(await resolve(client, service)) == expected
+
+
+class Timeline:
+    """Every state a channel goes through, as ``wait_for_state_change`` reports them, with the
+    test's own steps in between."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.seen: list[str] = [channel.get_state().name]
+
+    async def follow(self) -> None:
+        state = self.channel.get_state()
+        while state is not _State.SHUTDOWN:
+            with contextlib.suppress(grpc.aio.UsageError):
+                await self.channel.wait_for_state_change(state)
+            state = self.channel.get_state()
+            self.seen.append(state.name)
+
+    def mark(self, step: str) -> None:
+        self.seen.append(f"<{step}>")
+
+    async def reaches(self, state: grpc.ChannelConnectivity) -> None:
+        await until(lambda: self.seen[-1] == state.name)
+
+
+async def idle_scenario(
+    channel: Any, proxies: Sequence[TcpProxy], direct: Sequence[EchoServer]
+) -> list[object]:
+    """IDLE until the first call, connected to every endpoint after it, IDLE again after the
+    idle timeout, connected again by the next call. Returns what was seen."""
+    timeline = Timeline(channel)
+    unary = channel.unary_unary(method("Unary"))
+    seen: list[object] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(timeline.follow)
+        # As long as a connection takes: a call of its own, on a channel of its own.
+        async with grpc.aio.insecure_channel(direct[0].address) as other:
+            assert await other.unary_unary(method("Unary"))(b"x")
+        seen.append(("connections before a call", sum(p.connections for p in proxies)))
+        timeline.mark("call")
+        assert await unary(b"x")
+        await timeline.reaches(_State.READY)
+        # round_robin connects to every endpoint, not only the one the call went to.
+        await until(lambda: sum(p.open_connections for p in proxies) == len(proxies))
+        seen.append(("connections after it", sum(p.connections for p in proxies)))
+        await timeline.reaches(_State.IDLE)
+        await until(lambda: sum(p.open_connections for p in proxies) == 0)
+        seen.append(("open once IDLE", 0))
+        timeline.mark("call")
+        assert await unary(b"x")
+        await timeline.reaches(_State.READY)
+        await until(lambda: sum(p.open_connections for p in proxies) == len(proxies))
+        await channel.close()
+    seen.append(("states", timeline.seen))
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def proxied(servers: Sequence[EchoServer]) -> AsyncIterator[list[TcpProxy]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(TcpProxy(s.port)) for s in servers]
+
+
+async def test_idle_until_a_call_and_after_the_idle_timeout_as_grpc(
+    client: EtcdClient, service: str
+) -> None:
+    short = [("grpc.client_idle_timeout_ms", 300)]
+    async with echo_servers(3) as servers:
+        async with proxied(servers) as proxies:
+            addresses = ",".join(f"127.0.0.1:{p.port}" for p in proxies)
+            theirs = grpc.aio.insecure_channel(
+                f"ipv4:{addresses}", options=[("grpc.lb_policy_name", "round_robin"), *short]
+            )
+            expected = await idle_scenario(theirs, proxies, servers)
+        assert expected == [
+            ("connections before a call", 0),
+            ("connections after it", 3),
+            ("open once IDLE", 0),
+            (
+                "states",
+                [
+                    "IDLE",
+                    "<call>",
+                    "CONNECTING",
+                    "READY",
+                    "IDLE",
+                    "<call>",
+                    "CONNECTING",
+                    "READY",
+                    "SHUTDOWN",
+                ],
+            ),
+        ]
+        async with proxied(servers) as proxies:
+            em = EndpointManager(client, service)
+            for i, proxy in enumerate(proxies):
+                await em.add_endpoint(f"{service}/{i}", Endpoint(f"127.0.0.1:{proxy.port}"))
+            ours = await resolve(client, service, options=short)
+            assert await idle_scenario(ours, proxies, servers) == expected
+
+
+async def test_get_state_true_connects_and_eager_connects_at_once(
+    client: EtcdClient, service: str
+) -> None:
+    async with echo_servers(2) as servers, proxied(servers) as proxies:
+        em = EndpointManager(client, service)
+        for i, proxy in enumerate(proxies):
+            await em.add_endpoint(f"{service}/{i}", Endpoint(f"127.0.0.1:{proxy.port}"))
+        async with await resolve(client, service) as lazy:
+            assert lazy.get_state() is _State.IDLE
+            assert lazy.statistics().by_state() == {"IDLE": 2}
+            assert lazy.get_state(try_to_connect=True) is _State.IDLE
+            await until(lambda: lazy.get_state() is _State.READY)
+            await until(lambda: sum(p.open_connections for p in proxies) == 2)
+        await until(lambda: sum(p.open_connections for p in proxies) == 0)
+        async with await resolve(client, service, eager=True) as eager:
+            await until(lambda: eager.statistics().by_state() == {"READY": 2})
+            assert sum(p.open_connections for p in proxies) == 2
+            assert eager.get_state() is _State.READY
+            assert sum(s.calls for s in servers) == 0
+        # eager=True keeps its connections unless an idle timeout is given.
+        async with await resolve(
+            client, service, eager=True, options=[("grpc.client_idle_timeout_ms", 100)]
+        ) as eager:
+            await until(lambda: eager.get_state() is _State.READY)
+            await until(lambda: eager.get_state() is _State.IDLE)
+            await until(lambda: sum(p.open_connections for p in proxies) == 0)
+
+
+@pytest.mark.parametrize("value", [-1, "300", 1.5, True])
+async def test_a_bad_idle_timeout_is_refused(
+    client: EtcdClient, service: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=r"grpc\.client_idle_timeout_ms must be a whole number"):
+        await resolve(client, service, options=[("grpc.client_idle_timeout_ms", value)])

@@ -233,13 +233,15 @@ async def test_wait_for_state_change_follows_the_endpoints(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(follow)
-        await until(lambda: states == [grpc.ChannelConnectivity.TRANSIENT_FAILURE])
+        await until(lambda: states == [grpc.ChannelConnectivity.IDLE])
+        channel.get_state(try_to_connect=True)
+        await until(lambda: states[-1] is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
         async with echo_servers(1) as [server], registered(client, service, [server]):
             await until(lambda: states[-1] is grpc.ChannelConnectivity.READY)
             await channel.close()
-    assert states[0] is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    assert states[:2] == [grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.TRANSIENT_FAILURE]
     assert states[-2:] == [grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN]
-    assert set(states[1:-2]) <= {grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING}
+    assert set(states[2:-2]) <= {grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING}
 
 
 async def test_pick_first_follows_key_order_and_fails_over(

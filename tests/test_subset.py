@@ -135,6 +135,7 @@ async def test_a_pool_holds_its_subset_and_replaces_a_leaver(
             assert selection is not None and selection.endpoints == 6
             assert selection.subset is not None and 2 <= len(selection.subset) <= 3
             assert held(channel) == set(selection.subset)
+            channel.get_state(try_to_connect=True)
             await until(
                 lambda: channel.statistics().by_state().get("READY", 0) == len(held(channel))
             )

@@ -51,9 +51,11 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     only among healthy, non-ejected ones with a health check or outlier detection. With
     no usable endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
     ``wait_for_ready=True``: then it waits for an endpoint until its deadline, :meth:`close` or
-    its own ``cancel()``. A removed endpoint drains: it takes no new calls, its calls in flight
-    finish, then its channel closes. A channel dropped without being closed warns
-    (``ResourceWarning``) and is closed when garbage collected.
+    its own ``cancel()``. It is IDLE, with no connection, until the first call (or
+    ``get_state(try_to_connect=True)``, ``channel_ready()``, ``eager=True``) and again after
+    the idle timeout without calls (see :func:`resolve`). A removed endpoint drains: it takes
+    no new calls, its calls in flight finish, then its channel closes. A channel dropped
+    without being closed warns (``ResourceWarning``) and is closed when garbage collected.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
         health_check: str | None = None,
         outlier_detection: OutlierDetection | None = None,
+        eager: bool = False,
     ) -> None:
         self.target = target
         self._options = PoolOptions(
@@ -91,6 +94,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             selection=SelectionConfig(subset_size, client_id, zone, spill_threshold),
             health_check=health_check,
             outlier_detection=outlier_detection,
+            eager=eager,
         )
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
         self._pool = Pool(target, self._options)
@@ -159,10 +163,11 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY if any subchannel is READY, else the most hopeful state among them.
 
-        With no endpoint at all the state is TRANSIENT_FAILURE; after :meth:`close`, SHUTDOWN.
+        IDLE until connected (``try_to_connect=True`` connects it) and after the idle timeout;
+        with no endpoint at all the state is TRANSIENT_FAILURE; after :meth:`close`, SHUTDOWN.
         """
         if try_to_connect:
-            self._pool.connect()
+            self._pool.wake()
         return self._pool.state
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
@@ -271,6 +276,7 @@ async def resolve(
     spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
     health_check: str | None = None,
     outlier_detection: OutlierDetection | None = None,
+    eager: bool = False,
 ) -> BalancedChannel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
@@ -279,6 +285,12 @@ async def resolve(
     etcd until closed. ``policy`` is ``"round_robin"`` (default), ``"pick_first"``, ``"p2c"``,
     ``"weighted"`` or a :class:`Picker` factory; ``credentials``, ``options``, ``interceptors``
     and ``compression`` apply to every subchannel as in ``grpc.aio.secure_channel``.
+
+    Like a grpc channel, it starts IDLE: it connects (to every endpoint, as grpc's round_robin
+    does) on the first call, ``get_state(try_to_connect=True)`` or ``channel_ready()``, and goes
+    back to IDLE, closing its connections, after ``("grpc.client_idle_timeout_ms", ms)`` without
+    calls (grpc's default: 30 minutes; ``2**31 - 1`` means never). ``eager=True`` connects at once
+    instead, for a fast first call, and keeps the connections unless that option is given.
 
     An endpoint is dialled only if its ``Addr`` is ``host:port``, ``[IPv6]:port`` or
     ``IPv4:port`` (never read as a gRPC target URI) and ``address_filter(address)`` (if given,
@@ -331,6 +343,7 @@ async def resolve(
         spill_threshold=spill_threshold,
         health_check=health_check,
         outlier_detection=outlier_detection,
+        eager=eager,
     )
     await channel._open()
     return channel
