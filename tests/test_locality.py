@@ -123,3 +123,27 @@ async def test_the_subset_is_drawn_within_the_zone(client: EtcdClient, service: 
             assert selection is not None and (selection.endpoints, selection.local) == (8, 4)
             await until(lambda: channel.get_state(True) is grpc.ChannelConnectivity.READY)
             assert await answered_by(channel) <= chosen
+
+
+async def test_spill_threshold_sets_how_much_of_the_zone_must_be_healthy(
+    client: EtcdClient, service: str
+) -> None:
+    zones = {"a1": "zone=a", "a2": "zone=a", "a3": "zone=a", "b1": "zone=b"}
+    async with zoned(client, service, zones) as servers:
+        # Two of three healthy (0.67): enough for the default 0.5, not for 0.8.
+        default = await resolve(client, service, zone="a")
+        strict = await resolve(client, service, zone="a", spill_threshold=0.8)
+        async with default, strict:
+            for channel in (default, strict):
+                await until(lambda c=channel: c.get_state(True) is grpc.ChannelConnectivity.READY)
+                assert not spilling(channel)
+            await servers["a1"].stop(None)
+            await until(lambda: spilling(strict))
+            await until(lambda: "b1" in held(strict, servers))
+            assert await answered_by(strict) <= {"a2", "a3", "b1"}
+            # The default channel saw the same failure and stays in its zone.
+            await until(
+                lambda: default.statistics().subchannels[servers["a1"].address].state != "READY"
+            )
+            assert not spilling(default)
+            assert await answered_by(default) == {"a2", "a3"}

@@ -357,3 +357,33 @@ async def test_success_rate_counts_only_hosts_with_enough_calls(
                 await ready(channel, 5)
                 await _sweep_after(channel, 12 * busy)
                 assert ejected(channel) == expected
+
+
+async def test_success_rate_stdev_factor_sets_how_far_below_the_mean(
+    client: EtcdClient, service: str
+) -> None:
+    # Five hosts with traffic, one failing half its calls: rates 1, 1, 1, 1, 0.5; mean 0.9,
+    # standard deviation 0.2. Ejected below 0.9 - 1.9 x 0.2 = 0.52; not below 0.9 - 3 x 0.2.
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        flaky = min(servers, key=lambda s: s.address)
+        for factor, expected in ((3.0, set()), (1.9, {flaky.address})):
+            config = dataclasses.replace(
+                FAST,
+                interval=3600,
+                enforcing_consecutive_failures=0,
+                success_rate_request_volume=10,
+                success_rate_stdev_factor=factor,
+            )
+            async with await resolve(
+                client, service, policy=_busy(5), outlier_detection=config
+            ) as channel:
+                await ready(channel, 5)
+                for i in range(20):
+                    flaky.fail_with = grpc.StatusCode.UNAVAILABLE if i % 2 else None
+                    for _ in range(5):
+                        await outcome(channel)
+                flaky.fail_with = None
+                await _sweep_after(channel, 0)
+                stats = channel.statistics().subchannels
+                assert stats[flaky.address].failures == 10
+                assert ejected(channel) == expected
