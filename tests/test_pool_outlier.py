@@ -21,6 +21,10 @@ from aiodiscovery import (
     SubchannelView,
     resolve,
 )
+from aiodiscovery._balancer.subchannel import Subchannel, Tally
+from aiodiscovery._logsafe import Labelled
+from aiodiscovery._resilience.outlier import OutlierDetector
+from aiodiscovery.testing import free_port
 
 from .faulty_servers import NOT_SERVING, FaultyServer, faulty_servers, registered
 from .helpers import until
@@ -387,3 +391,73 @@ async def test_success_rate_stdev_factor_sets_how_far_below_the_mean(
                 stats = channel.statistics().subchannels
                 assert stats[flaky.address].failures == 10
                 assert ejected(channel) == expected
+
+
+async def test_partial_enforcing_ejects_that_share_of_detected_outliers() -> None:
+    # enforcing_* is a chance in percent: 400 detections at 50 % eject about 200 times (the
+    # bounds are seven standard deviations away: a false failure is not a practical concern).
+    trials = 400
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") for _ in range(3)]
+    try:
+        subs = [Subchannel(f"s{i}", None, ch) for i, ch in enumerate(channels)]
+        log = Labelled(logging.getLogger("aiodiscovery.pool"), "test")
+        unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+        ok = grpc.StatusCode.OK.value[0]
+
+        def run(config: OutlierDetection, detect: Callable[[OutlierDetector, float], None]) -> int:
+            detector = OutlierDetector(config, log, lambda: subs, lambda: None)
+            for sub in subs:
+                sub.tally = Tally()
+            ejections = 0
+            now = time.monotonic()
+            for _ in range(trials):
+                detect(detector, now)
+                tally = subs[0].tally
+                assert tally is not None
+                if tally.ejected_at is not None:
+                    ejections += 1
+                    # Its time is up: back at the next sweep.
+                    now += config.longest_ejection + 1
+                    detector.sweep(now)
+                    assert tally.ejected_at is None
+            return ejections
+
+        def streak(detector: OutlierDetector, now: float) -> None:
+            for _ in range(5):
+                detector.record(subs[0], unavailable)
+
+        def percentage(detector: OutlierDetector, now: float) -> None:
+            for _ in range(10):
+                detector.record(subs[0], unavailable)
+                for other in subs[1:]:
+                    detector.record(other, ok)
+            detector.sweep(now)
+
+        base = dataclasses.replace(
+            FAST,
+            enforcing_success_rate=0,
+            max_ejection_percent=50,
+            enforcing_consecutive_failures=0,
+        )
+        for enforcing, expected in ((0, (0, 0)), (100, (trials, trials)), (50, (130, 270))):
+            by_streak = run(
+                dataclasses.replace(base, enforcing_consecutive_failures=enforcing), streak
+            )
+            by_percentage = run(
+                dataclasses.replace(
+                    base,
+                    enforcing_failure_percentage=enforcing,
+                    failure_percentage_minimum_hosts=3,
+                    failure_percentage_request_volume=10,
+                ),
+                percentage,
+            )
+            low, high = expected
+            assert low <= by_streak <= high and low <= by_percentage <= high, (
+                enforcing,
+                by_streak,
+                by_percentage,
+            )
+    finally:
+        for channel in channels:
+            await channel.close()
