@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
 import grpc
@@ -301,14 +301,31 @@ def _busy(count: int) -> Callable[[], Picker[SubchannelView]]:
     return type(f"Busy{count}", (_Busy,), {"busy": count})
 
 
-async def _sweep_after(channel: BalancedChannel, calls: int) -> None:
-    """Make ``calls`` calls, then run one interval's sweep now (the config's interval is an
-    hour, so that the detector's own never runs during the test)."""
-    for _ in range(calls):
-        await outcome(channel)
-    detector = channel._pool._detector
-    assert detector is not None
-    detector.sweep(time.monotonic())
+# Sweeps run by hand (swept_by_hand): the detector's own interval is an hour.
+BY_HAND = dataclasses.replace(FAST, interval=3600, enforcing_consecutive_failures=0)
+
+
+@contextlib.asynccontextmanager
+async def swept_by_hand(
+    client: EtcdClient, service: str, config: OutlierDetection, busy: int
+) -> AsyncIterator[tuple[BalancedChannel, Callable[[int], Awaitable[set[str]]]]]:
+    """A channel over five registered hosts whose calls go to the first ``busy`` of them, and
+    ``sweep(calls)``: make that many calls, run one interval's sweep now, return the ejected
+    addresses."""
+    async with await resolve(
+        client, service, policy=_busy(busy), outlier_detection=config
+    ) as channel:
+        await ready(channel, 5)
+
+        async def sweep(calls: int) -> set[str]:
+            for _ in range(calls):
+                await outcome(channel)
+            detector = channel._pool._detector
+            assert detector is not None
+            detector.sweep(time.monotonic())
+            return ejected(channel)
+
+        yield channel, sweep
 
 
 async def test_failure_percentage_counts_only_hosts_with_enough_calls(
@@ -317,9 +334,7 @@ async def test_failure_percentage_counts_only_hosts_with_enough_calls(
     # A50: the check runs only if at least failure_percentage_minimum_hosts hosts had
     # failure_percentage_request_volume calls in the interval; registered hosts do not count.
     config = dataclasses.replace(
-        FAST,
-        interval=3600,
-        enforcing_consecutive_failures=0,
+        BY_HAND,
         enforcing_success_rate=0,
         enforcing_failure_percentage=100,
         failure_percentage_request_volume=10,
@@ -330,22 +345,16 @@ async def test_failure_percentage_counts_only_hosts_with_enough_calls(
         first = min(s.address for s in servers)
         for minimum, expected in ((5, set()), (1, {first})):
             limited = dataclasses.replace(config, failure_percentage_minimum_hosts=minimum)
-            async with await resolve(
-                client, service, policy=_busy(1), outlier_detection=limited
-            ) as channel:
-                await ready(channel, 5)
+            async with swept_by_hand(client, service, limited, busy=1) as (_, sweep):
                 # 5 hosts, 1 of them with 20 calls, all failed.
-                await _sweep_after(channel, 20)
-                assert ejected(channel) == expected
+                assert await sweep(20) == expected
 
 
 async def test_success_rate_counts_only_hosts_with_enough_calls(
     client: EtcdClient, service: str
 ) -> None:
     config = dataclasses.replace(
-        FAST,
-        interval=3600,
-        enforcing_consecutive_failures=0,
+        BY_HAND,
         success_rate_request_volume=10,
         success_rate_minimum_hosts=4,
         success_rate_stdev_factor=1.0,
@@ -355,12 +364,8 @@ async def test_success_rate_counts_only_hosts_with_enough_calls(
         by_address[0].fail_with = grpc.StatusCode.UNAVAILABLE
         # Three busy hosts of five are fewer than 4; four are enough.
         for busy, expected in ((3, set()), (4, {by_address[0].address})):
-            async with await resolve(
-                client, service, policy=_busy(busy), outlier_detection=config
-            ) as channel:
-                await ready(channel, 5)
-                await _sweep_after(channel, 12 * busy)
-                assert ejected(channel) == expected
+            async with swept_by_hand(client, service, config, busy) as (_, sweep):
+                assert await sweep(12 * busy) == expected
 
 
 async def test_success_rate_stdev_factor_sets_how_far_below_the_mean(
@@ -372,25 +377,16 @@ async def test_success_rate_stdev_factor_sets_how_far_below_the_mean(
         flaky = min(servers, key=lambda s: s.address)
         for factor, expected in ((3.0, set()), (1.9, {flaky.address})):
             config = dataclasses.replace(
-                FAST,
-                interval=3600,
-                enforcing_consecutive_failures=0,
-                success_rate_request_volume=10,
-                success_rate_stdev_factor=factor,
+                BY_HAND, success_rate_request_volume=10, success_rate_stdev_factor=factor
             )
-            async with await resolve(
-                client, service, policy=_busy(5), outlier_detection=config
-            ) as channel:
-                await ready(channel, 5)
+            async with swept_by_hand(client, service, config, busy=5) as (channel, sweep):
+                # Rounds of one call per host; the flaky one fails every other round.
                 for i in range(20):
                     flaky.fail_with = grpc.StatusCode.UNAVAILABLE if i % 2 else None
                     for _ in range(5):
                         await outcome(channel)
-                flaky.fail_with = None
-                await _sweep_after(channel, 0)
-                stats = channel.statistics().subchannels
-                assert stats[flaky.address].failures == 10
-                assert ejected(channel) == expected
+                assert channel.statistics().subchannels[flaky.address].failures == 10
+                assert await sweep(0) == expected
 
 
 async def test_partial_enforcing_ejects_that_share_of_detected_outliers() -> None:
