@@ -122,27 +122,38 @@ async def test_ejections_are_capped_and_never_take_the_last_endpoint(
 async def test_the_ejection_time_grows_with_each_ejection_and_decays(
     client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Sweeps far enough apart that the second ejection comes before the next one (which would
-    # take one off the multiplier).
-    config = dataclasses.replace(FAST, interval=0.4, base_ejection_time=0.3, max_ejection_time=0.5)
+    # Interval sweeps run by hand, at a time far enough ahead that any ejection is over: what
+    # happens at each interval does not depend on how fast the machine is.
+    config = dataclasses.replace(FAST, interval=3600, base_ejection_time=0.3, max_ejection_time=0.5)
     async with faulty_servers(3) as servers, registered(client, service, servers):
         async with await resolve(client, service, outlier_detection=config) as channel:
             await ready(channel, 3)
+            detector = channel._pool._detector
+            assert detector is not None
+
+            def interval_ends() -> None:
+                assert detector is not None
+                detector.sweep(time.monotonic() + 60)
+
             bad = servers[0]
-            bad.fail_with = grpc.StatusCode.UNAVAILABLE
             with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
                 for _ in range(2):
-                    # Ejected, back, ejected again at once: 0.3 s, then 0.6 s capped at 0.5 s.
-                    async with calling(channel):
-                        await until(lambda: bool(ejected(channel)))
-                    await until(lambda: not ejected(channel), timeout=5)
-                bad.fail_with = None
+                    # Ejected (its fifth failure in a row), back at the next interval, ejected
+                    # again before another: 0.3 s, then 0.6 s capped at 0.5 s.
+                    bad.fail_with = grpc.StatusCode.UNAVAILABLE
+                    for _ in range(15):
+                        await outcome(channel)
+                    assert ejected(channel) == {bad.address}
+                    interval_ends()
+                    assert ejected(channel) == set()
                 # Two intervals in service bring the multiplier from 2 back to 0.
-                async with calling(channel):
-                    await anyio.sleep(2.5 * config.interval)
+                bad.fail_with = None
+                interval_ends()
+                interval_ends()
                 bad.fail_with = grpc.StatusCode.UNAVAILABLE
-                async with calling(channel):
-                    await until(lambda: bool(ejected(channel)))
+                for _ in range(15):
+                    await outcome(channel)
+                assert ejected(channel) == {bad.address}
     durations = [
         r.getMessage().split(" ejected for ")[1].split(" s ")[0]
         for r in caplog.records
