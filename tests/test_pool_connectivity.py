@@ -9,6 +9,7 @@ gRPC's own ``connectivity_test`` does for grpc.aio.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -17,9 +18,18 @@ import grpc
 import grpc.aio
 import pytest
 
-from aiodiscovery import Endpoint, EndpointManager, EtcdClient, resolve
+from aiodiscovery import (
+    Endpoint,
+    EndpointManager,
+    EtcdClient,
+    MassRemovalProtection,
+    Update,
+    resolve,
+)
 from aiodiscovery.testing import TcpProxy
 
+from .faulty_servers import faulty_servers
+from .faulty_servers import registered as faulty_registered
 from .helpers import until
 from .servers import EchoServer, method
 from .test_pool import echo_servers, registered
@@ -252,3 +262,51 @@ async def test_a_bad_idle_timeout_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=r"grpc\.client_idle_timeout_ms must be a whole number"):
         await resolve(client, service, options=[("grpc.client_idle_timeout_ms", value)])
+
+
+async def test_going_idle_ends_health_watches_and_the_next_call_waits_for_an_answer(
+    client: EtcdClient, service: str
+) -> None:
+    short = [("grpc.client_idle_timeout_ms", 200)]
+    async with faulty_servers(2) as servers, faulty_registered(client, service, servers):
+        async with await resolve(client, service, health_check="", options=short) as channel:
+            assert channel.statistics().by_health() == {"PENDING": 2}
+            assert await channel.unary_unary(method("Unary"))(b"x")
+            await until(lambda: [s.watchers() for s in servers] == [1, 1])
+            await until(lambda: channel.get_state() is _State.IDLE)
+            # Every connection closed, the health streams with them; no verdict is kept.
+            await until(lambda: [s.watchers() for s in servers] == [0, 0])
+            assert channel.statistics().by_health() == {"PENDING": 2}
+            assert channel.statistics().by_state() == {"IDLE": 2}
+            # A call made now waits for the first SERVING, as at start.
+            assert await channel.unary_unary(method("Unary"))(b"y", timeout=10)
+            assert channel.get_state() is _State.READY
+
+
+async def test_the_channel_stays_connected_while_mass_removal_protection_keeps_endpoints(
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    em = EndpointManager(client, service)
+    protection = MassRemovalProtection(grace=1.0)
+    short = [("grpc.client_idle_timeout_ms", 100)]
+    async with echo_servers(2) as servers:
+        for server in servers:
+            await em.add_endpoint(f"{service}/{server.name}", Endpoint(server.address))
+        channel = await resolve(client, service, mass_removal=protection, options=short)
+        async with channel:
+            with caplog.at_level(logging.INFO, logger="aiodiscovery.pool"):
+                assert await channel.unary_unary(method("Unary"))(b"x")
+                await until(lambda: channel.statistics().by_state() == {"READY": 2})
+                await em.update([Update.delete(f"{service}/{s.name}") for s in servers])
+                await until(lambda: channel.statistics().mass_removals == 1)
+                # Once protection ends, nothing holds the channel connected any more.
+                await until(
+                    lambda: any(
+                        "IDLE, connections closed" in r.getMessage() for r in caplog.records
+                    )
+                )
+            messages = [r.getMessage() for r in caplog.records]
+            ended = next(i for i, m in enumerate(messages) if "protection ends" in m)
+            idle = [i for i, m in enumerate(messages) if ": IDLE, connections closed" in m]
+            # Many idle timeouts passed while the endpoints were kept: none closed them.
+            assert idle and all(i > ended for i in idle), messages
