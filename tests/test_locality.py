@@ -147,3 +147,16 @@ async def test_spill_threshold_sets_how_much_of_the_zone_must_be_healthy(
             )
             assert not spilling(default)
             assert await answered_by(default) == {"a2", "a3"}
+
+
+async def test_an_idle_channel_keeps_its_zone(client: EtcdClient, service: str) -> None:
+    zones = {"a1": "zone=a", "b1": "zone=b"}
+    async with zoned(client, service, zones) as servers:
+        short = [("grpc.client_idle_timeout_ms", 100)]
+        async with await resolve(client, service, zone="a", options=short) as channel:
+            assert await answered_by(channel) == {"a1"}
+            await until(lambda: channel.get_state() is grpc.ChannelConnectivity.IDLE)
+            # No connection is no failure: the zone is not given up for being IDLE.
+            await until(lambda: channel.statistics().by_state() == {"IDLE": 1})
+            assert not spilling(channel) and held(channel, servers) == {"a1"}
+            assert await answered_by(channel) == {"a1"}
