@@ -149,6 +149,8 @@ async def sample_pool(channel: BalancedChannel, recorder: Recorder, period: floa
 async def wait_ready(channel: BalancedChannel, count: int) -> None:
     """Wait until ``count`` subchannels are READY."""
     # channel_ready() returns once any subchannel is READY; the soak starts with all of them.
+    # The channel starts IDLE, as grpc's do: connect it first.
+    channel.get_state(try_to_connect=True)
     with anyio.fail_after(_READY_TIMEOUT):
         while channel.statistics().by_state().get("READY", 0) < count:  # noqa: ASYNC110
             await anyio.sleep(0.02)

@@ -306,7 +306,9 @@ def spread(before: Sequence[int], after: Sequence[int]) -> str:
 
 async def wait_all_ready(channel: BalancedChannel, count: int, timeout: float = 10) -> None:
     # channel_ready() returns once any subchannel is READY, and nothing public signals "all of
-    # them"; a fair round needs all of them, and this runs once, before any measurement.
+    # them"; a fair round needs all of them, and this runs once, before any measurement. The
+    # channel starts IDLE, as grpc's do: connect it first.
+    channel.get_state(try_to_connect=True)
     with anyio.fail_after(timeout):
         while channel.statistics().by_state().get("READY", 0) < count:  # noqa: ASYNC110
             await anyio.sleep(0.02)

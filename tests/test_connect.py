@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 
 import aiodiscovery
-from aiodiscovery import Endpoint, EndpointManager, EtcdUnavailableError
+from aiodiscovery import Endpoint, EndpointManager, EtcdUnavailableError, Watcher
 from aiodiscovery._etcd.urls import parse_urls
 from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
 
-from .helpers import until_accepted
+from .helpers import until, until_accepted
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +100,30 @@ async def test_fails_over_when_the_member_in_use_dies(service: str) -> None:
             assert set(await em.list_endpoints()) == {f"{service}/before", f"{service}/after"}
         finally:
             await client.close()
+
+
+async def test_heartbeat_is_how_long_a_watched_member_may_stay_silent(
+    service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A member of its own to freeze: the session's etcd serves every other test.
+    async with EtcdServer() as etcd:
+        client = await aiodiscovery.connect(etcd.url, heartbeat=0.3)
+        try:
+            async with Watcher(client, service) as watcher:
+                assert watcher.snapshot is not None
+                with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
+                    etcd.stop()
+                    try:
+                        # Silent past a heartbeat, unanswered for another: given up, saying so.
+                        await until(
+                            lambda: any(
+                                "no answer within 0.3 s" in r.getMessage() for r in caplog.records
+                            ),
+                            timeout=10,
+                        )
+                    finally:
+                        etcd.resume()
+        finally:
+            await client.close()
+    with pytest.raises(ValueError, match="heartbeat must be positive"):
+        await aiodiscovery.connect("http://127.0.0.1:1", heartbeat=0)

@@ -23,6 +23,7 @@ from aiodiscovery import (
     Update,
     decode_endpoint,
     encode_endpoint,
+    encode_metadata,
     parse_target,
 )
 from aiodiscovery._codec.decoder import (
@@ -558,3 +559,25 @@ def test_parse_target_rejects_with_a_clear_message(target: str, message: str) ->
     with pytest.raises(ValueError, match="valid target looks like") as info:
         parse_target(target)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, "zone=a", {"b": 1, "a": [True, None, 1.5]}, "<&>\u2028", 1e21, -0.0],
+)
+def test_encode_metadata_is_the_metadata_field_of_an_encoded_endpoint(metadata: Any) -> None:
+    # encode_endpoint is checked byte for byte against Go (tests/interop); this is its field.
+    record = encode_endpoint(Endpoint("a:1", metadata)).decode()
+    assert record == f'{{"Op":0,"Addr":"a:1","Metadata":{encode_metadata(metadata)}}}'
+
+
+def test_encode_metadata_writes_as_go_does() -> None:
+    assert encode_metadata({"b": 1, "a": "<x>"}) == '{"a":"\\u003cx\\u003e","b":1}'
+    assert encode_metadata(None) == "null"
+    deep: Any = "leaf"
+    for _ in range(MAX_DEPTH - 1):
+        deep = [deep]
+    assert encode_metadata(deep) == "[" * (MAX_DEPTH - 1) + '"leaf"' + "]" * (MAX_DEPTH - 1)
+    for bad in (math.nan, math.inf, 2**1100, "\ud800"):
+        with pytest.raises((ValueError, TypeError)):
+            encode_metadata(bad)

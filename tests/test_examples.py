@@ -122,6 +122,7 @@ async def test_greeter_server_sigterm_drops_no_call(etcd: EtcdServer, service: s
                         for address in addresses
                     )
 
+                channel.get_state(try_to_connect=True)
                 await until(both_ready)
                 say_hello = channel.unary_unary("/demo.Greeter/SayHello")
                 replies: Counter[str] = Counter()

@@ -309,6 +309,7 @@ async def test_a_report_stream_that_ends_is_opened_again(client: EtcdClient, ser
     ):
         a.reports_per_stream = 1
         async with await resolve(client, service, policy=QUICK) as channel:
+            channel.get_state(try_to_connect=True)
             await until(lambda: a.streams >= 3)
             # On the same connection all along: one stream at a time, each after a backoff.
             assert b.streams == 1
@@ -462,6 +463,7 @@ async def test_least_request_spreads_concurrent_calls(client: EtcdClient, servic
         registered(client, service, [a, b]),
     ):
         async with await resolve(client, service, policy="least_request") as channel:
+            channel.get_state(try_to_connect=True)  # it starts IDLE
             await until(lambda: channel.statistics().by_state().get("READY") == 2)
             held = [channel.unary_unary(method("Hold"))(b"h") for _ in range(20)]
             await until(lambda: a.holding + b.holding == 20)

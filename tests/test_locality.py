@@ -70,7 +70,7 @@ async def test_calls_stay_in_the_zone_spill_over_and_come_back(
         channel = await resolve(client, service, zone="a")
         async with channel:
             assert held(channel, servers) == {"a1", "a2"}
-            await until(lambda: channel.get_state() is grpc.ChannelConnectivity.READY)
+            await until(lambda: channel.get_state(True) is grpc.ChannelConnectivity.READY)
             assert await answered_by(channel) == {"a1", "a2"}
             selection = channel.statistics().selection
             assert selection is not None and (selection.zone, selection.local) == ("a", 2)
@@ -121,7 +121,7 @@ async def test_the_subset_is_drawn_within_the_zone(client: EtcdClient, service: 
             assert 2 <= len(chosen) <= 3 and all(name.startswith("b") for name in chosen)
             selection = channel.statistics().selection
             assert selection is not None and (selection.endpoints, selection.local) == (8, 4)
-            await until(lambda: channel.get_state() is grpc.ChannelConnectivity.READY)
+            await until(lambda: channel.get_state(True) is grpc.ChannelConnectivity.READY)
             assert await answered_by(channel) <= chosen
 
 
@@ -132,6 +132,7 @@ async def test_the_zone_replaces_its_own_first_and_spilling_keeps_the_size(
     zones |= {f"b{i}": "zone=b" for i in range(4)}
     async with zoned(client, service, zones) as servers:
         async with await resolve(client, service, zone="b", subset_size=2, client_id=1) as channel:
+            channel.get_state(try_to_connect=True)  # it starts IDLE
 
             def ready() -> set[str]:
                 by_address = {s.address: name for name, s in servers.items()}
@@ -161,3 +162,40 @@ async def test_the_zone_replaces_its_own_first_and_spilling_keeps_the_size(
             assert {name[0] for name in ready()} == {"a"}
             answered = await answered_by(channel)
             assert len(answered) == 2 and all(name.startswith("a") for name in answered)
+
+
+async def test_spill_threshold_sets_how_much_of_the_zone_must_be_healthy(
+    client: EtcdClient, service: str
+) -> None:
+    zones = {"a1": "zone=a", "a2": "zone=a", "a3": "zone=a", "b1": "zone=b"}
+    async with zoned(client, service, zones) as servers:
+        # Two of three healthy (0.67): enough for the default 0.5, not for 0.8.
+        default = await resolve(client, service, zone="a")
+        strict = await resolve(client, service, zone="a", spill_threshold=0.8)
+        async with default, strict:
+            for channel in (default, strict):
+                await until(lambda c=channel: c.get_state(True) is grpc.ChannelConnectivity.READY)
+                assert not spilling(channel)
+            await servers["a1"].stop(None)
+            await until(lambda: spilling(strict))
+            await until(lambda: "b1" in held(strict, servers))
+            assert await answered_by(strict) <= {"a2", "a3", "b1"}
+            # The default channel saw the same failure and stays in its zone.
+            await until(
+                lambda: default.statistics().subchannels[servers["a1"].address].state != "READY"
+            )
+            assert not spilling(default)
+            assert await answered_by(default) == {"a2", "a3"}
+
+
+async def test_an_idle_channel_keeps_its_zone(client: EtcdClient, service: str) -> None:
+    zones = {"a1": "zone=a", "b1": "zone=b"}
+    async with zoned(client, service, zones) as servers:
+        short = [("grpc.client_idle_timeout_ms", 100)]
+        async with await resolve(client, service, zone="a", options=short) as channel:
+            assert await answered_by(channel) == {"a1"}
+            await until(lambda: channel.get_state() is grpc.ChannelConnectivity.IDLE)
+            # No connection is no failure: the zone is not given up for being IDLE.
+            await until(lambda: channel.statistics().by_state() == {"IDLE": 1})
+            assert not spilling(channel) and held(channel, servers) == {"a1"}
+            assert await answered_by(channel) == {"a1"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 
 import pytest
@@ -200,3 +202,25 @@ async def test_large_values_never_make_a_list_outgrow_a_grpc_message(
     assert endpoints[f"{service}/big5"].metadata == big
     async with Watcher(client, service) as watcher:
         assert len(watcher.snapshot) == 7
+
+
+async def test_list_batch_is_one_revision_of_adds_with_their_leases(
+    etcd: EtcdServer, client: EtcdClient, service: str
+) -> None:
+    em = EndpointManager(client, service)
+    lease = int(etcd.etcdctl("lease", "grant", "60").split()[1], 16)
+    await em.add_endpoint(f"{service}/b", Endpoint("b:1", "m"), lease=lease)
+    await em.add_endpoint(f"{service}/a", Endpoint("a:1"))
+    await client.put(f"{service}/c-bad".encode(), b"not json")
+    header = json.loads(etcd.etcdctl("get", f"{service}/a", "-w", "json"))["header"]
+    batch = await em.list_batch()
+    assert batch.relist and batch.revision == header["revision"]
+    # Key order, adds only, each with the lease it was written with; the bad value is skipped.
+    assert batch.updates == [
+        Update.add(f"{service}/a", Endpoint("a:1")),
+        Update.add(f"{service}/b", Endpoint("b:1", "m"), lease=lease),
+    ]
+    # What watch_batches() yields first is the same batch.
+    async with contextlib.aclosing(em.watch_batches()) as batches:
+        first = await anext(batches)
+    assert (first.revision, first.updates) == (batch.revision, batch.updates)

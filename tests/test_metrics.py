@@ -60,6 +60,21 @@ async def test_watches_registrars_and_the_client_are_reported(
 ) -> None:
     em = EndpointManager(client, service)
     await em.add_endpoint(f"{service}/a", Endpoint(f"127.0.0.1:{free_port()}"))
+    other = f"{service}-other"
+    # A watch and a registrar of another service outlive this one's: their points show that the
+    # metrics are still collected once this one's are gone.
+    async with (
+        Watcher(client, other) as staying,
+        Registrar(client, other, f"127.0.0.1:{free_port()}", ttl=5),
+    ):
+        while len(staying.snapshot) != 1:
+            await staying.wait_for_change()
+        await _reported_until_closed(reader, client, service)
+
+
+async def _reported_until_closed(
+    reader: InMemoryMetricReader, client: EtcdClient, service: str
+) -> None:
     async with (
         Watcher(client, service) as watcher,
         Registrar(client, service, f"127.0.0.1:{free_port()}", ttl=5) as reg,
@@ -92,17 +107,12 @@ async def test_watches_registrars_and_the_client_are_reported(
             )
             == 1
         )
-    # Closed registrars and watches are no longer reported.
+    # Closed registrars and watches are no longer reported; the other service's still are.
     found = points(reader)
-    prefix = f"{service}/"
-    assert all(
-        a.get("aiodiscovery.target") != prefix
-        for _, a in found.get("aiodiscovery.watch.endpoints", [])
-    )
-    assert all(
-        a.get("aiodiscovery.target") != prefix
-        for _, a in found.get("aiodiscovery.registrar.state", [])
-    )
+    for name in ("aiodiscovery.watch.endpoints", "aiodiscovery.registrar.state"):
+        targets = {a.get("aiodiscovery.target") for _, a in found.get(name, [])}
+        assert f"{service}-other/" in targets, (name, targets)
+        assert f"{service}/" not in targets, (name, targets)
 
 
 def test_names_follow_the_conventions() -> None:

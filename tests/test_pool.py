@@ -63,7 +63,8 @@ async def registered(
 
 
 async def ready(channel: BalancedChannel, count: int, timeout: float = 10) -> None:
-    """Wait until ``count`` subchannels are READY."""
+    """Connect the channel (it starts IDLE) and wait until ``count`` subchannels are READY."""
+    channel.get_state(try_to_connect=True)
     await until(lambda: channel.statistics().by_state().get("READY", 0) == count, timeout)
 
 
@@ -403,7 +404,9 @@ async def test_every_call_type_behaves_as_on_a_plain_channel(
 
 async def test_no_endpoint_fails_fast_or_waits_for_ready(client: EtcdClient, service: str) -> None:
     async with await resolve(client, service) as channel:
-        assert channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        # IDLE, as an unconnected grpc channel; connecting finds nothing to connect to.
+        assert channel.get_state() is grpc.ChannelConnectivity.IDLE
+        assert channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call(channel)
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE

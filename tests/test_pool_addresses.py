@@ -309,7 +309,7 @@ async def test_one_endpoint_cannot_stop_the_pool(caplog: pytest.LogCaptureFixtur
                     raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
                 return super().dial(address, options)
 
-        pool = Pool("svc", OneUndialable(drain_timeout=1))
+        pool = Pool("svc", OneUndialable(drain_timeout=1, eager=True))
         feed = Feed()
         await tg.start(pool.serve, feed)
         with caplog.at_level(logging.WARNING, logger="aiodiscovery"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import sys
 import time
@@ -99,7 +100,7 @@ async def callers(channel: grpc.aio.Channel) -> AsyncIterator[Record]:
 @dataclass
 class Crash:
     """What happened around one SIGKILL: when, the victim's calls in flight then, and when the
-    pool saw its connection leave READY."""
+    pool itself saw its connection leave READY (its log line's time, on the monotonic clock)."""
 
     record: Record
     killed: float
@@ -109,7 +110,10 @@ class Crash:
 
 
 async def kill_one_under_load(
-    client: EtcdClient, service: str, options: list[tuple[str, str]]
+    client: EtcdClient,
+    service: str,
+    options: list[tuple[str, str]],
+    caplog: pytest.LogCaptureFixture,
 ) -> Crash:
     """Three servers, 32 callers, SIGKILL one, under load."""
     em = EndpointManager(client, service)
@@ -126,19 +130,23 @@ async def kill_one_under_load(
                 # kill, nor before the process is gone.
                 in_flight = channel.statistics().subchannels[address].in_flight
                 killed = time.monotonic()
-                victim.signal(signal.SIGKILL)
-                victim.popen.wait(10)
-                await until(lambda: channel.statistics().subchannels[address].state != "READY")
-                noticed = time.monotonic()
+                with caplog.at_level(logging.INFO, logger="aiodiscovery.pool"):
+                    victim.signal(signal.SIGKILL)
+                    victim.popen.wait(10)
+                    lost = f"endpoint {address}: connection lost"
+                    await until(lambda: any(lost in r.getMessage() for r in caplog.records))
+                # Log records carry wall-clock times; the calls, monotonic ones.
+                seen = next(r for r in caplog.records if lost in r.getMessage()).created
+                noticed = seen - time.time() + time.monotonic()
                 target = record.replies + 600
                 await until(lambda: record.replies > target, timeout=30)
     return Crash(record, killed, in_flight, noticed, channel)
 
 
 async def test_without_a_policy_only_the_calls_in_flight_on_it_fail(
-    client: EtcdClient, service: str
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    crash = await kill_one_under_load(client, service, [])
+    crash = await kill_one_under_load(client, service, [], caplog)
     failures = crash.record.failures()
     details = [(f.code(), f.details()) for _, f in failures]
     # Calls picked for it after it died and never sent went to another server.
@@ -146,17 +154,21 @@ async def test_without_a_policy_only_the_calls_in_flight_on_it_fail(
     # Calls grpc wrote onto the dead connection before reading its end ("Socket closed") may
     # have reached a server as far as the client can tell: they fail, as on any channel. So
     # the failures are the calls in flight at the kill, and calls started after it only until
-    # the pool saw the connection break: none later.
+    # the pool saw the connection break: none later, and at most one per caller (a caller's
+    # failed call is answered once grpc has read the connection's end).
     late = [started for started, _ in failures if started >= crash.killed]
     assert all(started < crash.noticed for started in late), details
+    assert len(late) <= CALLERS, details
     assert len(failures) - len(late) <= crash.in_flight, (crash.in_flight, details)
     assert {code for code, _ in details} <= {grpc.StatusCode.UNAVAILABLE}, details
     assert crash.channel.statistics().retries == 0
 
 
-async def test_with_a_retry_policy_no_call_fails(client: EtcdClient, service: str) -> None:
+async def test_with_a_retry_policy_no_call_fails(
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
     options = [("grpc.service_config", RETRY_ON_UNAVAILABLE)]
-    crash = await kill_one_under_load(client, service, options)
+    crash = await kill_one_under_load(client, service, options, caplog)
     assert crash.record.failures() == []
     assert crash.in_flight > 0
     # Its calls in flight (those whose answer was not on its way already) went elsewhere.

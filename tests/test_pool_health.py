@@ -30,7 +30,8 @@ def health(channel: BalancedChannel, server: FaultyServer) -> str | None:
 
 
 async def healthy(channel: BalancedChannel, count: int, timeout: float = 10) -> None:
-    """Wait until ``count`` subchannels are READY and SERVING."""
+    """Connect the channel and wait until ``count`` subchannels are READY and SERVING."""
+    channel.get_state(try_to_connect=True)
 
     def serving() -> int:
         subs = channel.statistics().subchannels.values()
@@ -89,6 +90,7 @@ async def test_no_healthy_endpoint_fails_fast_or_waits_for_ready(
             await server.set_health(NOT_SERVING)
         async with registered(client, service, servers):
             async with await resolve(client, service, health_check="") as channel:
+                channel.get_state(try_to_connect=True)
                 await until(lambda: channel.statistics().by_health() == {"NOT_SERVING": 2})
                 assert channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
                 with anyio.fail_after(2), pytest.raises(grpc.aio.AioRpcError) as info:
@@ -98,10 +100,12 @@ async def test_no_healthy_endpoint_fails_fast_or_waits_for_ready(
                     f"no usable endpoint of {service!r}: 2 NOT_SERVING (health check)"
                 )
                 waiting = channel.unary_unary(method("Unary"))(b"w", wait_for_ready=True)
-                await anyio.sleep(0.1)
+                # Only a health answer can launch it: none has reached a server so far.
                 assert not waiting.done()
+                assert [s.calls for s in servers] == [0, 0]
                 await servers[0].set_health(SERVING)
                 assert await waiting == b"s0:w"
+                assert [s.calls for s in servers] == [1, 0]
                 with anyio.fail_after(5):
                     await channel.channel_ready()
                 assert servers[1].calls == 0
@@ -116,7 +120,8 @@ async def test_calls_made_at_once_wait_for_the_first_health_answers(
             # No answer has come yet: the calls wait for one instead of failing, as grpc
             # queues a call while its subchannel connects.
             assert channel.statistics().by_health() == {"PENDING": 2}
-            assert channel.get_state() is grpc.ChannelConnectivity.CONNECTING
+            assert channel.get_state() is grpc.ChannelConnectivity.IDLE
+            assert channel.get_state(True) is grpc.ChannelConnectivity.CONNECTING
             replies = await asyncio.gather(*(call(channel, timeout=10) for _ in range(4)))
             assert set(where(replies)) <= {"s0", "s1"}
         # A service no server knows is not SERVING anywhere: calls made at once fail as soon

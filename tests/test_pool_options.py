@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -233,13 +234,15 @@ async def test_wait_for_state_change_follows_the_endpoints(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(follow)
-        await until(lambda: states == [grpc.ChannelConnectivity.TRANSIENT_FAILURE])
+        await until(lambda: states == [grpc.ChannelConnectivity.IDLE])
+        channel.get_state(try_to_connect=True)
+        await until(lambda: states[-1] is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
         async with echo_servers(1) as [server], registered(client, service, [server]):
             await until(lambda: states[-1] is grpc.ChannelConnectivity.READY)
             await channel.close()
-    assert states[0] is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    assert states[:2] == [grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.TRANSIENT_FAILURE]
     assert states[-2:] == [grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN]
-    assert set(states[1:-2]) <= {grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING}
+    assert set(states[2:-2]) <= {grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING}
 
 
 async def test_pick_first_follows_key_order_and_fails_over(
@@ -266,3 +269,70 @@ async def test_pick_first_follows_key_order_and_fails_over(
                 )
             )
             assert where([await call(channel) for _ in range(10)]) == {"s1": 10}
+
+
+class DeadlineServer:
+    """Answers ``Unary`` after failing the first ``fail_first`` attempts with UNAVAILABLE (and
+    a pushback of 300 ms: the retry waits that long exactly), and records the time each attempt
+    had left (its deadline, as the server saw it)."""
+
+    def __init__(self, fail_first: int) -> None:
+        self.fail_first = fail_first
+        self.remaining: list[float | None] = []
+        self.server = grpc.aio.server()
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{self.port}"
+        handler = grpc.unary_unary_rpc_method_handler(self._unary)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"Unary": handler}),)
+        )
+
+    async def _unary(self, request: bytes, context: Any) -> bytes:
+        self.remaining.append(context.time_remaining())
+        if len(self.remaining) <= self.fail_first:
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", "300"),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+        return request
+
+
+async def test_the_method_config_timeout_is_one_deadline_across_attempts(
+    client: EtcdClient, service: str
+) -> None:
+    config = {
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE}],
+                "timeout": "5s",
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "0.2s",
+                    "backoffMultiplier": 1,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    options = [("grpc.service_config", json.dumps(config))]
+    backend = DeadlineServer(fail_first=2)
+    await backend.server.start()
+    try:
+        async with (
+            Registrar(client, service, backend.address, ttl=5),
+            await resolve(client, service, options=options) as channel,
+        ):
+            assert await channel.unary_unary(method("Unary"))(b"x") == b"x"
+            first, second, third = backend.remaining
+            # Each attempt gets what is left of the one deadline, not 5 s of its own: 300 ms
+            # less each time (grpc rounds the deadline it sends by a few milliseconds).
+            assert first is not None and second is not None and third is not None
+            assert 4.5 < first < 5.1
+            assert first - second > 0.25 and second - third > 0.25
+            # A shorter timeout of the call's own wins over the method config's.
+            backend.remaining.clear()
+            backend.fail_first = 0
+            assert await channel.unary_unary(method("Unary"))(b"y", timeout=1) == b"y"
+            # (grpc rounds the deadline it sends up: a little over 1 s, far below 5.)
+            assert backend.remaining[0] is not None and backend.remaining[0] < 2
+    finally:
+        await backend.server.stop(None)

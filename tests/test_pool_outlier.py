@@ -5,14 +5,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
 import grpc
 import grpc.aio
 import pytest
 
-from aiodiscovery import BalancedChannel, EtcdClient, OutlierDetection, resolve
+from aiodiscovery import (
+    BalancedChannel,
+    EtcdClient,
+    OutlierDetection,
+    Picker,
+    SubchannelView,
+    resolve,
+)
+from aiodiscovery._balancer.subchannel import Subchannel, Tally
+from aiodiscovery._logsafe import Labelled
+from aiodiscovery._resilience.outlier import OutlierDetector
+from aiodiscovery.testing import free_port
 
 from .faulty_servers import NOT_SERVING, FaultyServer, faulty_servers, registered
 from .helpers import until
@@ -110,27 +122,38 @@ async def test_ejections_are_capped_and_never_take_the_last_endpoint(
 async def test_the_ejection_time_grows_with_each_ejection_and_decays(
     client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Sweeps far enough apart that the second ejection comes before the next one (which would
-    # take one off the multiplier).
-    config = dataclasses.replace(FAST, interval=0.4, base_ejection_time=0.3, max_ejection_time=0.5)
+    # Interval sweeps run by hand, at a time far enough ahead that any ejection is over: what
+    # happens at each interval does not depend on how fast the machine is.
+    config = dataclasses.replace(FAST, interval=3600, base_ejection_time=0.3, max_ejection_time=0.5)
     async with faulty_servers(3) as servers, registered(client, service, servers):
         async with await resolve(client, service, outlier_detection=config) as channel:
             await ready(channel, 3)
+            detector = channel._pool._detector
+            assert detector is not None
+
+            def interval_ends() -> None:
+                assert detector is not None
+                detector.sweep(time.monotonic() + 60)
+
             bad = servers[0]
-            bad.fail_with = grpc.StatusCode.UNAVAILABLE
             with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
                 for _ in range(2):
-                    # Ejected, back, ejected again at once: 0.3 s, then 0.6 s capped at 0.5 s.
-                    async with calling(channel):
-                        await until(lambda: bool(ejected(channel)))
-                    await until(lambda: not ejected(channel), timeout=5)
-                bad.fail_with = None
+                    # Ejected (its fifth failure in a row), back at the next interval, ejected
+                    # again before another: 0.3 s, then 0.6 s capped at 0.5 s.
+                    bad.fail_with = grpc.StatusCode.UNAVAILABLE
+                    for _ in range(15):
+                        await outcome(channel)
+                    assert ejected(channel) == {bad.address}
+                    interval_ends()
+                    assert ejected(channel) == set()
                 # Two intervals in service bring the multiplier from 2 back to 0.
-                async with calling(channel):
-                    await anyio.sleep(2.5 * config.interval)
+                bad.fail_with = None
+                interval_ends()
+                interval_ends()
                 bad.fail_with = grpc.StatusCode.UNAVAILABLE
-                async with calling(channel):
-                    await until(lambda: bool(ejected(channel)))
+                for _ in range(15):
+                    await outcome(channel)
+                assert ejected(channel) == {bad.address}
     durations = [
         r.getMessage().split(" ejected for ")[1].split(" s ")[0]
         for r in caplog.records
@@ -266,3 +289,182 @@ async def test_a_lone_server_is_never_ejected(client: EtcdClient, service: str) 
             results = [await outcome(channel) for _ in range(12)]
             assert results == [grpc.StatusCode.UNAVAILABLE] * 12
             assert ejected(channel) == set()
+
+
+class _Busy(Picker[SubchannelView]):
+    """Sends every call to the first ``busy`` usable subchannels in turn: only they get traffic."""
+
+    busy = 1
+
+    def __init__(self) -> None:
+        self._subs: Sequence[SubchannelView] = ()
+        self._next = 0
+
+    def update(self, subchannels: Sequence[SubchannelView]) -> None:
+        self._subs = sorted(subchannels, key=lambda s: s.address)[: self.busy]
+
+    def pick(self) -> SubchannelView:
+        self._next = (self._next + 1) % len(self._subs)
+        return self._subs[self._next]
+
+
+def _busy(count: int) -> Callable[[], Picker[SubchannelView]]:
+    return type(f"Busy{count}", (_Busy,), {"busy": count})
+
+
+# Sweeps run by hand (swept_by_hand): the detector's own interval is an hour.
+BY_HAND = dataclasses.replace(FAST, interval=3600, enforcing_consecutive_failures=0)
+
+
+@contextlib.asynccontextmanager
+async def swept_by_hand(
+    client: EtcdClient, service: str, config: OutlierDetection, busy: int
+) -> AsyncIterator[tuple[BalancedChannel, Callable[[int], Awaitable[set[str]]]]]:
+    """A channel over five registered hosts whose calls go to the first ``busy`` of them, and
+    ``sweep(calls)``: make that many calls, run one interval's sweep now, return the ejected
+    addresses."""
+    async with await resolve(
+        client, service, policy=_busy(busy), outlier_detection=config
+    ) as channel:
+        await ready(channel, 5)
+
+        async def sweep(calls: int) -> set[str]:
+            for _ in range(calls):
+                await outcome(channel)
+            detector = channel._pool._detector
+            assert detector is not None
+            detector.sweep(time.monotonic())
+            return ejected(channel)
+
+        yield channel, sweep
+
+
+async def test_failure_percentage_counts_only_hosts_with_enough_calls(
+    client: EtcdClient, service: str
+) -> None:
+    # A50: the check runs only if at least failure_percentage_minimum_hosts hosts had
+    # failure_percentage_request_volume calls in the interval; registered hosts do not count.
+    config = dataclasses.replace(
+        BY_HAND,
+        enforcing_success_rate=0,
+        enforcing_failure_percentage=100,
+        failure_percentage_request_volume=10,
+    )
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        for server in servers:
+            server.fail_with = grpc.StatusCode.UNAVAILABLE
+        first = min(s.address for s in servers)
+        for minimum, expected in ((5, set()), (1, {first})):
+            limited = dataclasses.replace(config, failure_percentage_minimum_hosts=minimum)
+            async with swept_by_hand(client, service, limited, busy=1) as (_, sweep):
+                # 5 hosts, 1 of them with 20 calls, all failed.
+                assert await sweep(20) == expected
+
+
+async def test_success_rate_counts_only_hosts_with_enough_calls(
+    client: EtcdClient, service: str
+) -> None:
+    config = dataclasses.replace(
+        BY_HAND,
+        success_rate_request_volume=10,
+        success_rate_minimum_hosts=4,
+        success_rate_stdev_factor=1.0,
+    )
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        by_address = sorted(servers, key=lambda s: s.address)
+        by_address[0].fail_with = grpc.StatusCode.UNAVAILABLE
+        # Three busy hosts of five are fewer than 4; four are enough.
+        for busy, expected in ((3, set()), (4, {by_address[0].address})):
+            async with swept_by_hand(client, service, config, busy) as (_, sweep):
+                assert await sweep(12 * busy) == expected
+
+
+async def test_success_rate_stdev_factor_sets_how_far_below_the_mean(
+    client: EtcdClient, service: str
+) -> None:
+    # Five hosts with traffic, one failing half its calls: rates 1, 1, 1, 1, 0.5; mean 0.9,
+    # standard deviation 0.2. Ejected below 0.9 - 1.9 x 0.2 = 0.52; not below 0.9 - 3 x 0.2.
+    async with faulty_servers(5) as servers, registered(client, service, servers):
+        flaky = min(servers, key=lambda s: s.address)
+        for factor, expected in ((3.0, set()), (1.9, {flaky.address})):
+            config = dataclasses.replace(
+                BY_HAND, success_rate_request_volume=10, success_rate_stdev_factor=factor
+            )
+            async with swept_by_hand(client, service, config, busy=5) as (channel, sweep):
+                # Rounds of one call per host; the flaky one fails every other round.
+                for i in range(20):
+                    flaky.fail_with = grpc.StatusCode.UNAVAILABLE if i % 2 else None
+                    for _ in range(5):
+                        await outcome(channel)
+                assert channel.statistics().subchannels[flaky.address].failures == 10
+                assert await sweep(0) == expected
+
+
+async def test_partial_enforcing_ejects_that_share_of_detected_outliers() -> None:
+    # enforcing_* is a chance in percent: 400 detections at 50 % eject about 200 times (the
+    # bounds are seven standard deviations away: a false failure is not a practical concern).
+    trials = 400
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") for _ in range(3)]
+    try:
+        subs = [Subchannel(f"s{i}", None, ch) for i, ch in enumerate(channels)]
+        log = Labelled(logging.getLogger("aiodiscovery.pool"), "test")
+        unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+        ok = grpc.StatusCode.OK.value[0]
+
+        def run(config: OutlierDetection, detect: Callable[[OutlierDetector, float], None]) -> int:
+            detector = OutlierDetector(config, log, lambda: subs, lambda: None)
+            for sub in subs:
+                sub.tally = Tally()
+            ejections = 0
+            now = time.monotonic()
+            for _ in range(trials):
+                detect(detector, now)
+                tally = subs[0].tally
+                assert tally is not None
+                if tally.ejected_at is not None:
+                    ejections += 1
+                    # Its time is up: back at the next sweep.
+                    now += config.longest_ejection + 1
+                    detector.sweep(now)
+                    assert tally.ejected_at is None
+            return ejections
+
+        def streak(detector: OutlierDetector, now: float) -> None:
+            for _ in range(5):
+                detector.record(subs[0], unavailable)
+
+        def percentage(detector: OutlierDetector, now: float) -> None:
+            for _ in range(10):
+                detector.record(subs[0], unavailable)
+                for other in subs[1:]:
+                    detector.record(other, ok)
+            detector.sweep(now)
+
+        base = dataclasses.replace(
+            FAST,
+            enforcing_success_rate=0,
+            max_ejection_percent=50,
+            enforcing_consecutive_failures=0,
+        )
+        for enforcing, expected in ((0, (0, 0)), (100, (trials, trials)), (50, (130, 270))):
+            by_streak = run(
+                dataclasses.replace(base, enforcing_consecutive_failures=enforcing), streak
+            )
+            by_percentage = run(
+                dataclasses.replace(
+                    base,
+                    enforcing_failure_percentage=enforcing,
+                    failure_percentage_minimum_hosts=3,
+                    failure_percentage_request_volume=10,
+                ),
+                percentage,
+            )
+            low, high = expected
+            assert low <= by_streak <= high and low <= by_percentage <= high, (
+                enforcing,
+                by_streak,
+                by_percentage,
+            )
+    finally:
+        for channel in channels:
+            await channel.close()

@@ -17,6 +17,7 @@ from aiodiscovery import (
     EtcdClient,
     MassRemovalProtection,
     Registrar,
+    Update,
     resolve,
 )
 from aiodiscovery.testing import EtcdServer
@@ -176,3 +177,45 @@ async def test_one_of_two_servers_leaving_drains_at_once(client: EtcdClient, ser
             stats = channel.statistics()
             assert stats.mass_removals == 0 and stats.retained_for is None
             assert where([await call(channel) for _ in range(10)]) == {"s0": 10}
+
+
+async def test_mass_removal_threshold_and_window(client: EtcdClient, service: str) -> None:
+    em = EndpointManager(client, service)
+    async with echo_servers(4) as servers:
+        keys = [f"{service}/{s.name}" for s in servers]
+        for key, server in zip(keys, servers, strict=True):
+            await em.add_endpoint(key, Endpoint(server.address))
+        configs = {
+            "default": MassRemovalProtection(threshold=0.5, window=60),
+            "high threshold": MassRemovalProtection(threshold=0.8, window=60),
+            "no window": MassRemovalProtection(threshold=0.5, window=0),
+        }
+        channels = {
+            name: await resolve(client, service, mass_removal=c) for name, c in configs.items()
+        }
+        try:
+            for channel in channels.values():
+                await ready(channel, 4)
+
+            async def step(*updates: Update) -> None:
+                await em.update(list(updates))
+                revision = (await em.list_batch()).revision
+                for channel in channels.values():
+                    await until(lambda c=channel: c.statistics().revision >= revision)
+
+            # Two of four at once: not more than half, for every configuration.
+            await step(Update.delete(keys[0]), Update.delete(keys[1]))
+            assert {n: c.statistics().mass_removals for n, c in channels.items()} == dict.fromkeys(
+                channels, 0
+            )
+            # A third within the window: 3 of 4 is above 0.5, not above 0.8; without a window
+            # it is 1 of 2 on its own, not above 0.5.
+            await step(Update.delete(keys[2]))
+            assert {n: c.statistics().mass_removals for n, c in channels.items()} == {
+                "default": 1,
+                "high threshold": 0,
+                "no window": 0,
+            }
+        finally:
+            for channel in channels.values():
+                await channel.close()

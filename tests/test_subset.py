@@ -201,6 +201,7 @@ async def echo_servers(count: int) -> AsyncIterator[list[EchoServer]]:
 
 
 def all_ready(channel: aiodiscovery.BalancedChannel, count: int) -> bool:
+    channel.get_state(try_to_connect=True)  # it starts IDLE
     return channel.statistics().by_state().get("READY", 0) == count
 
 
@@ -224,6 +225,7 @@ async def test_a_pool_holds_its_subset_and_replaces_a_leaver(
             assert selection is not None and selection.endpoints == 6
             assert selection.subset is not None and len(selection.subset) == 2
             assert held(channel) == set(selection.subset)
+            channel.get_state(try_to_connect=True)
             await until(
                 lambda: channel.statistics().by_state().get("READY", 0) == len(held(channel))
             )
@@ -398,6 +400,7 @@ async def test_an_unhealthy_member_gets_a_stand_in_and_the_size_holds(
         async with await resolve(
             client, service, subset_size=3, client_id=2, health_check=""
         ) as channel:
+            channel.get_state(try_to_connect=True)  # it starts IDLE
 
             def serving() -> set[str]:
                 stats = channel.statistics().subchannels
@@ -428,6 +431,7 @@ async def test_a_stopped_member_gets_a_stand_in(client: EtcdClient, service: str
     async with faulty_servers(5) as servers, registered(client, service, servers):
         names = names_of(servers)
         async with await resolve(client, service, subset_size=2, client_id=0) as channel:
+            channel.get_state(try_to_connect=True)  # it starts IDLE
             await until(lambda: channel.statistics().by_state().get("READY", 0) == 2)
             subset = {names[a] for a in held(channel)}
             stopped = next(s for s in servers if s.name == sorted(subset)[0])
@@ -477,6 +481,7 @@ async def test_an_ejected_member_gets_a_stand_in(client: EtcdClient, service: st
         async with await resolve(
             client, service, subset_size=2, client_id=0, outlier_detection=detection
         ) as channel:
+            channel.get_state(try_to_connect=True)  # it starts IDLE
 
             def taking_calls() -> set[str]:
                 stats = channel.statistics().subchannels

@@ -121,6 +121,8 @@ class Subchannel:
         self.revision = 0
         # Fresh channels swapped in for this address (see renew()).
         self.reconnects = 0
+        # Whether it should hold a connection: false while the pool is IDLE (see connect()).
+        self.connecting = False
         # The background work that follows this subchannel (its connectivity, or its drain):
         # cancelled and replaced whenever that work changes.
         self.scope = anyio.CancelScope()
@@ -207,23 +209,32 @@ class Subchannel:
 
     # -- connectivity -----------------------------------------------------------------------
 
-    def renew(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
+    def connect(self) -> None:
+        """Connect now, and again whenever the connection is lost, until :meth:`renew`."""
+        self.connecting = True
+        self.channel.get_state(try_to_connect=True)
+
+    def renew(self, channel: grpc.aio.Channel, *, reconnect: bool = True) -> grpc.aio.Channel:
         """Make new calls go through ``channel`` from now on; return the channel it replaces.
 
-        grpcio has no call to cut a reconnect backoff short, but a fresh channel connects at
-        once. Calls in flight stay on the old channel (and count here until done); the caller
+        grpcio has no call to cut a reconnect backoff short, nor to drop a connection without
+        closing its channel, but a fresh channel connects at once while :attr:`connecting` (a
+        ``reconnect``, counted in :attr:`reconnects`) and stays IDLE otherwise (the pool going
+        IDLE). Calls in flight stay on the old channel (and count here until done); the caller
         closes it once they are.
         """
         old, self.channel = self.channel, channel
         self._callables = {}
-        self.reconnects += 1
+        if reconnect:
+            self.reconnects += 1
         return old
 
     async def follow_connectivity(self, changed: Callable[[Subchannel], None]) -> None:
         """Keep :attr:`state` up to date, calling ``changed(self)`` on each change; forever.
 
-        An IDLE channel is asked to connect at once: a new or recovered endpoint should take
-        calls as soon as it can, not on the first call that happens to pick it. With a health
+        While :attr:`connecting` (the pool is not IDLE), an IDLE channel is asked to connect at
+        once: a new or recovered endpoint should take calls as soon as it can, not on the first
+        call that happens to pick it, as grpc's round_robin does. With a health
         check, each READY connection gets its own ``Watch`` stream, and the subchannel takes no
         calls until that stream says SERVING. Returns when the channel is closed (``changed``
         may itself be what drains it).
@@ -236,7 +247,7 @@ class Subchannel:
         watching: anyio.CancelScope | None = None
         loads = self.load
         reporting: anyio.CancelScope | None = None
-        state = channel.get_state(try_to_connect=True)
+        state = channel.get_state(try_to_connect=self.connecting)
         async with anyio.create_task_group() as tg:
             while True:
                 moved = state is not self.state
@@ -260,7 +271,7 @@ class Subchannel:
                         reporting = None
                 if moved:
                     changed(self)
-                if state is _State.IDLE:
+                if state is _State.IDLE and self.connecting:
                     channel.get_state(try_to_connect=True)
                 try:
                     await channel.wait_for_state_change(state)

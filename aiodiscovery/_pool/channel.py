@@ -40,6 +40,8 @@ from .stats import PoolStatistics, SubchannelStatistics
 __all__ = ["BalancedChannel", "PoolStatistics", "SubchannelStatistics", "resolve"]
 
 _State = grpc.ChannelConnectivity
+# grpc.aio's own words for it, so that code matching on them works with either channel.
+_CLOSED = "Channel is closed."
 
 
 class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
@@ -51,9 +53,11 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     only among healthy, non-ejected ones with a health check or outlier detection. With
     no usable endpoint at all a call fails at once with ``UNAVAILABLE``, unless it asks
     ``wait_for_ready=True``: then it waits for an endpoint until its deadline, :meth:`close` or
-    its own ``cancel()``. A removed endpoint drains: it takes no new calls, its calls in flight
-    finish, then its channel closes. A channel dropped without being closed warns
-    (``ResourceWarning``) and is closed when garbage collected.
+    its own ``cancel()``. It is IDLE, with no connection, until the first call (or
+    ``get_state(try_to_connect=True)``, ``channel_ready()``, ``eager=True``) and again after
+    the idle timeout without calls (see :func:`resolve`). A removed endpoint drains: it takes
+    no new calls, its calls in flight finish, then its channel closes. A channel dropped
+    without being closed warns (``ResourceWarning``) and is closed when garbage collected.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         health_check: str | None = None,
         outlier_detection: OutlierDetection | None = None,
         subset_ranks: bool = True,
+        eager: bool = False,
     ) -> None:
         self.target = target
         self._options = PoolOptions(
@@ -92,6 +97,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             selection=SelectionConfig(subset_size, client_id, zone, spill_threshold, subset_ranks),
             health_check=health_check,
             outlier_detection=outlier_detection,
+            eager=eager,
         )
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
         self._pool = Pool(target, self._options, client)
@@ -133,7 +139,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     async def __aenter__(self) -> BalancedChannel:
         if self._pool.closed:
-            raise grpc.aio.UsageError("Channel is closed.")
+            raise grpc.aio.UsageError(_CLOSED)
         if self._host is None:
             await self._open()
         return self
@@ -160,21 +166,31 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY if any subchannel is READY, else the most hopeful state among them.
 
-        With no endpoint at all the state is TRANSIENT_FAILURE; after :meth:`close`, SHUTDOWN.
+        IDLE until connected (``try_to_connect=True`` connects it) and after the idle timeout;
+        with no endpoint at all the state is TRANSIENT_FAILURE; after :meth:`close`, SHUTDOWN.
         """
         if try_to_connect:
-            self._pool.connect()
+            self._pool.wake()
         return self._pool.state
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        """Wait until :meth:`get_state` differs from ``last_observed_state``."""
+        """Wait until :meth:`get_state` differs from ``last_observed_state``.
+
+        On a closed channel it raises ``grpc.aio.UsageError`` at once, as grpc.aio's does; a wait
+        under way when the channel closes returns (SHUTDOWN is a change).
+        """
+        if self._pool.closed:
+            raise grpc.aio.UsageError(_CLOSED)
         await self._pool.wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
-        """Wait until at least one subchannel is READY."""
+        """Wait until at least one subchannel is READY, connecting an IDLE channel.
+
+        Raises ``grpc.aio.UsageError`` if the channel is or gets closed, as grpc.aio's does.
+        """
         while (state := self.get_state(try_to_connect=True)) is not _State.READY:
-            if state is _State.SHUTDOWN:
-                raise RuntimeError("the channel is closed")
+            if state is _State.SHUTDOWN or self._pool.closed:
+                raise grpc.aio.UsageError(_CLOSED)
             if self._pool.stop_reason is not None:
                 raise RuntimeError(self._pool.stop_reason)
             await self.wait_for_state_change(state)
@@ -264,6 +280,7 @@ async def resolve(
     health_check: str | None = None,
     outlier_detection: OutlierDetection | None = None,
     subset_ranks: bool = True,
+    eager: bool = False,
     engine: str = "pool",
     xds_policy: XdsPolicy | None = None,
 ) -> BalancedChannel | grpc.aio.Channel:
@@ -274,6 +291,12 @@ async def resolve(
     etcd until closed. ``policy`` is ``"round_robin"`` (default), ``"pick_first"``, ``"p2c"``,
     ``"weighted"`` or a :class:`Picker` factory; ``credentials``, ``options``, ``interceptors``
     and ``compression`` apply to every subchannel as in ``grpc.aio.secure_channel``.
+
+    Like a grpc channel, it starts IDLE: it connects (to every endpoint, as grpc's round_robin
+    does) on the first call, ``get_state(try_to_connect=True)`` or ``channel_ready()``, and goes
+    back to IDLE, closing its connections, after ``("grpc.client_idle_timeout_ms", ms)`` without
+    calls (grpc's default: 30 minutes; ``2**31 - 1`` means never). ``eager=True`` connects at once
+    instead, for a fast first call, and keeps the connections unless that option is given.
 
     An endpoint is dialled only if its ``Addr`` is ``host:port``, ``[IPv6]:port`` or
     ``IPv4:port`` (never read as a gRPC target URI) and ``address_filter(address)`` (if given,
@@ -328,6 +351,7 @@ async def resolve(
             "subset_size": subset_size is not None,
             "client_id": client_id is not None,
             "subset_ranks": subset_ranks is not True,
+            "eager": eager is not False,
             "zone": zone is not None,
             "spill_threshold": spill_threshold != DEFAULT_SPILL_THRESHOLD,
             "health_check": health_check is not None,
@@ -366,6 +390,7 @@ async def resolve(
         health_check=health_check,
         outlier_detection=outlier_detection,
         subset_ranks=subset_ranks,
+        eager=eager,
     )
     await channel._open()
     return channel

@@ -81,6 +81,11 @@ class Membership:
         # since: they do not count towards the subset's size, and are not taken as stand-ins
         # again (a reconnect attempt, or being let go, does not make them count).
         self._failing: set[str] = set()
+        # Whether subchannels connect (the pool is not IDLE); see wake() and rest().
+        self.awake = False
+        # Addresses whose subchannel is READY: leaving READY is logged (the moment the pool
+        # saw a connection break, for operators and for tests).
+        self._ready: set[str] = set()
 
     def held(self) -> list[Subchannel]:
         """Every subchannel: registered, kept by mass-removal protection, draining."""
@@ -97,6 +102,37 @@ class Membership:
         async with anyio.create_task_group() as tg:
             for channel in channels:
                 tg.start_soon(channel.close, grace)
+
+    # -- IDLE and awake ----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Connect every subchannel, and each new one from now on."""
+        self.awake = True
+        for sub in [*self.registered.values(), *self.retained.values()]:
+            sub.connect()
+
+    def rest(self) -> None:
+        """Drop every connection; subchannels stay, IDLE, until :meth:`wake`.
+
+        grpcio cannot drop a channel's connection and keep the channel, so each connected
+        subchannel gets a fresh, unconnected one; the pool calls this only with no call in
+        flight, so the old ones close at once.
+        """
+        self.awake = False
+        # Nothing is known of a connection not made: every zone gets the benefit of the doubt.
+        self._tried.clear()
+        # Closing connections on purpose is no loss of one.
+        self._ready.clear()
+        wanted = self.admission.wanted
+        for addr, sub in self.registered.items():
+            sub.connecting = False
+            if sub.state is _State.IDLE:
+                continue
+            old = sub.renew(self._dial(wanted[addr].address), reconnect=False)
+            self._retiring.add(old)
+            assert self.task_group is not None
+            self.task_group.start_soon(self._retire, old)
+            self._spawn(sub, self._monitor)
 
     # -- following the endpoint set ---------------------------------------------------------
 
@@ -204,9 +240,10 @@ class Membership:
                 self.log.info("new endpoint %s", safe(addr))
                 sub = Subchannel(addr, want.metadata, self._dial(want.address))
                 sub.revision = want.revision
+            sub.connecting = self.awake
             self.registered[addr] = sub
         if want.revision > sub.revision:
-            if sub.revision and sub.state is not _State.READY:
+            if self.awake and sub.revision and sub.state is not _State.READY:
                 # Registered again (a server back on its old address, most likely) while its
                 # connection waits out gRPC's reconnect backoff: connect now instead.
                 self._renew(sub, want.address)
@@ -279,6 +316,7 @@ class Membership:
 
     def _drain_later(self, sub: Subchannel) -> None:
         self._tried.discard(sub.address)
+        self._ready.discard(sub.address)
         sub.hold(DRAINING)
         self._draining[sub.address] = sub
         self.log.info(
@@ -325,6 +363,11 @@ class Membership:
         await sub.follow_connectivity(self._subchannel_changed)
 
     def _subchannel_changed(self, sub: Subchannel) -> None:
+        if sub.state is _State.READY:
+            self._ready.add(sub.address)
+        elif sub.address in self._ready:
+            self._ready.discard(sub.address)
+            self.log.info("endpoint %s: connection lost (%s)", safe(sub.address), sub.state.name)
         if sub.state in _TRIED and self.registered.get(sub.address) is sub:
             self._tried.add(sub.address)
         if sub.state is _State.READY:

@@ -23,10 +23,15 @@ from .._selection.address import Address, AddressFilter
 from .._selection.protection import MassRemovalProtection
 from .._selection.selection import SelectionConfig
 
-__all__ = ["DEFAULT_DRAIN_TIMEOUT", "DEFAULT_MASS_REMOVAL", "PoolOptions"]
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "DEFAULT_IDLE_TIMEOUT", "DEFAULT_MASS_REMOVAL", "PoolOptions"]
 
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_MASS_REMOVAL = MassRemovalProtection()
+# grpc's own channel option and default: a channel with no call for that long goes IDLE.
+IDLE_TIMEOUT_OPTION = "grpc.client_idle_timeout_ms"
+DEFAULT_IDLE_TIMEOUT = 30 * 60.0
+# grpc reads INT_MAX milliseconds as "never".
+_NEVER_MS = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +50,35 @@ class PoolOptions:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     health_check: str | None = None
     outlier_detection: OutlierDetection | None = None
+    eager: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.eager, bool):
+            raise TypeError(f"eager must be True or False, not {self.eager!r}")
+        self.idle_timeout()
         if self.health_check is not None and not isinstance(self.health_check, str):
             raise TypeError(f"health_check must be a service name (str), not {self.health_check!r}")
         if self.outlier_detection is not None and not isinstance(
             self.outlier_detection, OutlierDetection
         ):
             raise TypeError("outlier_detection must be an aiodiscovery.OutlierDetection")
+
+    def idle_timeout(self) -> float | None:
+        """Seconds without calls after which the channel goes IDLE; None: never.
+
+        ``("grpc.client_idle_timeout_ms", ms)`` in :attr:`options`, read as grpc reads it (the
+        last one given wins; ``2**31 - 1`` means never), else grpc's 30 minutes; with
+        :attr:`eager` and no such option, never: an eager channel keeps its connections.
+        """
+        given = [value for key, value in self.options if key == IDLE_TIMEOUT_OPTION]
+        if not given:
+            return None if self.eager else DEFAULT_IDLE_TIMEOUT
+        ms = given[-1]
+        if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:
+            raise ValueError(
+                f"{IDLE_TIMEOUT_OPTION} must be a whole number of milliseconds >= 0, not {ms!r}"
+            )
+        return None if ms >= _NEVER_MS else ms / 1000
 
     def picker(self) -> Picker[Any]:
         """A fresh picker for :attr:`policy` (``ValueError``/``TypeError`` for a bad one)."""
@@ -62,10 +88,16 @@ class PoolOptions:
         """The pool's retry rules (logging through ``log``) and the options its subchannels get.
 
         The pool retries by the service config's retryPolicy itself, so the subchannels get it
-        without: a retry underneath would multiply attempts on one endpoint.
+        without: a retry underneath would multiply attempts on one endpoint. Likewise the pool
+        decides when the whole channel goes IDLE, so no subchannel idles on its own.
         """
         retry, options = retry_config(self.options, log)
-        return retry, [*options, ("grpc.use_local_subchannel_pool", 1)]
+        options = [(key, value) for key, value in options if key != IDLE_TIMEOUT_OPTION]
+        return retry, [
+            *options,
+            ("grpc.use_local_subchannel_pool", 1),
+            (IDLE_TIMEOUT_OPTION, _NEVER_MS),
+        ]
 
     def dial(self, address: Address, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
         """The ``grpc.aio`` channel of one subchannel: to ``address`` and nowhere else."""

@@ -84,6 +84,12 @@ class Pool:
         # The subchannels the picker was last given; empty means "defer the call".
         self.usable: list[Subchannel] = []
         self.state = _State.IDLE
+        # As a grpc channel: no connection until a call, get_state(True) or channel_ready()
+        # (or at once with eager), and none again after the idle timeout without calls.
+        self.idle = True
+        self._eager = options.eager
+        self._idle_timeout = options.idle_timeout()
+        self._woken = anyio.Event()
         self.closed = False
         # Why the pool stopped following etcd, once its task has died without close().
         self.stop_reason: str | None = None
@@ -148,6 +154,10 @@ class Pool:
                 if self._ranks is not None:
                     await self._first_rank(self._ranks)
                     tg.start_soon(self._ranks.run, self._ranked)
+                if self._idle_timeout is not None:
+                    tg.start_soon(self._idle_timer, self._idle_timeout)
+                if self._eager:
+                    self.wake()
                 self.apply(watcher.snapshot)
                 task_status.started()
                 started = True
@@ -259,6 +269,9 @@ class Pool:
                 usable = [s for s in subs if s.state is state]
                 if usable:
                     break
+        if self.idle:
+            # Every call takes the slow path, which wakes the pool first (see defer()).
+            usable = []
         if usable != self.usable or (refresh and usable):
             if usable:
                 # Before publishing the list: a picker that fails must not be picked from.
@@ -276,7 +289,8 @@ class Pool:
         else:
             # Held out only until their first health answer: on their way, as grpc says.
             state = _State.CONNECTING if pending else _State.TRANSIENT_FAILURE
-        self.set_state(state)
+        # An IDLE grpc channel has not even resolved its target: IDLE, whatever it would find.
+        self.set_state(_State.IDLE if self.idle else state)
 
     def set_state(self, state: grpc.ChannelConnectivity) -> None:
         """Publish the channel's connectivity ``state``, waking :meth:`wait_for_state_change`."""
@@ -290,20 +304,67 @@ class Pool:
         while self.state is last_observed_state:
             await self._state_changed.wait()
 
-    def connect(self) -> None:
-        """Ask every IDLE subchannel to connect."""
-        for sub in self._members.registered.values():
-            if sub.state is _State.IDLE:
-                sub.channel.get_state(try_to_connect=True)
+    # -- IDLE and awake ---------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Leave IDLE: connect every subchannel (a call, ``get_state(True)``, ``eager``)."""
+        if not self.idle or self.closed:
+            return
+        self.idle = False
+        self._woken.set()
+        self._members.wake()
+        self._rebuild()
+
+    def _quiet(self) -> int | None:
+        """The calls started so far, or None while a call is in flight or waiting."""
+        held = self._members.held()
+        if len(self._waiting) or any(s.in_flight for s in held):
+            return None
+        return sum(s.picks for s in held)
+
+    async def _idle_timer(self, timeout: float) -> None:
+        """Go IDLE after ``timeout`` s without calls, like grpc's client idle timeout."""
+        # Looked at four times per timeout: the channel goes IDLE between timeout and
+        # 1.25 x timeout after its last call ended, at no cost to the calls themselves.
+        step = max(timeout / 4, 0.005)
+        while True:
+            await self._woken.wait()
+            last: int | None = None
+            since = time.monotonic()
+            while not self.idle:
+                await anyio.sleep(step)
+                now, calls = time.monotonic(), self._quiet()
+                if calls is None or calls != last:
+                    last, since = calls, now
+                elif now - since >= timeout and self._rest(timeout):
+                    break
+
+    def _rest(self, timeout: float) -> bool:
+        """Go IDLE, dropping every connection; False if the pool must stay connected."""
+        guard = self._members.guard
+        if guard is not None and guard.protecting:
+            # Its kept endpoints live only as long as their connections.
+            return False
+        self.idle = True
+        self._woken = anyio.Event()
+        self.log.info("no call for %g s: IDLE, connections closed", timeout)
+        self._members.rest()
+        self._rebuild()
+        return True
 
     # -- calls without a usable subchannel --------------------------------------------------
 
     def defer(
         self, class_: type[DeferredCall], key: MethodKey, request: Any, kwargs: dict[str, Any]
-    ) -> DeferredCall:
-        """A call made while no subchannel is usable: failed at once, or queued to wait."""
+    ) -> Any:
+        """A call made while IDLE or with no usable subchannel: wakes the pool, and goes to a
+        subchannel if that made one usable; else failed at once, or queued to wait."""
         if self.closed:
             raise grpc.aio.UsageError("Channel is closed.")
+        if self.idle:
+            self.wake()
+            if self.usable:
+                return self.picker.pick().start(key, request, kwargs)
         call = class_(self.target, request, kwargs)
         if self.stop_reason is not None:
             call.end(grpc.StatusCode.UNAVAILABLE, self.stop_reason)

@@ -74,7 +74,9 @@ class OutlierDetection:
     whose success rate is more than ``success_rate_stdev_factor`` standard deviations below the
     mean is ejected (only with at least ``success_rate_minimum_hosts`` endpoints that each had
     ``success_rate_request_volume`` calls in the interval); an endpoint whose failure percentage
-    is above ``failure_percentage_threshold`` is ejected (off by default, as in Envoy:
+    is above ``failure_percentage_threshold`` is ejected (only with at least
+    ``failure_percentage_minimum_hosts`` endpoints that each had
+    ``failure_percentage_request_volume`` calls in the interval; off by default, as in Envoy:
     ``enforcing_failure_percentage=0``); and, at once, an endpoint whose last
     ``consecutive_failures`` calls all failed. ``enforcing_*`` is the chance, in percent, that a
     detected outlier is really ejected (0 turns that algorithm off).
@@ -296,12 +298,14 @@ class OutlierDetector:
         now: float,
     ) -> int:
         config = self.config
-        if len(tallies) < config.failure_percentage_minimum_hosts:
+        volume = max(config.failure_percentage_request_volume, 1)
+        # A50: only hosts with the request volume count towards the minimum, as for success rate.
+        candidates = [t for t in tallies if t[2] + t[3] >= volume]
+        if len(candidates) < config.failure_percentage_minimum_hosts:
             return ejected
-        for sub, tally, ok, failed in tallies:
+        for sub, tally, ok, failed in candidates:
             total = ok + failed
-            volume = max(config.failure_percentage_request_volume, 1)
-            if tally.ejected_at is not None or total < volume:
+            if tally.ejected_at is not None:
                 continue
             percent = 100 * failed / total
             if percent <= config.failure_percentage_threshold:

@@ -22,7 +22,8 @@ class TcpProxy:
 
     ``async with TcpProxy(etcd.client_port) as proxy:`` then dial ``proxy.url``. :meth:`cut` resets
     every open connection and refuses new ones (a network partition as the client sees it);
-    :meth:`heal` accepts connections again. ``connections`` counts the connections accepted.
+    :meth:`heal` accepts connections again. ``connections`` counts the connections accepted,
+    :attr:`open_connections` those still open.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
@@ -61,6 +62,11 @@ class TcpProxy:
             return await exit_task_group(self._task_group, exc_type, exc, tb)
         finally:
             await self._listener.aclose()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being forwarded now."""
+        return len(self._links)
 
     def cut(self) -> None:
         """Reset every proxied connection now and refuse new ones until :meth:`heal`."""

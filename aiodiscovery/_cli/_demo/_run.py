@@ -76,6 +76,8 @@ async def _run_demo(options: DemoOptions) -> int:
         stack.push_async_callback(_shielded, channel.close)
         names = {s.address: s.name for s in servers.values()}
         traffic = Traffic(channel, names, "1. steady: three servers")
+        # A channel starts IDLE, as grpc's do: connect now, so that the first phase is steady.
+        channel.get_state(try_to_connect=True)
         for server in servers.values():
             await traffic.wait_picked(server.address, 10)
         say(
