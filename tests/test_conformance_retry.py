@@ -216,3 +216,22 @@ async def test_wait_for_ready_calls_are_retried_alike(client: EtcdClient, servic
     core, pool = await on_one_server(client, service, config, scenario, fail_with=UNAVAILABLE)
     assert core.counts == pool.counts == [5]
     same_outcomes(core, pool)
+
+
+@pytest.mark.parametrize(
+    ("pushback", "attempts"),
+    # grpc core parses the trailer itself and hands the application its own rendering: "+100"
+    # and " 100" arrive as "100", so the pool sees a valid pushback there too.
+    [("abc", 1), ("1.5", 1), ("", 1), ("+100", 3), (" 100", 3)],
+)
+async def test_a_malformed_pushback_stops_retries(
+    client: EtcdClient, service: str, pushback: str, attempts: int
+) -> None:
+    # Out-of-range values (past int32) are left to the parsing rules' own tests: grpc core
+    # reads "2147483648" as a delay of 24 days and the call waits that long.
+    scenario = functools.partial(unary, timeout=5)
+    core, pool = await on_one_server(
+        client, service, retrying(), scenario, fail_with=UNAVAILABLE, pushback=pushback
+    )
+    assert (core.counts, pool.counts) == ([attempts], [attempts])
+    same_outcomes(core, pool)
