@@ -18,6 +18,7 @@ from aiodiscovery import EtcdClient
 
 from .faulty_servers import FaultyServer, faulty_servers
 from .grpc_differential import (
+    both_channels,
     compare,
     quantiles,
     service_config,
@@ -235,3 +236,26 @@ async def test_a_malformed_pushback_stops_retries(
     )
     assert (core.counts, pool.counts) == ([attempts], [attempts])
     same_outcomes(core, pool)
+
+
+async def test_successes_give_tokens_back_as_grpc_core(client: EtcdClient, service: str) -> None:
+    # 10 tokens, 0.4009 per success (0.4 once truncated to three decimals). Three failing calls
+    # leave 4 tokens; five successes bring back 2.0, not 2.0045: the next failing call leaves
+    # 5.0, which is not more than half, so it is not retried.
+    config = retrying(max_attempts=3, retryThrottling={"maxTokens": 10, "tokenRatio": 0.4009})
+    async with faulty_servers(1) as servers:
+        server = servers[0]
+        plan = [UNAVAILABLE] * 3 + [None] * 5 + [UNAVAILABLE] * 2
+        observed = []
+        async with both_channels(client, service, servers, config) as (native, ours):
+            for channel in (native, ours):
+                result = []
+                for code in plan:
+                    server.fail_with = code
+                    mark = len(server.attempts)
+                    outcome = await unary(channel)
+                    result.append((outcome.code, len(server.attempts) - mark))
+                observed.append(result)
+        core, pool = observed
+        assert [n for _, n in core] == [3, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+        assert pool == core

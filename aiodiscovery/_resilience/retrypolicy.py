@@ -88,26 +88,41 @@ class RetryThrottle:
 
     Tokens start at ``max_tokens``; a failed attempt with a retryable code takes one, a
     successful call gives back ``token_ratio``; a retry is allowed only while more than half the
-    tokens are left.
+    tokens are left. Counted in thousandths of a token, in integers, as grpc core does: a
+    float sum of ratios would land on the wrong side of the threshold now and then.
     """
 
-    __slots__ = ("log", "max_tokens", "refusing", "threshold", "token_ratio", "tokens")
+    __slots__ = ("_max", "_milli", "_ratio", "_threshold", "log", "refusing")
 
     def __init__(self, max_tokens: float, token_ratio: float, log: Labelled) -> None:
-        self.max_tokens = max_tokens
-        self.token_ratio = token_ratio
-        self.threshold = max_tokens / 2
-        self.tokens = max_tokens
+        self._max = round(max_tokens * 1000)
+        self._ratio = round(token_ratio * 1000)
+        self._threshold = self._max // 2
+        self._milli = self._max
         # Whether a retry was refused since the tokens were last above the threshold.
         self.refusing = False
         # For the log line that says retries resume.
         self.log = log
 
+    @property
+    def max_tokens(self) -> float:
+        """``maxTokens``."""
+        return self._max / 1000
+
+    @property
+    def token_ratio(self) -> float:
+        """``tokenRatio``, three decimals kept."""
+        return self._ratio / 1000
+
+    @property
+    def tokens(self) -> float:
+        """The tokens left."""
+        return self._milli / 1000
+
     def success(self) -> None:
         """Count a successful call."""
-        tokens = self.tokens + self.token_ratio
-        self.tokens = tokens if tokens < self.max_tokens else self.max_tokens
-        if self.refusing and self.tokens > self.threshold:
+        self._milli = min(self._milli + self._ratio, self._max)
+        if self.refusing and self._milli > self._threshold:
             self.refusing = False
             self.log.info("retries resume (retryThrottling)")
 
@@ -119,13 +134,13 @@ class RetryThrottle:
 
     def failure(self) -> bool:
         """Count a failed attempt that could be retried; True if a retry is still allowed."""
-        self.tokens = max(0.0, self.tokens - 1)
-        return self.tokens > self.threshold
+        self._milli = max(0, self._milli - 1000)
+        return self._milli > self._threshold
 
     @property
     def throttling(self) -> bool:
         """Whether retries are being refused now."""
-        return self.tokens <= self.threshold
+        return self._milli <= self._threshold
 
 
 @dataclass
