@@ -148,42 +148,39 @@ async def unary(channel: grpc.aio.Channel, **kwargs: Any) -> Outcome:
     try:
         reply = await call
     except grpc.aio.AioRpcError as error:
-        return Outcome(
-            error.code(),
-            error.details(),
-            tuple(error.initial_metadata() or ()),
-            tuple(error.trailing_metadata() or ()),
-        )
-    return Outcome(
-        await call.code(),
-        await call.details(),
-        tuple(await call.initial_metadata() or ()),
-        tuple(await call.trailing_metadata() or ()),
-        (reply,),
-    )
+        return _failed(error, ())
+    return await _finished(call, (reply,))
 
 
 async def stream(channel: grpc.aio.Channel, count: int = 3) -> Outcome:
     """A ``Count`` call's outcome, every message read."""
     call = channel.unary_stream(method("Count"))(str(count).encode())
-    replies = []
+    replies: list[bytes] = []
     try:
         async for reply in call:
             replies.append(reply)
     except grpc.aio.AioRpcError as error:
-        return Outcome(
-            error.code(),
-            error.details(),
-            tuple(error.initial_metadata() or ()),
-            tuple(error.trailing_metadata() or ()),
-            tuple(replies),
-        )
+        return _failed(error, tuple(replies))
+    return await _finished(call, tuple(replies))
+
+
+def _failed(error: grpc.aio.AioRpcError, replies: tuple[bytes, ...]) -> Outcome:
+    return Outcome(
+        error.code(),
+        error.details(),
+        tuple(error.initial_metadata() or ()),
+        tuple(error.trailing_metadata() or ()),
+        replies,
+    )
+
+
+async def _finished(call: Any, replies: tuple[bytes, ...]) -> Outcome:
     return Outcome(
         await call.code(),
         await call.details(),
         tuple(await call.initial_metadata() or ()),
         tuple(await call.trailing_metadata() or ()),
-        tuple(replies),
+        replies,
     )
 
 

@@ -6,8 +6,10 @@ and on ``resolve()`` over both registered in etcd. What counts is where the call
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -72,33 +74,38 @@ async def test_a_not_serving_endpoint_gets_no_call(client: EtcdClient, service: 
         assert core == pool == Counter({"s0": 20, "s1": 0})
 
 
-async def test_serving_endpoints_share_the_calls(client: EtcdClient, service: str) -> None:
+@contextlib.asynccontextmanager
+async def both_serving(
+    client: EtcdClient, service: str
+) -> AsyncIterator[tuple[list[FaultyServer], grpc.aio.Channel, grpc.aio.Channel]]:
+    """Two SERVING servers, and both channels once each has sent a call to each."""
     async with faulty_servers(2) as servers:
         await set_health(servers, SERVING, SERVING)
         async with both_channels(client, service, servers, health_config()) as (native, ours):
             for channel in (native, ours):
                 await reached_both(channel, servers)
-            core = await where(native, servers, 20)
-            pool = await where(ours, servers, 20)
-            # One Watch per server from each side: the core channel's and the pool's, and
-            # none from the pool's subchannels behind its back.
-            assert [s.watchers(SERVICE) for s in servers] == [2, 2]
-        assert core == pool == Counter({"s0": 10, "s1": 10})
+            yield servers, native, ours
+
+
+async def test_serving_endpoints_share_the_calls(client: EtcdClient, service: str) -> None:
+    async with both_serving(client, service) as (servers, native, ours):
+        core = await where(native, servers, 20)
+        pool = await where(ours, servers, 20)
+        # One Watch per server from each side: the core channel's and the pool's, and none
+        # from the pool's subchannels behind its back.
+        assert [s.watchers(SERVICE) for s in servers] == [2, 2]
+    assert core == pool == Counter({"s0": 10, "s1": 10})
 
 
 async def test_an_endpoint_going_not_serving_is_left(client: EtcdClient, service: str) -> None:
-    async with faulty_servers(2) as servers:
-        await set_health(servers, SERVING, SERVING)
-        async with both_channels(client, service, servers, health_config()) as (native, ours):
-            for channel in (native, ours):
-                await reached_both(channel, servers)
-            await set_health(servers, SERVING, NOT_SERVING)
-            for channel in (native, ours):
-                # The news takes one message on the Watch stream: wait until calls avoid s1.
-                with anyio.fail_after(10):
-                    while (await where(channel, servers, 2))["s1"]:
-                        pass
-                assert (await where(channel, servers, 20))["s1"] == 0
+    async with both_serving(client, service) as (servers, native, ours):
+        await set_health(servers, SERVING, NOT_SERVING)
+        for channel in (native, ours):
+            # The news takes one message on the Watch stream: wait until calls avoid s1.
+            with anyio.fail_after(10):
+                while (await where(channel, servers, 2))["s1"]:
+                    pass
+            assert (await where(channel, servers, 20))["s1"] == 0
 
 
 async def test_without_the_health_service_an_endpoint_counts_as_healthy(
