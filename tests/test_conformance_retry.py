@@ -8,13 +8,15 @@ compares what the server saw and what the caller got (see :mod:`tests.grpc_diffe
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import anyio
 import grpc
 import pytest
 
-from aiodiscovery import EtcdClient
+from aiodiscovery import EtcdClient, Registrar, resolve
+from aiodiscovery.testing import free_port
 
 from .faulty_servers import FaultyServer, faulty_servers
 from .grpc_differential import (
@@ -259,3 +261,34 @@ async def test_successes_give_tokens_back_as_grpc_core(client: EtcdClient, servi
         core, pool = observed
         assert [n for _, n in core] == [3, 2, 1, 1, 1, 1, 1, 1, 1, 1]
         assert pool == core
+
+
+@pytest.mark.parametrize("how", ["argument", "method config"])
+async def test_wait_for_ready_waits_for_a_dead_endpoint(
+    client: EtcdClient, service: str, how: str
+) -> None:
+    # Nothing listens on the one registered address: without wait_for_ready a call fails
+    # UNAVAILABLE, with it (as the call's argument or the method config's waitForReady) it
+    # waits until its deadline, on both sides.
+    address = f"127.0.0.1:{free_port()}"
+    extra = {"waitForReady": True} if how == "method config" else {}
+    document = retrying()
+    document["methodConfig"][0].update(extra)
+    waiting: dict[str, Any] = {"timeout": 0.5}
+    if how == "argument":
+        waiting["wait_for_ready"] = True
+    native = grpc.aio.insecure_channel(
+        f"ipv4:{address}",
+        options=[("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(document))],
+    )
+    options = [("grpc.service_config", json.dumps(document))]
+    async with Registrar(client, service, address, ttl=5):
+        async with native, await resolve(client, service, options=options) as ours:
+            for channel in (native, ours):
+                with anyio.fail_after(10):
+                    outcome = await unary(channel, **waiting)
+                assert outcome.code is grpc.StatusCode.DEADLINE_EXCEEDED, (channel, outcome)
+                if how == "argument":
+                    with anyio.fail_after(10):
+                        outcome = await unary(channel, timeout=5)
+                    assert outcome.code is UNAVAILABLE, (channel, outcome)
