@@ -17,6 +17,7 @@ import pytest
 
 from aiodiscovery import BalancedChannel, EtcdClient, resolve
 from aiodiscovery._balancer.callstatus import status_code
+from aiodiscovery._balancer.policies import Picker
 from aiodiscovery._logsafe import Labelled
 from aiodiscovery._pool.retrying import RetryingUnaryStreamCall, RetryingUnaryUnaryCall
 from aiodiscovery._pool.serviceconfig import channel_rules
@@ -528,3 +529,38 @@ async def test_statistics_count_retries(client: EtcdClient, service: str) -> Non
             assert stats.retries == servers[0].calls > 0
             assert (stats.retries_throttled, stats.transparent_retries) == (0, 0)
             assert stats.retry_tokens is None
+
+
+async def test_a_retry_that_cannot_start_is_logged_above_debug(
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FailsAfterFirst(Picker[Any]):
+        """Picks the first subchannel once; any later pick (the retry's) is a fault."""
+
+        def __init__(self) -> None:
+            self.subchannels: Any = ()
+            self.picks = 0
+
+        def update(self, subchannels: Any) -> None:
+            self.subchannels = subchannels
+
+        def pick(self) -> Any:
+            self.picks += 1
+            if self.picks > 1:
+                raise RuntimeError("picker fault")
+            return self.subchannels[0]
+
+    options = service_config(for_echo(retry_policy()))
+    async with faulty_servers(1) as servers, registered(client, service, servers):
+        servers[0].fail_with = UNAVAILABLE
+        async with await resolve(
+            client, service, options=options, policy=FailsAfterFirst
+        ) as channel:
+            await ready(channel, 1)
+            with caplog.at_level(logging.DEBUG, logger="aiodiscovery"):
+                error = await failure(channel)
+            # The caller gets the attempt's own error; the fault is not hidden at DEBUG.
+            assert error.code() is UNAVAILABLE and servers[0].calls == 1
+            records = [r for r in caplog.records if "could not start a retry" in r.getMessage()]
+            assert [r.levelno for r in records] == [logging.WARNING]
+            assert "picker fault" in records[0].getMessage()
