@@ -153,3 +153,20 @@ async def test_load_balancing_config_chooses_the_policy(
             # pick_first: every call to one server (the first address, for grpc core; the
             # first the pool took up, for the pool).
             assert sorted(core.values()) == sorted(pool.values()) == [0, 20]
+
+
+async def test_pick_first_honours_health_checks_unlike_grpc_core(
+    client: EtcdClient, service: str
+) -> None:
+    # Intended difference (docs/guides/clients.md, "Client-side health checking"): grpc core
+    # runs no health checks under pick_first, so it keeps sending calls to a NOT_SERVING first
+    # address; the pool's pick_first moves on to a SERVING endpoint.
+    async with faulty_servers(2) as servers:
+        await set_health(servers, NOT_SERVING, SERVING)
+        config = health_config("pick_first")
+        async with both_channels(client, service, servers, config) as (native, ours):
+            core = await where(native, servers, 10)
+            pool = await where(ours, servers, 10)
+            assert ours.statistics().by_health() == {"SERVING": 1, "NOT_SERVING": 1}
+        assert core == Counter({"s0": 10, "s1": 0})
+        assert pool == Counter({"s0": 0, "s1": 10})
