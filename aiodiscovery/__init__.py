@@ -6,6 +6,14 @@ and Python services share one registry.
 
 from __future__ import annotations
 
+from ._balancer.loadaware import (
+    LeastRequest,
+    LeastRequestPicker,
+    SlowStart,
+    WeightedRoundRobin,
+    WeightedRoundRobinPicker,
+    report_utilization,
+)
 from ._balancer.policies import (
     P2CPicker,
     Picker,
@@ -15,6 +23,8 @@ from ._balancer.policies import (
     WeightedPicker,
 )
 from ._codec.endpoint import (
+    BUDGET_RATIO,
+    DEFAULT_METADATA_BUDGET,
     Endpoint,
     Operation,
     Update,
@@ -48,19 +58,27 @@ from ._exceptions import (
 from ._logsafe import safe as printable
 from ._naming.manager import EndpointManager
 from ._naming.watcher import Watcher
+from ._orcaproto import LoadReport
 from ._pool.channel import BalancedChannel, resolve
 from ._pool.stats import PoolStatistics, SubchannelStatistics
 from ._registrar.lease import LeaseKeeper, LeaseState, LeaseStatistics
 from ._registrar.registrar import Registrar, RegistrarState, RegistrarStatistics
 from ._resilience.outlier import OutlierDetection
-from ._selection.address import Address, allow_networks, parse_address
+from ._selection.address import Address, address_refusal, allow_networks, parse_address
 from ._selection.protection import MassRemovalProtection
 from ._selection.selection import SelectionStatistics
+from ._server.load import CallLoad, LoadReporter, call_load
+from ._xds.local import local_xds_server
+from ._xds.policy import XdsPolicy
+from ._xds.server import XdsServer
+from ._xds.stats import XdsNack, XdsServiceStatistics, XdsStatistics, XdsStreamStatistics
 
 # Grouped by subsystem, bottom up (the layer table in tests/test_structure.py), sorted within.
 # A single sorted list would hide which part of the house a name belongs to.
 __all__ = [  # noqa: RUF022
     # the registry's data
+    "BUDGET_RATIO",
+    "DEFAULT_METADATA_BUDGET",
     "MAX_TTL",
     "Endpoint",
     "EndpointSet",
@@ -105,9 +123,16 @@ __all__ = [  # noqa: RUF022
     "Registrar",
     "RegistrarState",
     "RegistrarStatistics",
+    # a server's load reports (ORCA)
+    "CallLoad",
+    "LoadReport",
+    "LoadReporter",
+    "call_load",
     # a client's channel: balancing, selection, resilience
     "Address",
     "BalancedChannel",
+    "LeastRequest",
+    "LeastRequestPicker",
     "MassRemovalProtection",
     "OutlierDetection",
     "P2CPicker",
@@ -116,12 +141,25 @@ __all__ = [  # noqa: RUF022
     "PoolStatistics",
     "RoundRobinPicker",
     "SelectionStatistics",
+    "SlowStart",
     "SubchannelStatistics",
     "SubchannelView",
     "WeightedPicker",
+    "WeightedRoundRobin",
+    "WeightedRoundRobinPicker",
+    "address_refusal",
     "allow_networks",
     "parse_address",
+    "report_utilization",
     "resolve",
+    # the registry as an xDS control plane: grpc core balances
+    "XdsNack",
+    "XdsPolicy",
+    "XdsServer",
+    "XdsServiceStatistics",
+    "XdsStatistics",
+    "XdsStreamStatistics",
+    "local_xds_server",
 ]
 
 

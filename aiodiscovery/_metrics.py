@@ -337,6 +337,13 @@ INSTRUMENTS = (
         _pool_points("in_flight"),
     ),
     _Instrument(
+        "aiodiscovery.pool.endpoint_weight",
+        _G,
+        "{weight}",
+        "The endpoint's weight in the policy's picks (weighted policies only)",
+        _pool_points("weight"),
+    ),
+    _Instrument(
         "aiodiscovery.pool.call_failures",
         _C,
         "{call}",

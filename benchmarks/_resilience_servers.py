@@ -66,7 +66,14 @@ async def serve(args: argparse.Namespace) -> None:
         )
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
-    port = _bind(server, args.port)
+    await serve_registered(server, _bind(server, args.port), args.etcd, args.target, args.ttl)
+
+
+async def serve_registered(
+    server: grpc.aio.Server, port: int, etcd_url: str, target: str, ttl: int
+) -> None:
+    """Start ``server`` (bound to ``port``), register it and print ``PORT <n>``; serve until end
+    of stdin (also when the parent dies) or SIGTERM/SIGINT, then stop it."""
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,9 +87,9 @@ async def serve(args: argparse.Namespace) -> None:
             loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=read_until_eof, daemon=True).start()
-    client = await connect(args.etcd)
+    client = await connect(etcd_url)
     try:
-        async with Registrar(client, args.target, f"127.0.0.1:{port}", ttl=args.ttl):
+        async with Registrar(client, target, f"127.0.0.1:{port}", ttl=ttl):
             print(f"PORT {port}", flush=True)
             await stop.wait()
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -27,13 +27,13 @@ class EchoServer:
     - ``Meta``: returns the caller's ``x-test`` metadata and sets it as trailing metadata
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
         self.name = name
         self.calls = 0
         self.cancelled = 0
         self.holding = 0
         self.release = anyio.Event()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(interceptors=list(interceptors) or None)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
         handlers = {

@@ -230,8 +230,6 @@ async def test_wait_for_ready_calls_are_retried_alike(client: EtcdClient, servic
 async def test_a_malformed_pushback_stops_retries(
     client: EtcdClient, service: str, pushback: str, attempts: int
 ) -> None:
-    # Out-of-range values (past int32) are left to the parsing rules' own tests: grpc core
-    # reads "2147483648" as a delay of 24 days and the call waits that long.
     scenario = functools.partial(unary, timeout=5)
     core, pool = await on_one_server(
         client, service, retrying(), scenario, fail_with=UNAVAILABLE, pushback=pushback
@@ -292,3 +290,17 @@ async def test_wait_for_ready_waits_for_a_dead_endpoint(
                     with anyio.fail_after(10):
                         outcome = await unary(channel, timeout=5)
                     assert outcome.code is UNAVAILABLE, (channel, outcome)
+
+
+async def test_a_pushback_past_int32_stops_retries_where_grpc_core_waits(
+    client: EtcdClient, service: str
+) -> None:
+    # Intended difference: A6 makes the pushback a non-negative int32, and anything else a
+    # "do not retry"; grpc core reads 2147483648 as a 24-day wait and holds the call until its
+    # deadline. The pool ends the call with the attempt's own error.
+    scenario = functools.partial(unary, timeout=1)
+    core, pool = await on_one_server(
+        client, service, retrying(), scenario, fail_with=UNAVAILABLE, pushback="2147483648"
+    )
+    assert (core.counts, pool.counts) == ([1], [1])
+    assert (core.codes, pool.codes) == ([grpc.StatusCode.DEADLINE_EXCEEDED], [UNAVAILABLE])

@@ -198,16 +198,15 @@ def test_etcdctl_interop_script(etcd: EtcdServer, service: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    # etcdctl's value, listed by aiodiscovery.
-    assert re.search(rf"^{service}/1\.2\.3\.4\s+1\.2\.3\.4\s+\"\.\.\.\"\s+-$", out, re.MULTILINE)
+    # etcdctl's value, listed by aiodiscovery; the guide's Addr has no port, so a pool would not
+    # dial it, and the listing says so.
+    refused = r"\s+the address has no port$"
+    row = rf"^{service}/1\.2\.3\.4\s+1\.2\.3\.4\s+\"\.\.\.\""
+    assert re.search(rf"{row}\s+-{refused}", out, re.MULTILINE)
     # The lease etcdctl granted is the one aiodiscovery shows, in the same hex.
     granted = re.search(r"^lease ([0-9a-f]+) granted with TTL\(10s\)$", out, re.MULTILINE)
     assert granted is not None, out
-    assert re.search(
-        rf"^{service}/1\.2\.3\.4\s+1\.2\.3\.4\s+\"\.\.\.\"\s+{granted[1].rjust(16, '0')}$",
-        out,
-        re.MULTILINE,
-    )
+    assert re.search(rf"{row}\s+{granted[1].rjust(16, '0')}{refused}", out, re.MULTILINE)
     # What aiodiscovery writes, etcdctl reads in the Go client's format: the weight as a string,
     # which every Go client survives.
     assert '{"Op":0,"Addr":"10.0.0.1:50051","Metadata":"weight=2"}' in out
@@ -217,3 +216,23 @@ def test_etcdctl_interop_script(etcd: EtcdServer, service: str) -> None:
     assert f"attached keys([{service}/e2])" in out
     assert out.rstrip().endswith(f"no endpoints under {service}/")
     wait_for(lambda: keys(etcd, service), lambda k: k == [], timeout=5)
+
+
+def test_load_reporting_example(etcd: EtcdServer, service: str) -> None:
+    command = [
+        sys.executable,
+        str(EXAMPLES / "load_reporting.py"),
+        "--endpoints",
+        etcd.url,
+        "--service",
+        service,
+    ]
+    result = run(command, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    weights, shares = result.stdout.splitlines()[-2:]
+    found = re.fullmatch(r"weights: fast=(\d+), slow=(\d+)", weights)
+    assert found is not None, result.stdout
+    # 10 ms against 30 ms per call, four workers each: the fast server weighs about 3x more.
+    assert int(found[1]) > 1.5 * int(found[2]), weights
+    assert re.fullmatch(r"second half: fast \d+%, slow \d+%", shares), shares
+    assert keys(etcd, service) == []

@@ -123,3 +123,41 @@ async def test_the_subset_is_drawn_within_the_zone(client: EtcdClient, service: 
             assert selection is not None and (selection.endpoints, selection.local) == (8, 4)
             await until(lambda: channel.get_state() is grpc.ChannelConnectivity.READY)
             assert await answered_by(channel) <= chosen
+
+
+async def test_the_zone_replaces_its_own_first_and_spilling_keeps_the_size(
+    client: EtcdClient, service: str
+) -> None:
+    zones: dict[str, object] = {f"a{i}": "zone=a" for i in range(4)}
+    zones |= {f"b{i}": "zone=b" for i in range(4)}
+    async with zoned(client, service, zones) as servers:
+        async with await resolve(client, service, zone="b", subset_size=2, client_id=1) as channel:
+
+            def ready() -> set[str]:
+                by_address = {s.address: name for name, s in servers.items()}
+                stats = channel.statistics().subchannels
+                return {
+                    by_address[a] for a, s in stats.items() if s.state == "READY" and not s.draining
+                }
+
+            await until(lambda: len(ready()) == 2)
+            first = held(channel, servers)
+            assert len(first) == 2 and all(name.startswith("b") for name in first)
+            # One of the subset down: another of the zone stands in, no other zone is used.
+            await servers[sorted(first)[0]].stop(None)
+            await until(lambda: len(ready()) == 2 and sorted(first)[0] not in ready())
+            assert not spilling(channel)
+            assert len(await answered_by(channel)) == 2
+            assert all(name.startswith("b") for name in await answered_by(channel))
+            # The whole zone down: two of the other zone take the calls, not a subset more.
+            for name in ("b0", "b1", "b2", "b3"):
+                await servers[name].stop(None)
+
+            def spilled() -> bool:
+                channel.get_state(try_to_connect=True)
+                return spilling(channel) and len(ready()) == 2
+
+            await until(spilled, timeout=20)
+            assert {name[0] for name in ready()} == {"a"}
+            answered = await answered_by(channel)
+            assert len(answered) == 2 and all(name.startswith("a") for name in answered)

@@ -173,3 +173,23 @@ async def test_pools_report_picks_failures_and_subchannels(
     # A closed pool is no longer reported.
     pools = points(reader).get("aiodiscovery.pool.picks", [])
     assert all(a.get("aiodiscovery.target") != f"{service}/" for _, a in pools)
+
+
+async def test_weighted_policies_report_each_endpoint_s_weight(
+    reader: InMemoryMetricReader, client: EtcdClient, service: str
+) -> None:
+    async with FaultyServer("w1") as server:
+        await EndpointManager(client, service).add_endpoint(
+            f"{service}/w1", Endpoint.with_attributes(server.address, weight=3)
+        )
+        async with await resolve(client, service, policy="weighted") as channel:
+            assert await channel.unary_unary(method("Unary"))(b"x", timeout=5) == b"w1:x"
+            endpoint = {"aiodiscovery.target": f"{service}/", "server.port": server.port}
+            assert value(points(reader), "aiodiscovery.pool.endpoint_weight", **endpoint) == 3
+            assert channel.statistics().subchannels[server.address].weight == 3.0
+        # Round robin has no weights: no series.
+        async with await resolve(client, service) as channel:
+            await channel.unary_unary(method("Unary"))(b"x", timeout=5)
+            weights = points(reader).get("aiodiscovery.pool.endpoint_weight", [])
+            assert all(a.get("aiodiscovery.target") != f"{service}/" for _, a in weights)
+            assert channel.statistics().subchannels[server.address].weight is None

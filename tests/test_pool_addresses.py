@@ -19,10 +19,13 @@ import pytest
 
 from aiodiscovery import (
     Address,
+    BalancedChannel,
     Endpoint,
     EndpointManager,
     EndpointSet,
     EtcdClient,
+    PoolStatistics,
+    address_refusal,
     allow_networks,
     parse_address,
     resolve,
@@ -186,6 +189,14 @@ async def put_raw(client: EtcdClient, key: str, addr: str) -> None:
     await client.put(key.encode(), json.dumps({"Op": 0, "Addr": addr}).encode())
 
 
+async def only_the_good_one_serves(channel: BalancedChannel) -> PoolStatistics:
+    """Calls carrying a secret all reach s0, the one dialable endpoint; the channel's statistics."""
+    await ready(channel, 1)
+    replies = [await call(channel, metadata=(("authorization", SECRET),)) for _ in range(20)]
+    assert where(replies) == {"s0": 20}
+    return channel.statistics()
+
+
 async def test_hostile_addrs_are_never_dialled(
     client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -199,12 +210,7 @@ async def test_hostile_addrs_are_never_dialled(
             await put_raw(client, key, addr)
         with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
             async with await resolve(client, service) as channel:
-                await ready(channel, 1)
-                replies = [
-                    await call(channel, metadata=(("authorization", SECRET),)) for _ in range(20)
-                ]
-                assert where(replies) == {"s0": 20}
-                stats = channel.statistics()
+                stats = await only_the_good_one_serves(channel)
                 assert set(stats.skipped) == set(keys)
                 assert stats.skipped_endpoints == len(hostile)
                 assert list(stats.subchannels) == [servers[0].address]
@@ -326,3 +332,53 @@ async def test_one_endpoint_cannot_stop_the_pool(caplog: pytest.LogCaptureFixtur
         assert pool.stop_reason is None
         assert len([r for r in caplog.records if "not dialling" in r.getMessage()]) == 3
         pool.begin_close(None)
+
+
+@pytest.mark.parametrize(
+    ("addr", "why"),
+    [
+        ("0.0.0.0:1", "unspecified"),
+        ("[::]:1", "unspecified"),
+        ("[::ffff:0.0.0.0]:1", "unspecified"),
+        ("169.254.169.254:80", "link-local"),
+        ("[fe80::1]:1", "link-local"),
+        ("224.0.0.1:1", "multicast"),
+        ("[ff02::1]:1", "multicast"),
+    ],
+)
+def test_default_policy_refuses_addresses_no_client_should_dial(addr: str, why: str) -> None:
+    reason = address_refusal(addr)
+    assert reason is not None and why in reason and "allow_networks" in reason
+    # An explicit filter decides alone: the operator may allow them.
+    assert address_refusal(addr, allow_networks("0.0.0.0/0", "::/0")) is None
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1:1", "[::1]:1", "10.0.0.1:1", "localhost:1"])
+def test_default_policy_keeps_loopback_private_and_names(addr: str) -> None:
+    assert address_refusal(addr) is None
+
+
+async def test_a_bind_address_gets_no_call_while_a_good_one_serves(
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trap() as bait, echo_servers(1) as servers:
+        em = EndpointManager(client, service)
+        await em.add_endpoint(f"{service}/good", Endpoint(servers[0].address))
+        # A server's bind address registered by mistake: dialled, it reaches this very host.
+        bound = f"{service}/bound"
+        await em.add_endpoint(bound, Endpoint(f"0.0.0.0:{bait.port}"))
+        await em.add_endpoint(f"{service}/meta", Endpoint("169.254.169.254:80"))
+        with caplog.at_level(logging.WARNING, logger="aiodiscovery"):
+            async with await resolve(client, service) as channel:
+                stats = await only_the_good_one_serves(channel)
+                assert set(stats.skipped) == {bound, f"{service}/meta"}
+                assert "unspecified" in stats.skipped[bound]
+                assert stats.skipped_endpoints == 2
+        assert bait.calls == []
+        warnings = [r.getMessage() for r in caplog.records if "not dialling" in r.getMessage()]
+        assert len(warnings) == 2
+        # The operator may allow it: then it is dialled like any other.
+        allowed = allow_networks("0.0.0.0/32", "127.0.0.0/8")
+        async with await resolve(client, service, address_filter=allowed) as channel:
+            await ready(channel, 2)
+            assert set(where([await call(channel) for _ in range(10)])) == {"s0", "trap"}

@@ -29,7 +29,7 @@ from aiodiscovery import (
     decode_endpoint,
     encode_endpoint,
 )
-from aiodiscovery._registrar.keepalive import RETRY_CAP, attempt_timeout
+from aiodiscovery._registrar.timing import RETRY_CAP, attempt_timeout
 from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
 
 from .helpers import eventually, until

@@ -24,7 +24,16 @@ FILES = sorted(PACKAGE.rglob("*.py"))
 SIZE_ALARM = 600
 
 # The root's leaves: small helpers every subsystem may use, importing nothing of the package.
-KERNEL = {"_exceptions", "_logsafe", "_backoff", "_taskgroup", "_statecell", "_healthproto"}
+KERNEL = {
+    "_exceptions",
+    "_logsafe",
+    "_backoff",
+    "_taskgroup",
+    "_statecell",
+    "_grpccall",
+    "_healthproto",
+    "_orcaproto",
+}
 # Each unit (a subsystem package or a root module) and the units it may import, bottom up.
 # Anything not named here may not be imported by the unit.
 LAYERS: dict[str, set[str]] = {
@@ -32,11 +41,16 @@ LAYERS: dict[str, set[str]] = {
     "_codec": {"kernel"},
     "_metrics": {"kernel", "_codec"},
     "_etcd": {"kernel", "_codec", "_metrics"},
-    "_naming": {"kernel", "_codec", "_etcd"},
     "_registrar": {"kernel", "_codec", "_metrics", "_etcd"},
+    # Subsetting ranks keep their lease alive the way a registration does.
+    "_naming": {"kernel", "_codec", "_etcd", "_registrar"},
     "_balancer": {"kernel", "_codec"},
     "_selection": {"kernel", "_codec"},
+    # A gRPC server's side of the balancing: load reports.
+    "_server": {"kernel"},
     "_resilience": {"kernel", "_codec", "_balancer"},
+    # The registry as an xDS control plane: grpc core balances, so no pool below it.
+    "_xds": {"kernel", "_codec", "_etcd", "_naming", "_selection"},
     "_pool": {
         "kernel",
         "_codec",
@@ -46,6 +60,8 @@ LAYERS: dict[str, set[str]] = {
         "_balancer",
         "_selection",
         "_resilience",
+        # resolve(engine="xds") only dispatches to _xds.
+        "_xds",
     },
     # The public face and the tools built on it.
     "__init__": {
@@ -54,10 +70,12 @@ LAYERS: dict[str, set[str]] = {
         "_etcd",
         "_naming",
         "_registrar",
+        "_server",
         "_balancer",
         "_selection",
         "_resilience",
         "_pool",
+        "_xds",
     },
     "__main__": {"_cli"},
     "_cli": {"public"},
@@ -129,6 +147,8 @@ def test_imports_follow_the_layer_table() -> None:
         ("aiodiscovery._registrar.lease", "aiodiscovery._pool.channel"),
         ("aiodiscovery._logsafe", "aiodiscovery._codec.endpoint"),
         ("aiodiscovery._cli._list", "aiodiscovery._naming.watcher"),
+        ("aiodiscovery._xds.catalog", "aiodiscovery._pool.channel"),
+        ("aiodiscovery._xds.server", "aiodiscovery._registrar.registrar"),
     ],
 )
 def test_the_layer_check_refuses_a_wrong_direction(importer: str, imported: str) -> None:

@@ -11,23 +11,23 @@ from __future__ import annotations
 import abc
 import logging
 import random
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 
 from .._codec.endpoint import metadata_weight
 from .._logsafe import safe
+from .._orcaproto import LoadReport
 
 __all__ = [
-    "POLICIES",
+    "LoadListener",
     "P2CPicker",
     "PickFirstPicker",
     "Picker",
     "RoundRobinPicker",
     "SubchannelView",
     "WeightedPicker",
-    "make_picker",
 ]
 
 logger = logging.getLogger("aiodiscovery.pool")
@@ -56,6 +56,17 @@ class SubchannelView(Protocol):
 S = TypeVar("S", bound=SubchannelView)
 
 
+class LoadListener(Protocol):
+    """What a load-aware policy takes from the servers' out-of-band load reports."""
+
+    @property
+    def report_interval(self) -> float:
+        """Seconds between reports to ask each server for (it may send them less often)."""
+
+    def report(self, address: str, report: LoadReport) -> None:
+        """Take a report the server at ``address`` sent; it must be cheap and must not raise."""
+
+
 class Picker(abc.ABC, Generic[S]):
     """Chooses a subchannel for each call among the usable ones.
 
@@ -71,6 +82,19 @@ class Picker(abc.ABC, Generic[S]):
     @abc.abstractmethod
     def pick(self) -> S:
         """Return the subchannel for the next call; called only after an :meth:`update`."""
+
+    def load_listener(self) -> LoadListener | None:
+        """Where the servers' load reports should go, if this policy balances on them.
+
+        With a listener, the pool opens an ORCA out-of-band stream
+        (``OpenRcaService/StreamCoreMetrics``) on every READY subchannel and hands each report
+        to it. ``None`` (the default): no stream.
+        """
+        return None
+
+    def weight(self, sub: S) -> float | None:
+        """The weight ``sub`` has in the picks now, for statistics (``None``: no weights)."""
+        return None
 
 
 class RoundRobinPicker(Picker[S]):
@@ -184,6 +208,7 @@ class WeightedPicker(Picker[S]):
         self._weights: list[int] = []
         self._current: list[int] = []
         self._total = 0
+        self._weight_of: dict[str, int] = {}
         # update() runs on every connectivity change: a bad weight is worth one warning, not
         # one per flap. Only a new bad value (or address) warns again.
         self._warned: set[tuple[str, str]] = set()
@@ -194,6 +219,12 @@ class WeightedPicker(Picker[S]):
         self._weights = [endpoint_weight(s.metadata, s.address, self._warned) for s in subchannels]
         self._current = [0] * len(subchannels)
         self._total = sum(self._weights)
+        self._weight_of = {s.address: w for s, w in zip(subchannels, self._weights, strict=True)}
+
+    def weight(self, sub: S) -> float | None:
+        """The metadata weight of ``sub`` (``None`` if it is not in the usable list)."""
+        weight = self._weight_of.get(sub.address)
+        return None if weight is None else float(weight)
 
     def pick(self) -> S:
         """The subchannel whose running credit is highest."""
@@ -205,28 +236,3 @@ class WeightedPicker(Picker[S]):
                 best = i
         current[best] -= self._total
         return self._subchannels[best]
-
-
-POLICIES: dict[str, Callable[[], Picker[Any]]] = {
-    "round_robin": RoundRobinPicker,
-    "pick_first": PickFirstPicker,
-    "p2c": P2CPicker,
-    "weighted": WeightedPicker,
-}
-
-
-def make_picker(policy: str | Callable[[], Picker[Any]]) -> Picker[Any]:
-    """Build the picker for ``policy``: a name from :data:`POLICIES` or a picker factory."""
-    if isinstance(policy, str):
-        try:
-            factory = POLICIES[policy]
-        except KeyError:
-            raise ValueError(
-                f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)} "
-                "or pass a Picker subclass"
-            ) from None
-        return factory()
-    picker = policy()
-    if not isinstance(picker, Picker):
-        raise TypeError(f"policy factory returned {type(picker).__name__}, not a Picker")
-    return picker

@@ -22,7 +22,16 @@ import anyio
 import grpc
 import grpc.aio
 
-__all__ = ["DRAINING", "CallKind", "HealthFollower", "MethodKey", "Observer", "Subchannel", "Tally"]
+__all__ = [
+    "DRAINING",
+    "CallKind",
+    "HealthFollower",
+    "LoadFollower",
+    "MethodKey",
+    "Observer",
+    "Subchannel",
+    "Tally",
+]
 
 _State = grpc.ChannelConnectivity
 
@@ -83,6 +92,15 @@ class CallKind(enum.Enum):
 # (kind, method, request serializer, response deserializer, registered): one grpc multi-callable.
 MethodKey = tuple[CallKind, str, Any, Any, bool | None]
 
+
+class LoadFollower(Protocol):
+    """What a subchannel runs on each READY connection for a load-aware policy: the server's
+    out-of-band load reports (see :mod:`aiodiscovery._balancer.loadstream`)."""
+
+    async def watch(self, sub: Subchannel, channel: grpc.aio.Channel) -> None:
+        """Follow the reports of ``sub``'s server over ``channel`` until cancelled."""
+
+
 # Sees each finished call of a subchannel: (subchannel, call).
 Observer = Callable[["Subchannel", Any], None]
 
@@ -107,11 +125,13 @@ class Subchannel:
         # cancelled and replaced whenever that work changes.
         self.scope = anyio.CancelScope()
         self._holds: set[str] = set()
-        # What the pool does with each finished call (outlier counters, retry throttle); the
-        # pool sets these three before the subchannel's background work first runs.
+        # What the pool does with each finished call (outlier counters, retry throttle), its
+        # health check and the policy's load reports; the pool sets these before the
+        # subchannel's background work first runs.
         self.observe: Observer | None = None
         self.tally: Tally | None = None
         self.health: HealthFollower | None = None
+        self.load: LoadFollower | None = None
         # Made only while a drain waits: creating an event per idle-to-busy change is measurable
         # on a sequential caller's every call.
         self._idle: anyio.Event | None = None
@@ -214,6 +234,8 @@ class Subchannel:
             health.restart(self)
             changed(self)
         watching: anyio.CancelScope | None = None
+        loads = self.load
+        reporting: anyio.CancelScope | None = None
         state = channel.get_state(try_to_connect=True)
         async with anyio.create_task_group() as tg:
             while True:
@@ -228,6 +250,14 @@ class Subchannel:
                         watching.cancel()
                         watching = None
                         health.restart(self)
+                if loads is not None:
+                    # Reports come on a stream of the connection: one stream per connection.
+                    if state is _State.READY and reporting is None:
+                        reporting = anyio.CancelScope()
+                        tg.start_soon(self._watch_load, loads, channel, reporting)
+                    elif state is not _State.READY and reporting is not None:
+                        reporting.cancel()
+                        reporting = None
                 if moved:
                     changed(self)
                 if state is _State.IDLE:
@@ -248,3 +278,9 @@ class Subchannel:
     ) -> None:
         with scope:
             await health.watch(self, channel, changed)
+
+    async def _watch_load(
+        self, loads: LoadFollower, channel: grpc.aio.Channel, scope: anyio.CancelScope
+    ) -> None:
+        with scope:
+            await loads.watch(self, channel)

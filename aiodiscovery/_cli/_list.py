@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aiodiscovery import EndpointManager
+from aiodiscovery import EndpointManager, address_refusal
 
 from ._command import Command
 from ._errors import EXIT_OK
@@ -28,25 +28,35 @@ async def _run(args: argparse.Namespace, settings: ConnectSettings) -> int:
     rows = []
     for update in batch.updates:
         assert update.endpoint is not None  # a listing holds adds only
-        rows.append((update.key, update.endpoint, update.lease))
+        endpoint = update.endpoint
+        rows.append((update.key, endpoint, update.lease, address_refusal(endpoint.addr)))
     if args.json:
         doc = [
-            {"key": key, "addr": ep.addr, "metadata": ep.metadata, "lease": lease_hex(lease)}
-            for key, ep, lease in rows
+            {
+                "key": key,
+                "addr": ep.addr,
+                "metadata": ep.metadata,
+                "lease": lease_hex(lease),
+                "refused": refused,
+            }
+            for key, ep, lease, refused in rows
         ]
         say(json_text(doc, indent=2))
     elif not rows:
         say(f"no endpoints under {safe(prefix)}")
     else:
-        cells = [("KEY", "ADDRESS", "METADATA", "LEASE")]
+        # The column appears only when it says something: most listings have nothing refused.
+        marked = any(refused is not None for *_, refused in rows)
+        cells = [("KEY", "ADDRESS", "METADATA", "LEASE", "REFUSED")[: 5 if marked else 4]]
         cells += [
             (
                 safe(key),
                 safe(ep.addr),
                 "-" if ep.metadata is None else safe(compact_json(ep.metadata)),
                 lease_hex(lease) or "-",
-            )
-            for key, ep, lease in rows
+                safe(refused or "-"),
+            )[: 5 if marked else 4]
+            for key, ep, lease, refused in rows
         ]
         say(*table(cells))
     return EXIT_OK
@@ -56,7 +66,9 @@ LIST = Command(
     name="list",
     help="list a service's endpoints",
     description="List the endpoints registered under a service: key, address, metadata and "
-    "lease (hex, as etcdctl prints it). Values that are not endpoints are skipped with a warning.",
+    "lease (hex, as etcdctl prints it). Values that are not endpoints are skipped with a warning. "
+    "An address a client's pool would not dial by default (not host:port, or an unspecified, "
+    'link-local or multicast IP) is marked with the reason (REFUSED; in JSON, "refused").',
     configure=_configure,
     run=_run,
 )

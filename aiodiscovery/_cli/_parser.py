@@ -12,10 +12,11 @@ from ._errors import PROG
 from ._list import LIST
 from ._settings import add_connection_options
 from ._watch import WATCH
+from ._xds import XDS_SERVER
 
 __all__ = ["COMMANDS", "build_parser"]
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (LIST, WATCH, ADD, DEL, DEMO)}
+COMMANDS: dict[str, Command] = {c.name: c for c in (LIST, WATCH, ADD, DEL, DEMO, XDS_SERVER)}
 
 _EPILOG = """\
 exit status: 0 success, 1 operational error (etcd unreachable, credentials refused, ...),

@@ -11,7 +11,8 @@ integer float64 holds exactly (up to 2**53 in magnitude) comes back as an ``int`
 
 A fast path reads values with CPython's C json scanner wherever it provably reads as Go does;
 the rest goes through an iterative parser of Go's grammar, so 10,000-deep metadata decodes and
-no input raises anything but :class:`RecordError`.
+no input raises anything but :class:`RecordError`. The C scanner nests as deep as the process's
+recursion limit lets it, so a value that may nest deeper than Go's limit never reaches it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import json.scanner
 import math
 import re
 import threading
+from itertools import accumulate
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "RecordError", "decode_record"]
+__all__ = ["MAX_DEPTH", "RecordError", "brackets", "decode_record"]
 
 # Go's scanner refuses a value nested deeper than this (the record's own object counts).
 MAX_DEPTH = 10_000
@@ -66,6 +68,13 @@ _ESCAPES = re.compile(
 _NUMBER_SHAPES = bytes.maketrans(b"123456789E", b"000000000e")
 _RISKY_SHAPES = (b"0" * 16, b"e000", b"e+000", b"e-000")
 _MINUS_ZERO = re.compile(rb"-0(?![.eE0-9])")
+# Nesting measured without recursion: strings dropped (a bracket in one is not nesting), then the
+# running sum of +1 per opening and -1 per closing bracket, at C speed.
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_NESTING = [0] * 256
+_NESTING[ord("[")] = _NESTING[ord("{")] = 1
+_NESTING[ord("]")] = _NESTING[ord("}")] = -1
 # The record's own fields in order, duplicates kept, from the last object the scanner closed
 # (the outermost one); per thread, as one decode runs start to end in one thread.
 _LAST_OBJECT = threading.local()
@@ -73,6 +82,20 @@ _LAST_OBJECT = threading.local()
 
 class _NotFast(Exception):
     """The fast path cannot vouch for this value: take the faithful path."""
+
+
+def brackets(data: bytes) -> bytes:
+    """The brackets of JSON ``data`` outside its strings, in order: exact for valid JSON, a
+    guess for the rest. Its ``count(b"[") + count(b"{")`` is the number of arrays and objects."""
+    return _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+
+
+def _deeper_than(data: bytes, limit: int) -> bool:
+    """Whether JSON ``data`` nests deeper than ``limit``: exact for valid JSON, a guess for the
+    rest (which the faithful path then refuses with Go's own error)."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    return max(accumulate(map(_NESTING.__getitem__, brackets(data))), default=0) > limit
 
 
 def _decode_canonical(data: bytes) -> tuple[str, Any] | None:
@@ -101,6 +124,8 @@ def _decode_canonical(data: bytes) -> tuple[str, Any] | None:
     except UnicodeDecodeError:
         return None
     if "\\" in text and _SURROGATE_ESCAPE.search(text):
+        return None
+    if _deeper_than(meta, MAX_DEPTH - 1):  # the record's own object is one level
         return None
     try:
         return addr, _json_for(meta).decode(text)
@@ -164,10 +189,11 @@ def _decode_fast(data: bytes) -> tuple[str, Any] | None:
     surrogate escapes by U+FFFD escapes (the pairing rule is Go's), numbers converted as the
     faithful path converts them (or by C where that is provably the same). Its grammar is Go's
     but for NaN and Infinity, which are refused here as Go refuses them, so its syntax errors
-    are Go's. It gives up on nesting beyond the recursion limit, numbers beyond float64 (an
-    error only in Metadata) and a refused Op (whose message names the literal).
+    are Go's. It gives up on nesting beyond Go's limit (the scanner's own stops at the
+    recursion limit, whatever that is), numbers beyond float64 (an error only in Metadata) and
+    a refused Op (whose message names the literal).
     """
-    if not _HAVE_C_SCANNER:
+    if not _HAVE_C_SCANNER or _deeper_than(data, MAX_DEPTH):
         return None
     try:
         text = data.decode()
@@ -445,5 +471,10 @@ def decode_record(data: bytes) -> tuple[str, Any]:
 
     Raises :class:`RecordError` where Go fails, and nothing else, whatever the bytes.
     """
-    decoded = _decode_canonical(data) or _decode_fast(data)
+    try:
+        decoded = _decode_canonical(data) or _decode_fast(data)
+    finally:
+        # Left behind, the scanner's last pairs would keep parts of this value (its unknown
+        # fields, say) alive until the next decode.
+        _LAST_OBJECT.__dict__.pop("pairs", None)
     return decoded if decoded is not None else _decode_slow(data)

@@ -11,17 +11,20 @@ from __future__ import annotations
 import enum
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .._exceptions import DecodeError
-from .decoder import RecordError, decode_record
+from .decoder import RecordError, brackets, decode_record
 from .encoder import go_json, go_string
-from .jsonvalue import json_equal, safe_repr
+from .jsonvalue import held_size, json_equal, safe_repr
 
 __all__ = [
+    "BUDGET_RATIO",
+    "DEFAULT_METADATA_BUDGET",
     "Endpoint",
     "LeaseLike",
     "Operation",
@@ -178,7 +181,19 @@ def encode_endpoint(endpoint: Endpoint) -> bytes:
     ).encode()
 
 
-def decode_endpoint(key: str, value: bytes) -> Endpoint:
+#: What one endpoint's address and metadata may always hold in memory, in bytes (see
+#: :func:`decode_endpoint`'s ``budget``; change it with ``connect(metadata_budget=...)``).
+DEFAULT_METADATA_BUDGET = 64 * 1024
+#: Beyond the budget, an endpoint may hold this many times its stored value's size.
+BUDGET_RATIO = 4
+# The least an array or object holds (an empty list; an empty dict holds 64).
+_MIN_CONTAINER = sys.getsizeof([])
+# No JSON holds more than this many bytes per stored byte (the worst, {"":{"":...}}, holds 233
+# for 5), so a value this much smaller than the budget needs no counting: the common case.
+_WORST_RATIO = 64
+
+
+def decode_endpoint(key: str, value: bytes, *, budget: int | None = None) -> Endpoint:
     """Decode an etcd value exactly as Go's ``json.Unmarshal`` reads it, or raise
     :class:`DecodeError` (and nothing else, whatever ``value`` holds).
 
@@ -187,12 +202,38 @@ def decode_endpoint(key: str, value: bytes) -> Endpoint:
     ``{}`` and a missing or empty ``Addr`` give an endpoint with ``addr == ""`` as in Go. Metadata
     numbers are Go's float64 values (an integral one comes back as an ``int``). ``key`` only
     serves the error.
+
+    ``budget`` (bytes; ``None``: no bound, as in Go) bounds what the endpoint holds in memory:
+    its address and metadata may take ``max(budget, BUDGET_RATIO * len(value))`` bytes, counted
+    as ``sys.getsizeof`` of every object in them. Beyond that the value is refused with a
+    :class:`DecodeError` saying so; one with too many arrays and objects is refused before it
+    is decoded. Registry data is untrusted: ``[{},{},...]`` stores 3 bytes per object that
+    Python holds in 64.
     """
+    limit = None
+    if budget is not None and len(value) * _WORST_RATIO > budget:
+        limit = max(budget, BUDGET_RATIO * len(value))
+    if limit is not None and (value.count(b"[") + value.count(b"{")) * _MIN_CONTAINER > limit:
+        shape = brackets(value)
+        containers = shape.count(b"[") + shape.count(b"{")
+        if containers * _MIN_CONTAINER > limit:
+            raise DecodeError(key, _over_budget(f"{containers:,} arrays and objects", limit))
     try:
         addr, metadata = decode_record(value)
     except RecordError as exc:
         raise DecodeError(key, str(exc)) from None
+    if limit is not None and metadata is not None:
+        held = sys.getsizeof(addr) + held_size(metadata, limit)
+        if held > limit:
+            raise DecodeError(key, _over_budget(f"over {held:,} bytes in memory", limit))
     return Endpoint._decoded(addr, metadata)
+
+
+def _over_budget(what: str, limit: int) -> str:
+    return (
+        f"the metadata is too big to hold ({what}; the limit is {limit:,} bytes: "
+        f"{BUDGET_RATIO} x the stored value's size, at least connect(metadata_budget=...))"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

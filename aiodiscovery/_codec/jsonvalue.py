@@ -6,10 +6,11 @@ about 1,000 levels; metadata Go accepts may nest 10,000 deep.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["Shape", "json_equal", "render", "safe_repr"]
+__all__ = ["Shape", "held_size", "json_equal", "render", "safe_repr"]
 
 # A container to write: its opening and closing text and its (separator and key, child) pairs.
 Shape = tuple[str, str, Iterator[tuple[str, Any]]]
@@ -111,3 +112,24 @@ def safe_repr(value: Any) -> str:
         return "(", ",)" if len(item) == 1 else ")", items
 
     return render(value, expand)
+
+
+def held_size(value: Any, limit: int) -> int:
+    """The bytes a decoded JSON value holds: ``sys.getsizeof`` of it and of everything in it.
+
+    An object shared by several places (a small int, a dict key the scanner reused) is counted
+    at each, so this is at least what the value keeps alive. Counting stops once the total
+    passes ``limit``: the cost of asking is bounded by the limit, not by the value.
+    """
+    getsizeof = sys.getsizeof
+    total = getsizeof(value)
+    stack = [value] if type(value) in (dict, list) else []
+    while stack and total <= limit:
+        item = stack.pop()
+        if type(item) is dict:
+            total += sum(map(getsizeof, item))
+            item = item.values()
+        total += sum(map(getsizeof, item))
+        if total <= limit:
+            stack.extend(child for child in item if type(child) in (dict, list))
+    return total

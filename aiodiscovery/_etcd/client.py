@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import grpc
 
+from .._codec.endpoint import DEFAULT_METADATA_BUDGET
 from .._exceptions import AuthenticationError, EtcdError
+from .._grpccall import rpc_step
 from .._metrics import track
 from .._taskgroup import TaskHost
 from .auth import TOKEN_KEY, AuthInterceptor, TokenAuth, is_auth_cancel, is_token_error
 from .members import DEFAULT_HEARTBEAT, Member, MemberSet, MemberStatistics
-from .rpc import member_trouble, rpc_step, translate_error
+from .rpc import member_trouble, translate_error
 from .tls import PemSource, tls_config
 from .urls import DEFAULT_URL, member_address, parse_urls
 from .watch.hub import WatchHub
@@ -95,7 +97,8 @@ class EtcdClient:
     ``urls`` lists the members; requests go to one at a time and move to another when it dies or
     stops answering. ``https://`` URLs use TLS (see :func:`connect` for ``ca``, ``cert``, ``key``
     and ``server_name``); with ``username`` and ``password`` every call carries an auth token that
-    is renewed when etcd rejects it. ``timeout`` bounds each unary request.
+    is renewed when etcd rejects it. ``timeout`` bounds each unary request;
+    ``metadata_budget`` bounds what each endpoint read from etcd may hold (see :func:`connect`).
 
     aetcd's methods (``put``, ``get``, ``lease``, ``watch_prefix``, ...) work on the client as on an
     ``aetcd.Client``; they run on :attr:`aetcd`, an ``aetcd.Client`` bound to the member in use.
@@ -114,6 +117,7 @@ class EtcdClient:
         username: str | None = None,
         password: str | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
+        metadata_budget: int | None = DEFAULT_METADATA_BUDGET,
     ) -> None:
         self.urls = parse_urls(urls)
         if not timeout > 0:
@@ -130,6 +134,14 @@ class EtcdClient:
             raise ValueError("the etcd user name must not be empty")
         self._auth = None if username is None else TokenAuth(username, password or "")
         self.heartbeat = heartbeat
+        if metadata_budget is not None and (
+            isinstance(metadata_budget, bool) or not isinstance(metadata_budget, int)
+        ):
+            raise TypeError(f"metadata_budget must be an int or None, got {metadata_budget!r}")
+        if metadata_budget is not None and metadata_budget < 0:
+            raise ValueError(f"metadata_budget must not be negative, got {metadata_budget}")
+        #: What one endpoint read from etcd may hold in memory (see :func:`connect`).
+        self.metadata_budget = metadata_budget
         self._members: MemberSet | None = None
         self._host = TaskHost(f"aiodiscovery etcd client {','.join(self.urls)}")
         self._closed = False

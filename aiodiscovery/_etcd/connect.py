@@ -9,6 +9,7 @@ import anyio
 import grpc
 from aetcd import rpc
 
+from .._codec.endpoint import DEFAULT_METADATA_BUDGET
 from .._exceptions import EtcdUnavailableError
 from .client import DEFAULT_TIMEOUT, EtcdClient
 from .members import DEFAULT_HEARTBEAT, Member, MemberSet
@@ -30,6 +31,7 @@ async def connect(
     username: str | None = None,
     password: str | None = None,
     heartbeat: float = DEFAULT_HEARTBEAT,
+    metadata_budget: int | None = DEFAULT_METADATA_BUDGET,
 ) -> EtcdClient:
     """Return a connected etcd client, the counterpart of Go's ``clientv3.New``.
 
@@ -49,6 +51,12 @@ async def connect(
     renews its token whenever etcd rejects it. Over plaintext ``http://`` a warning says that
     the password travels unencrypted.
 
+    ``metadata_budget`` (bytes, default 64 KiB) bounds what one endpoint read from etcd may
+    hold in memory, in every watch, pool and listing of this client: its address and metadata
+    may take the budget or 4 times the stored value's size, whichever is more. A value beyond
+    is skipped like any bad value (counted in ``statistics().bad_values``, its key logged).
+    ``None`` removes the bound, as in Go's client: registry data is untrusted, keep one.
+
     Raises :class:`EtcdUnavailableError` if no member answers within ``timeout`` (naming the
     likely cause: a TLS mismatch, an untrusted certificate, ...), :class:`AuthenticationError`
     if etcd rejects the user name or password, and :class:`ValueError` or :class:`OSError` for
@@ -67,6 +75,7 @@ async def connect(
             username=username,
             password=password,
             heartbeat=heartbeat,
+            metadata_budget=metadata_budget,
         )
     )
     client._warn_plaintext(stacklevel=2)

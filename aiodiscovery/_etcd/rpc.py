@@ -1,27 +1,17 @@
-"""The small vocabulary every etcd call shares: error translation and cancellation-safe steps."""
+"""The small vocabulary every etcd call shares: error translation, the broken-stream signal."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
-import anyio
 import grpc
-from anyio.lowlevel import checkpoint
 
 from .._exceptions import AuthenticationError, EtcdError, EtcdUnavailableError, LeaseNotFoundError
 from .auth import is_token_error
 
-__all__ = [
-    "StreamBroken",
-    "close_call",
-    "etcd_errors",
-    "member_trouble",
-    "rpc_step",
-    "translate_error",
-]
+__all__ = ["StreamBroken", "etcd_errors", "member_trouble", "translate_error"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -79,23 +69,3 @@ def etcd_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, A
             raise translate_error(exc) from exc
 
     return wrapper
-
-
-async def rpc_step(step: Awaitable[T]) -> T:
-    """Await a grpc.aio call (or a stream's read or write) so that anyio scopes see its cancel."""
-    try:
-        return await step
-    except asyncio.CancelledError:
-        # grpc.aio often swallows the cancellation it is given and raises a bare CancelledError of
-        # its own (a unary call, a stream still being set up), which anyio cannot tell from a
-        # foreign one: it would escape move_on_after and cancel the whole task. A checkpoint lets
-        # the cancelled scope deliver its own cancellation instead.
-        await checkpoint()
-        raise
-
-
-async def close_call(call: Any) -> None:
-    """Cancel a grpc.aio call and let grpc's own bookkeeping task for it finish."""
-    call.cancel()
-    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-        await call.code()

@@ -14,6 +14,8 @@ class Transport(Protocol):
     """The part of :class:`~aiodiscovery.EtcdClient` that lists and watches use."""
 
     timeout: float
+    # What one endpoint may hold in memory (see decode_endpoint's budget); None: no bound.
+    metadata_budget: int | None
 
     @property
     def members(self) -> MemberSet:

@@ -20,9 +20,9 @@ from .._codec.endpoint import (
 from .._codec.keys import check_key
 from .._etcd.client import EtcdClient
 from .._etcd.kv import list_prefix, valid_key
+from .._etcd.watch.badvalues import BadValueLog
 from .._etcd.watch.prefix import WatchBatch
-from .._exceptions import TransactionTooLargeError
-from .._logsafe import safe
+from .._exceptions import DecodeError, TransactionTooLargeError
 
 __all__ = ["DEFAULT_MAX_TXN_OPS", "EndpointManager"]
 
@@ -103,7 +103,8 @@ class EndpointManager:
     async def list_endpoints(self) -> dict[str, Endpoint]:
         """Return every decodable endpoint of the service, keyed by etcd key.
 
-        A value that is not a valid endpoint record is skipped with a warning naming its key.
+        Values that are not valid endpoint records are skipped, with one warning naming the first
+        few keys (each key at DEBUG).
         """
         batch = await self.list_batch()
         endpoints: dict[str, Endpoint] = {}
@@ -116,21 +117,25 @@ class EndpointManager:
         """The service's endpoints as one batch of ADD updates (with their leases), in key order,
         at one etcd revision: what :meth:`watch_batches` yields first.
 
-        A value that is not a valid endpoint record is skipped with a warning naming its key.
+        Values that are not valid endpoint records are skipped, with one warning naming the first
+        few keys (each key at DEBUG).
         """
         revision, kvs = await list_prefix(self.client, self.prefix)
         updates: list[Update] = []
+        bad: list[tuple[str, str]] = []
+        budget = self.client.metadata_budget
         for kv in kvs:
             if not valid_key(kv.key):
-                logger.warning("skipping endpoint: key %s is not valid UTF-8", safe(kv.key))
+                bad.append((kv.key, "the key is not valid UTF-8"))
                 continue
             try:
-                endpoint = decode_endpoint(kv.key, kv.value)
+                endpoint = decode_endpoint(kv.key, kv.value, budget=budget)
             except Exception as exc:
                 # One key's bad value (or a decoder bug) costs that key, never the listing.
-                logger.warning("skipping endpoint: %s", safe(exc))
+                bad.append((kv.key, exc.reason if isinstance(exc, DecodeError) else repr(exc)))
                 continue
             updates.append(Update.add(kv.key, endpoint, lease=kv.lease))
+        BadValueLog(logger, self.prefix).loaded(bad)
         return WatchBatch(revision, updates, relist=True)
 
     async def watch(self) -> AsyncGenerator[list[Update], None]:

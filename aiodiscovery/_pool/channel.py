@@ -30,6 +30,8 @@ from .._selection.locality import DEFAULT_SPILL_THRESHOLD
 from .._selection.protection import MassRemovalProtection
 from .._selection.selection import SelectionConfig
 from .._taskgroup import TaskHost
+from .._xds.local import xds_channel
+from .._xds.policy import XdsPolicy
 from .multicallable import multi_callable
 from .options import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MASS_REMOVAL, PoolOptions
 from .pool import Pool
@@ -74,6 +76,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
         health_check: str | None = None,
         outlier_detection: OutlierDetection | None = None,
+        subset_ranks: bool = True,
     ) -> None:
         self.target = target
         self._options = PoolOptions(
@@ -86,12 +89,12 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             start_timeout=start_timeout,
             address_filter=address_filter,
             mass_removal=mass_removal,
-            selection=SelectionConfig(subset_size, client_id, zone, spill_threshold),
+            selection=SelectionConfig(subset_size, client_id, zone, spill_threshold, subset_ranks),
             health_check=health_check,
             outlier_detection=outlier_detection,
         )
         self._watcher = Watcher(client, target, start_timeout=start_timeout)
-        self._pool = Pool(target, self._options)
+        self._pool = Pool(target, self._options, client)
         # The channel is a plain object (closed from any task, like every grpc.aio channel), so
         # the pool's task group lives in a task of its own; close() cancels and joins it. The
         # task runs the pool, which never refers back to this object.
@@ -260,7 +263,10 @@ async def resolve(
     spill_threshold: float = DEFAULT_SPILL_THRESHOLD,
     health_check: str | None = None,
     outlier_detection: OutlierDetection | None = None,
-) -> BalancedChannel:
+    subset_ranks: bool = True,
+    engine: str = "pool",
+    xds_policy: XdsPolicy | None = None,
+) -> BalancedChannel | grpc.aio.Channel:
     """Return a :class:`BalancedChannel` over the endpoints registered under ``target``.
 
     ``target`` is ``"etcd:///foo/bar/my-service"`` or ``"foo/bar/my-service"``. The channel is
@@ -271,22 +277,29 @@ async def resolve(
 
     An endpoint is dialled only if its ``Addr`` is ``host:port``, ``[IPv6]:port`` or
     ``IPv4:port`` (never read as a gRPC target URI) and ``address_filter(address)`` (if given,
-    for example :func:`allow_networks`) admits it; the others are skipped with a warning and
-    listed in ``statistics().skipped``.
+    for example :func:`allow_networks`) admits it; without a filter, unspecified (``0.0.0.0``,
+    ``::``), link-local and multicast addresses are refused (:func:`address_refusal` says why)
+    and loopback is allowed. The others are skipped with a warning and listed in
+    ``statistics().skipped``.
 
     ``mass_removal`` (a :class:`MassRemovalProtection`) keeps removed endpoints that are still
     READY in use for a while when most of the service vanishes from the registry at once;
     ``None`` turns that off.
 
-    ``subset_size=N`` connects to about ``N`` of the endpoints (between ``ceil(0.6 N)`` and
-    ``floor(1.5 N)``), chosen so that many clients spread evenly over the servers and a server
-    coming or going moves few connections; give each client a ``client_id``, ideally its
-    instance number (0, 1, 2, ...: numbers spread best), else the process's
-    ``"<host name>/<process id>"`` is used. ``zone="eu-west-1a"`` sends calls to the endpoints
+    ``subset_size=N`` connects to exactly ``min(N, endpoints)`` of the endpoints (plus, while
+    some of those are unhealthy, as many healthy stand-ins), chosen so that many clients spread
+    evenly over the servers and a server coming or going moves only its own connections. Each
+    client needs a rank: an integer ``client_id`` is one (an instance number: 0, 1, 2, ...);
+    otherwise, with ``subset_ranks=True`` (the default), the channel claims the lowest free rank
+    from etcd under a key of its own with a lease (``_aiodiscovery/ranks/<target>/<rank>``, value
+    ``client_id`` or the process's ``"<host name>/<process id>"``), and with
+    ``subset_ranks=False`` it is placed by the hash of that id (spreading only as evenly as
+    random subsetting). ``zone="eu-west-1a"`` sends calls to the endpoints
     whose metadata names that zone (the string ``"zone=eu-west-1a"``, URL query form) while at
     least ``spill_threshold`` (default 0.5) of them are healthy, and to other zones' too below
-    that; with both, the subset is drawn within the zone, and spilling over adds a subset of the
-    other zones. ``statistics().selection`` says what was chosen.
+    that; with both, the subset is drawn within the zone, and spilling over tops its healthy
+    endpoints up to ``N`` from the other zones. ``statistics().selection`` says what was chosen
+    and how.
 
     ``health_check`` (a service name; ``""`` for the whole server) keeps a standard
     ``grpc.health.v1.Health/Watch`` stream per subchannel: an endpoint takes new calls only
@@ -301,7 +314,39 @@ async def resolve(
     client (its endpoint's connection had just broken) is sent once more to another READY
     endpoint, policy or not. ``("grpc.enable_retries", 0)`` turns all of this off (and grpc's
     own retries in the subchannels): every call is then grpc.aio's own call object.
+
+    ``engine="xds"`` returns grpc's own channel on ``xds:///<service>`` instead, balanced by grpc
+    core from a control plane in this process (:func:`local_xds_server`) that follows the
+    registry: ``policy`` ``"round_robin"`` or ``"pick_first"``, ``outlier_detection``, or an
+    :class:`XdsPolicy` as ``xds_policy``; the pool's own options are refused. See the xDS guide.
     """
+    if engine == "xds":
+        pool_only = {
+            "drain_timeout": drain_timeout != DEFAULT_DRAIN_TIMEOUT,
+            "address_filter": address_filter is not None,
+            "mass_removal": mass_removal is not DEFAULT_MASS_REMOVAL,
+            "subset_size": subset_size is not None,
+            "client_id": client_id is not None,
+            "subset_ranks": subset_ranks is not True,
+            "zone": zone is not None,
+            "spill_threshold": spill_threshold != DEFAULT_SPILL_THRESHOLD,
+            "health_check": health_check is not None,
+        }
+        return await xds_channel(
+            client,
+            target,
+            pool_policy=policy,
+            outlier_detection=outlier_detection,
+            xds_policy=xds_policy,
+            credentials=credentials,
+            options=options,
+            interceptors=interceptors,
+            compression=compression,
+            start_timeout=start_timeout,
+            refused=[name for name, given in pool_only.items() if given],
+        )
+    if engine != "pool" or xds_policy is not None:
+        raise ValueError(f"engine {engine!r}: 'pool' (the default) or 'xds' (xds_policy needs it)")
     channel = BalancedChannel(
         client,
         target,
@@ -320,6 +365,7 @@ async def resolve(
         spill_threshold=spill_threshold,
         health_check=health_check,
         outlier_detection=outlier_detection,
+        subset_ranks=subset_ranks,
     )
     await channel._open()
     return channel

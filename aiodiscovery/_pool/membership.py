@@ -77,6 +77,10 @@ class Membership:
         # Addresses whose subchannel has been through a connection attempt (READY or failed):
         # until then a subchannel gets the benefit of the doubt in a zone's health.
         self._tried: set[str] = set()
+        # Registered addresses whose last connection attempt failed and that have not been READY
+        # since: they do not count towards the subset's size, and are not taken as stand-ins
+        # again (a reconnect attempt, or being let go, does not make them count).
+        self._failing: set[str] = set()
 
     def held(self) -> list[Subchannel]:
         """Every subchannel: registered, kept by mass-removal protection, draining."""
@@ -104,8 +108,15 @@ class Membership:
         return self._sync(chosen)
 
     def review(self) -> None:
-        """Re-decide, from the zone's health, whether other zones take calls too."""
-        changed = self.selection.review(self._healthy)
+        """Re-decide, from the endpoints' health, which stand in for unhealthy members of the
+        subset and whether other zones take calls too."""
+        changed = self.selection.review(self._healthy, self._serving)
+        if changed:
+            self._sync(changed)
+
+    def rank(self, rank: int) -> None:
+        """Place the subset by the ``rank`` etcd gave this client."""
+        changed = self.selection.set_rank(rank)
         if changed:
             self._sync(changed)
 
@@ -158,6 +169,21 @@ class Membership:
             return False
         return sub.state is _State.READY or addr not in self._tried
 
+    def _serving(self, addr: str) -> bool:
+        """Whether ``addr`` counts towards the subset's size: not known to be failing (one not
+        held yet, or waiting for its first health answer, gets the benefit of the doubt)."""
+        if addr in self._failing:
+            # Also once let go and closed: it must work again before it counts.
+            return False
+        sub = self.registered.get(addr) or self._draining.get(addr)
+        if sub is None:
+            return True
+        if sub.tally is not None and sub.tally.ejected_at is not None:
+            return False
+        if sub.health is not None and not sub.health.pending and not sub.health.healthy:
+            return False
+        return sub.state is not _State.TRANSIENT_FAILURE
+
     def _hold(self, addr: str, want: Wanted) -> Subchannel:
         """The subchannel for ``want``, made or brought back if need be."""
         sub = self.registered.get(addr)
@@ -196,6 +222,7 @@ class Membership:
         protecting = guard is not None and guard.protecting
         remaining = len(self.registered) - len(addresses)
         keep = guard is not None and guard.removed(addresses, remaining, time.monotonic())
+        self._failing.difference_update(addresses)
         for addr in addresses:
             sub = self.registered.pop(addr)
             if keep and sub.state is _State.READY:
@@ -282,16 +309,29 @@ class Membership:
         """Run ``work(sub)`` in place of whatever background work ``sub`` had."""
         assert self.task_group is not None
         sub.scope.cancel()
-        sub.scope = anyio.CancelScope()
-        self.task_group.start_soon(work, sub)
+        sub.scope = scope = anyio.CancelScope()
+        self.task_group.start_soon(self._within, scope, work, sub)
+
+    @staticmethod
+    async def _within(
+        scope: anyio.CancelScope, work: Callable[[Subchannel], Any], sub: Subchannel
+    ) -> None:
+        # The scope made for this task, not sub.scope when it begins: the role may have
+        # changed again before then (a subset member let go and taken back in one change).
+        with scope:
+            await work(sub)
 
     async def _monitor(self, sub: Subchannel) -> None:
-        with sub.scope:
-            await sub.follow_connectivity(self._subchannel_changed)
+        await sub.follow_connectivity(self._subchannel_changed)
 
     def _subchannel_changed(self, sub: Subchannel) -> None:
         if sub.state in _TRIED and self.registered.get(sub.address) is sub:
             self._tried.add(sub.address)
+        if sub.state is _State.READY:
+            self._failing.discard(sub.address)
+        elif sub.state is _State.TRANSIENT_FAILURE and sub.address in self.admission.wanted:
+            # Also while let go: a stand-in taken back must not count until it works.
+            self._failing.add(sub.address)
         if sub.state is not _State.READY and self.retained.get(sub.address) is sub:
             # Kept only while it works: a server that shuts down is let go at once.
             del self.retained[sub.address]
@@ -300,19 +340,21 @@ class Membership:
         self._changed()
 
     async def _drain(self, sub: Subchannel) -> None:
-        with sub.scope:
-            with anyio.move_on_after(self._drain_timeout):
-                await sub.wait_idle()
-            if sub.in_flight:
-                self.log.warning(
-                    "closing removed endpoint %s with %d calls still in flight",
-                    safe(sub.address),
-                    sub.in_flight,
-                )
-            del self._draining[sub.address]
-            with anyio.CancelScope(shield=True):
-                await sub.channel.close(None)
-            self.log.info("endpoint %s closed", safe(sub.address))
+        with anyio.move_on_after(self._drain_timeout):
+            await sub.wait_idle()
+        if self._draining.get(sub.address) is not sub:
+            # Held again (this task was cancelled before it began): no drain.
+            return
+        if sub.in_flight:
+            self.log.warning(
+                "closing removed endpoint %s with %d calls still in flight",
+                safe(sub.address),
+                sub.in_flight,
+            )
+        del self._draining[sub.address]
+        with anyio.CancelScope(shield=True):
+            await sub.channel.close(None)
+        self.log.info("endpoint %s closed", safe(sub.address))
 
 
 def _some(addresses: list[str], shown: int = 10) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from .._balancer.policies import Picker, make_picker
+from .._balancer.choice import make_picker
+from .._balancer.policies import Picker
 from .._logsafe import Labelled
 from .._resilience.outlier import OutlierDetection
 from .._resilience.retrypolicy import RetryConfig, retry_config

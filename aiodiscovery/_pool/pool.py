@@ -28,10 +28,14 @@ import grpc.aio
 
 from .._balancer.callstatus import CANCELLED, OK, status_code
 from .._balancer.deferred import DeferredCall, WaitQueue
+from .._balancer.loadstream import LoadStream
 from .._balancer.policies import Picker
 from .._balancer.subchannel import MethodKey, Observer, Subchannel, Tally
 from .._codec.endpointset import EndpointSet
+from .._etcd.client import EtcdClient
+from .._exceptions import EtcdError
 from .._logsafe import Labelled
+from .._naming.ranks import RankClaim
 from .._resilience.health import UNHEALTHY, HealthCheck, SubchannelHealth
 from .._resilience.outlier import OutlierDetector
 from .._resilience.retrypolicy import RetryThrottle
@@ -73,7 +77,7 @@ class Pool:
     methods. :meth:`serve` is the body of the channel's background task.
     """
 
-    def __init__(self, target: str, options: PoolOptions) -> None:
+    def __init__(self, target: str, options: PoolOptions, client: EtcdClient | None = None) -> None:
         self.target = target
         # Every line the pool and its parts log starts with the target it serves.
         self.log = Labelled(logger, target)
@@ -113,6 +117,16 @@ class Pool:
         self.retries_throttled = 0
         self.transparent_retries = 0
         self._observe = _observer(self._detector, self.retry.throttle)
+        # The servers' out-of-band load reports, for a policy that balances on them.
+        listener = self.picker.load_listener()
+        self._loads = None if listener is None else LoadStream(self.log, listener)
+        # Subsetting without an integer client_id: a dense rank from etcd places the subset.
+        selection = self._members.selection
+        self._ranks = (
+            RankClaim(client, target, str(selection.client_id))
+            if client is not None and selection.config.wants_rank
+            else None
+        )
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -134,6 +148,9 @@ class Pool:
                 self._task_group = self._members.task_group = tg
                 if self._detector is not None:
                     tg.start_soon(self._detector.run)
+                if self._ranks is not None:
+                    await self._first_rank(self._ranks)
+                    tg.start_soon(self._ranks.run, self._ranked)
                 self.apply(watcher.snapshot)
                 task_status.started()
                 started = True
@@ -158,6 +175,19 @@ class Pool:
                 grpc.StatusCode.UNAVAILABLE,
                 self.stop_reason or f"the pool of {self.target!r} stopped following etcd",
             )
+
+    async def _first_rank(self, ranks: RankClaim) -> None:
+        """Take a rank before holding any endpoint, so that a client does not move its subset
+        right after it starts; without an answer in time it starts at its id's hash instead."""
+        with anyio.move_on_after(ranks.client.timeout):
+            try:
+                self._members.rank(await ranks.claim())
+            except EtcdError as exc:
+                self.log.warning("no subsetting rank from etcd yet (%s); placed by hash", exc)
+
+    def _ranked(self, rank: int) -> None:
+        self._members.rank(rank)
+        self._rebuild()
 
     def begin_close(self, grace: float | None) -> None:
         """Stop taking calls, end the waiting ones and cancel :meth:`serve`."""
@@ -191,6 +221,7 @@ class Pool:
             if sub.observe is not None or sub.health is not None:
                 continue
             sub.observe = self._observe
+            sub.load = self._loads
             if self._detector is not None:
                 sub.tally = Tally()
             if self._health is not None:
@@ -357,7 +388,11 @@ class Pool:
         """Subchannels by address (state, calls in flight, picks), totals and failures."""
         members = self._members
         retained = members.retained
-        subs = {s.address: subchannel_statistics(s, s.address in retained) for s in members.held()}
+        weight = self.picker.weight
+        subs = {
+            s.address: subchannel_statistics(s, s.address in retained, weight(s))
+            for s in members.held()
+        }
         guard = members.guard
         until = None if guard is None else guard.until
         throttle = self.retry.throttle

@@ -47,7 +47,7 @@ from .._balancer.deferred import DeferredCall
 from .._balancer.latecall import LOCALLY_CANCELLED, LateCall
 from .._balancer.subchannel import MethodKey, Subchannel
 from .._logsafe import safe
-from .._resilience.retrypolicy import MethodRetry
+from .._resilience.retrypolicy import MethodRetry, pushback_delay
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -428,8 +428,5 @@ def _pushback(metadata: tuple[tuple[str, str | bytes], ...]) -> float | None:
         return None
     if len(values) > 1:
         return _STOP
-    value = values[0]
-    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-    if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
-        return _STOP
-    return int(text) / 1000
+    delay = pushback_delay(values[0])
+    return _STOP if delay is None else delay

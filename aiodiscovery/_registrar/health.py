@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import anyio
 import grpc
 
 from .._backoff import Backoff
-from .._etcd.rpc import close_call, rpc_step
 from .._exceptions import HealthCheckError
-from .._healthproto import WATCH_METHOD, ServingStatus, messages, status_name
+from .._healthproto import WATCH_METHOD, HealthStream, ServingStatus
 from .._logsafe import safe
-from .keepalive import RETRY_CAP, RETRY_INITIAL
+from .timing import RETRY_CAP, RETRY_INITIAL
 
 __all__ = ["DEFAULT_HEALTH_GRACE", "HealthWatch"]
 
@@ -72,7 +70,7 @@ class HealthWatch:
         self.label = label
         self._channel = channel
         self._own_channel = channel is None
-        self._call: Any = None
+        self._stream: HealthStream | None = None
         #: The last status heard (``"SERVING"``, ``"NOT_SERVING"``, ...), ``"UNREACHABLE"`` once
         #: the server has been silent past the grace, ``None`` before the first.
         self.status: str | None = None
@@ -104,19 +102,13 @@ class HealthWatch:
 
     # -- the stream -----------------------------------------------------------------------------
 
-    def _open(self) -> Any:
+    def _open(self) -> HealthStream:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
-        request_type, response_type = messages()
-        watch = self._channel.unary_stream(
-            WATCH_METHOD,
-            request_serializer=request_type.SerializeToString,
-            response_deserializer=lambda data: response_type.FromString(data).status,
-        )
         self.streams += 1
         # Waits for the server to listen instead of failing at once: a server that is restarting
         # its listener is followed again as soon as it is back.
-        return watch(request_type(service=self.service), wait_for_ready=True)
+        return HealthStream(self._channel, self.service, wait_for_ready=True)
 
     async def start(self, deadline: float, timeout: float) -> None:
         """Open the stream and take the first status before ``deadline`` (anyio's clock), the
@@ -129,28 +121,24 @@ class HealthWatch:
         last = "no answer"
         with anyio.move_on_at(deadline):
             while True:
-                call = self._open()
+                stream = self._open()
                 try:
-                    value = await rpc_step(call.read())
-                except grpc.aio.AioRpcError as exc:
-                    await close_call(call)
-                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                        raise HealthCheckError(
-                            f"the server at {safe(self.address)} has no gRPC health service "
-                            f"({WATCH_METHOD} is UNIMPLEMENTED): add one (such as "
-                            "grpc_health.v1.health.aio.HealthServicer) or drop health_check="
-                        ) from None
-                    last = f"{exc.code().name}: {safe(exc.details())}"
+                    status = await stream.next()
                 except BaseException:
-                    await close_call(call)
+                    await stream.close()
                     raise
-                else:
-                    if value is not grpc.aio.EOF:
-                        self._call = call
-                        self._receive(value)
-                        return
-                    await close_call(call)
-                    last = "the server ended the stream"
+                if status is not None:
+                    self._stream = stream
+                    self._receive(status)
+                    return
+                await stream.close()
+                if stream.unimplemented:
+                    raise HealthCheckError(
+                        f"the server at {safe(self.address)} has no gRPC health service "
+                        f"({WATCH_METHOD} is UNIMPLEMENTED): add one (such as "
+                        "grpc_health.v1.health.aio.HealthServicer) or drop health_check="
+                    )
+                last = stream.why or last
                 await backoff.sleep()
         raise HealthCheckError(
             f"no health status for service {self.service!r} from {safe(self.address)} within "
@@ -175,38 +163,34 @@ class HealthWatch:
 
     async def _read(self, backoff: Backoff) -> str:
         """Read statuses from one stream until it ends; return why it ended."""
-        call, self._call = self._call or self._open(), None
+        stream, self._stream = self._stream or self._open(), None
         try:
-            while True:
-                value = await rpc_step(call.read())
-                if value is grpc.aio.EOF:
-                    return "the server ended the stream"
-                self._receive(value)
+            while (status := await stream.next()) is not None:
+                self._receive(status)
                 backoff.reset()
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self._unimplemented()
-            return f"{exc.code().name}: {safe(exc.details())}"
         finally:
-            await close_call(call)
+            await stream.close()
+        if stream.unimplemented:
+            self._unimplemented()
+        return stream.why or "the stream ended"
 
     async def close(self) -> None:
         """Close the stream, and the channel if this watch made it."""
         with anyio.CancelScope(shield=True):
-            if self._call is not None:
-                await close_call(self._call)
-                self._call = None
+            if self._stream is not None:
+                await self._stream.close()
+                self._stream = None
             if self._own_channel and self._channel is not None:
                 await self._channel.close()
                 self._channel = None
 
     # -- status changes -------------------------------------------------------------------------
 
-    def _receive(self, value: int) -> None:
+    def _receive(self, status: str) -> None:
         self._deadline = math.inf
         if self._scope is not None:
             self._scope.deadline = math.inf
-        self._set(status_name(value))
+        self._set(status)
 
     def _lost(self, why: str) -> None:
         if self.status in (None, UNREACHABLE, UNIMPLEMENTED) or self._deadline < math.inf:

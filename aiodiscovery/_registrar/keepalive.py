@@ -1,8 +1,5 @@
 """One granted lease and the keep-alive that refreshes it: one long-lived stream, a watchdog.
 
-Also the timing rules every request under a lease follows: :func:`attempt_timeout` (a share of
-the TTL, so that a silent member is left in time), the retry backoff and the errors no retry fixes.
-
 :func:`keep_alive` refreshes a :class:`LeaseGrant` every TTL/3 on one ``LeaseKeepAlive`` stream
 and returns once the lease is lost: etcd reports it expired or revoked, or no refresh succeeded for
 a whole TTL (the watchdog: after that etcd may have dropped the lease, and we cannot know). A reply
@@ -16,85 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import grpc
 from aetcd import rpc
 
 from .._backoff import Backoff
-from .._etcd.rpc import StreamBroken, close_call, rpc_step, translate_error
+from .._etcd.rpc import StreamBroken, translate_error
 from .._etcd.transport import Transport
-from .._exceptions import EtcdError, EtcdUnavailableError
+from .._exceptions import EtcdError
+from .._grpccall import close_call, rpc_step
 from .._logsafe import safe
+from .timing import RETRY_INITIAL
 
-__all__ = [
-    "PERMANENT_CODES",
-    "RETRY_CAP",
-    "RETRY_INITIAL",
-    "KeepAliveCounts",
-    "LeaseGrant",
-    "attempt_timeout",
-    "keep_alive",
-    "lease_text",
-    "retry_until",
-]
+__all__ = ["KeepAliveCounts", "LeaseGrant", "grant_lease", "keep_alive", "lease_text"]
 
 logger = logging.getLogger("aiodiscovery.registrar")
-
-T = TypeVar("T")
-
-RETRY_INITIAL = 0.05
-# Low enough that a registration is back within about a second of etcd answering again, and
-# jittered so that every service of a restarted cluster does not come back in the same instant.
-RETRY_CAP = 1.0
-#: Errors no retry can fix; at start they surface at once instead of after the whole timeout.
-PERMANENT_CODES = frozenset(
-    {"INVALID_ARGUMENT", "OUT_OF_RANGE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
-)
-# A request that takes longer than this cannot help keep a lease of the given TTL alive: the next
-# one goes to another member instead (see _members).
-_MIN_ATTEMPT = 0.5
-
-
-def attempt_timeout(client_timeout: float, ttl: int) -> float:
-    """How long one request of a (re)registration may take under a lease of ``ttl`` seconds.
-
-    A share of the TTL, so that a member that does not answer is left (the client abandons a
-    member whose request timed out) while the lease can still be saved on another one.
-    """
-    return min(client_timeout, max(_MIN_ATTEMPT, ttl / 3))
-
-
-async def retry_until(
-    deadline: float, attempt: Callable[[], Awaitable[T]], doing: str, failure: str
-) -> T:
-    """Return what ``attempt()`` returns, retried with backoff until ``deadline`` (anyio's clock).
-
-    A permanent error is raised at once; at the deadline, :class:`EtcdUnavailableError` says
-    ``failure`` and the last error. ``doing`` names the attempt in log lines.
-    """
-    backoff = Backoff(initial=RETRY_INITIAL, cap=RETRY_CAP)
-    last: EtcdError | None = None
-    # etcd that is starting or electing a leader answers within moments: retry until the deadline
-    # rather than fail on the first UNAVAILABLE.
-    with anyio.move_on_at(deadline):
-        while True:
-            try:
-                return await attempt()
-            except EtcdError as exc:
-                if exc.code in PERMANENT_CODES:
-                    raise
-                last = exc
-                logger.debug("%s: %s; retrying", doing, safe(exc))
-            await backoff.sleep()
-    raise EtcdUnavailableError(
-        f"{failure} (last error: {last or 'none, no answer'})",
-        code=last.code if last is not None else "DEADLINE_EXCEEDED",
-        details=last.details if last is not None else "",
-    ) from last
 
 
 def lease_text(lease: int | None) -> str:
@@ -139,6 +76,18 @@ class KeepAliveCounts:
     sent: int = 0
     round_trips: int = 0
     last_refresh: float | None = None
+
+
+async def grant_lease(client: Transport, ttl: int, timeout: float) -> LeaseGrant:
+    """Ask etcd for a lease of ``ttl`` seconds (:class:`EtcdError` if it refuses or cannot be
+    asked)."""
+    sent = anyio.current_time()
+    reply = await client.unary(
+        lambda m: m.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl), timeout=timeout
+    )
+    if reply.error:
+        raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
+    return LeaseGrant.granted(int(reply.ID), int(reply.TTL), sent)
 
 
 async def keep_alive(

@@ -35,20 +35,13 @@ from .._logsafe import safe
 from .._metrics import track
 from .._statecell import StateCell
 from .._taskgroup import EnterOnce, TaskHost
-from .keepalive import (
-    RETRY_CAP,
-    RETRY_INITIAL,
-    KeepAliveCounts,
-    LeaseGrant,
-    attempt_timeout,
-    keep_alive,
-    lease_text,
-    retry_until,
-)
+from .keepalive import KeepAliveCounts, LeaseGrant, grant_lease, keep_alive, lease_text
+from .timing import RETRY_CAP, RETRY_INITIAL, attempt_timeout, retry_until
 
 __all__ = [
     "DEFAULT_REVOKE_TIMEOUT",
     "DEFAULT_TTL",
+    "KeeperLink",
     "LeaseKeeper",
     "LeaseState",
     "LeaseStatistics",
@@ -343,16 +336,9 @@ class LeaseKeeper:
 
     async def _grant_lease(self) -> LeaseGrant:
         self._grants += 1
-        sent = anyio.current_time()
-        reply = await self.client.unary(
-            lambda m: m.lease.LeaseGrant,
-            rpc.LeaseGrantRequest(TTL=self.ttl),
-            timeout=self.attempt_timeout,
-        )
-        if reply.error:
-            raise EtcdError(f"etcd refused the lease: {reply.error}", details=reply.error)
-        self._leases.add(int(reply.ID))
-        return LeaseGrant.granted(int(reply.ID), int(reply.TTL), sent)
+        grant = await grant_lease(self.client, self.ttl, self.attempt_timeout)
+        self._leases.add(grant.id)
+        return grant
 
     async def _revoke(self, lease: int, timeout: float) -> None:
         self._revokes += 1
@@ -409,14 +395,7 @@ class LeaseKeeper:
             )
         return revoked
 
-    # -- the Registrars on the lease ------------------------------------------------------------
-
-    def _attach(self, owner: object, key: str) -> None:
-        """Count ``key`` among the keys on the lease (for statistics and log lines)."""
-        self._keys[owner] = key
-
-    def _detach(self, owner: object) -> None:
-        self._keys.pop(owner, None)
+    # -- for the Registrars on the lease (see KeeperLink) ---------------------------------------
 
     def _check_open(self) -> None:
         """Raise :class:`RuntimeError` unless the keeper is entered and not closed."""
@@ -446,3 +425,42 @@ class LeaseKeeper:
             keys[_KEYS_LOGGED:] = [f"{len(keys) - _KEYS_LOGGED} more"]
         lease_text = f"lease {lease:x}" if lease is not None else "lease"
         return f"{lease_text} ({', '.join(keys) or 'no keys'})"
+
+
+class KeeperLink:
+    """A Registrar's link to the :class:`LeaseKeeper` whose lease holds its key.
+
+    The keeper's lease, task group and list of keys stay private to this module: a Registrar and
+    its registration work reach them only through their link.
+    """
+
+    __slots__ = ("_owner", "keeper", "key")
+
+    def __init__(self, keeper: LeaseKeeper, owner: object, key: str) -> None:
+        self.keeper = keeper
+        self.key = key
+        self._owner = owner
+
+    def attach(self) -> None:
+        """Count the key among the keys on the lease (for statistics and log lines)."""
+        self.keeper._keys[self._owner] = self.key
+
+    def detach(self) -> None:
+        """Stop counting the key."""
+        self.keeper._keys.pop(self._owner, None)
+
+    def check_open(self) -> None:
+        """Raise :class:`RuntimeError` unless the keeper is entered and not closed."""
+        self.keeper._check_open()
+
+    def start(self, func: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
+        """Run ``func()`` in the keeper's task group: it is cancelled when the keeper closes."""
+        self.keeper._start(func, name)
+
+    async def live_grant(self) -> LeaseGrant:
+        """The current lease once it is alive; :class:`RuntimeError` once the keeper closes."""
+        return await self.keeper._live_grant()
+
+    async def close_keeper(self) -> bool:
+        """Close a keeper private to this Registrar; whether its current lease was revoked."""
+        return await self.keeper._close()

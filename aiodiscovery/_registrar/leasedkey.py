@@ -20,7 +20,7 @@ from .._etcd.transport import Transport
 from .._etcd.watch.stream import run_watch
 from .._exceptions import EtcdError
 from .._logsafe import safe
-from .keepalive import RETRY_CAP, RETRY_INITIAL
+from .timing import RETRY_CAP, RETRY_INITIAL
 
 __all__ = ["LeasedKey"]
 

@@ -38,6 +38,7 @@ from .keepalive import lease_text
 from .lease import (
     DEFAULT_REVOKE_TIMEOUT,
     DEFAULT_TTL,
+    KeeperLink,
     LeaseKeeper,
     check_lifetimes,
 )
@@ -183,7 +184,8 @@ class Registrar:
         self._key = LeasedKey(
             client, self.key, encode_endpoint(self.endpoint), timeout=self._keeper.attempt_timeout
         )
-        self._work = Registration(self._key, self._keeper, self._health, self.endpoint.addr)
+        self._link = KeeperLink(self._keeper, self, self.key)
+        self._work = Registration(self._key, self._link, self._health, self.endpoint.addr)
         self._once = EnterOnce("Registrar")
         self._shut_down = False
 
@@ -277,7 +279,7 @@ class Registrar:
         keeper = self._keeper
         deadline = anyio.current_time() + self.start_timeout
         # Attached first, so that the keeper's log lines name the key from the start.
-        keeper._attach(self, self.key)
+        self._link.attach()
         try:
             if self._private:
                 keeper.start_timeout = self.start_timeout
@@ -290,7 +292,7 @@ class Registrar:
                         details=exc.details,
                     ) from exc
             else:
-                keeper._check_open()
+                self._link.check_open()
             health = self._health
             if health is not None:
                 await health.start(deadline, self.start_timeout)
@@ -331,11 +333,11 @@ class Registrar:
         if self._private:
             keeper.revoke_timeout = self.revoke_timeout
             lease = keeper.lease_id
-            if await keeper._close() and work.attempted is not None:
+            if await self._link.close_keeper() and work.attempted is not None:
                 logger.info("unregistered %s (lease %x revoked)", safe(self.key), lease)
         elif not keeper.closed:
             await work.delete(self.revoke_timeout)
-        keeper._detach(self)
+        self._link.detach()
 
 
 def _keeper_for(

@@ -22,9 +22,10 @@ from .._exceptions import EtcdError, LeaseNotFoundError
 from .._logsafe import safe
 from .._statecell import StateCell
 from .health import HealthWatch
-from .keepalive import RETRY_CAP, RETRY_INITIAL, LeaseGrant, retry_until
-from .lease import LeaseKeeper, LeaseState
+from .keepalive import LeaseGrant
+from .lease import KeeperLink, LeaseState
 from .leasedkey import LeasedKey
+from .timing import RETRY_CAP, RETRY_INITIAL, retry_until
 
 __all__ = ["RegistrarState", "Registration"]
 
@@ -59,10 +60,11 @@ class Registration:
     """
 
     def __init__(
-        self, key: LeasedKey, keeper: LeaseKeeper, health: HealthWatch | None, addr: str
+        self, key: LeasedKey, link: KeeperLink, health: HealthWatch | None, addr: str
     ) -> None:
         self.key = key
-        self.keeper = keeper
+        self.link = link
+        self.keeper = link.keeper
         self.health = health
         self.addr = addr
         self._label = safe(key.key)
@@ -95,14 +97,14 @@ class Registration:
         )
 
         async def attempt() -> None:
-            await self._register(await self.keeper._live_grant())
+            await self._register(await self.link.live_grant())
 
         await retry_until(deadline, attempt, f"registering {self._label}", failure)
 
     def start(self) -> None:
         """Run :meth:`run` in the keeper's task group."""
         self._done = anyio.Event()
-        self.keeper._start(self.run, name=f"registrar {self._label}")
+        self.link.start(self.run, name=f"registrar {self._label}")
 
     async def stop(self) -> None:
         """Stop the background work (the state becomes CLOSED); call it shielded."""
@@ -179,7 +181,7 @@ class Registration:
             await self._stay_down(health)
             return
         if not self._written:
-            grant = await self.keeper._live_grant()
+            grant = await self.link.live_grant()
             try:
                 await self._register(grant)
             except EtcdError as exc:

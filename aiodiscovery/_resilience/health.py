@@ -11,7 +11,8 @@ until the next answer; the stream is opened again at once if the last one had br
 answer, else after a jittered exponential backoff (1 s, x1.6, up to 120 s: grpc's connection
 backoff).
 
-The protocol's messages come from :mod:`._healthproto`, shared with the Registrar's health watch.
+One ``Watch`` call is read by :class:`aiodiscovery._healthproto.HealthStream`, shared with the
+Registrar's health watch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import grpc.aio
 
 from .._backoff import Backoff
 from .._balancer.subchannel import Subchannel
-from .._healthproto import WATCH_METHOD, messages, status_name
+from .._healthproto import HealthStream
 from .._logsafe import Labelled, safe
 
 __all__ = ["UNHEALTHY", "HealthCheck", "SubchannelHealth"]
@@ -49,7 +50,6 @@ class HealthCheck:
     def __init__(self, log: Labelled, service: str) -> None:
         self.log = log
         self.service = service
-        self.request = messages()[0](service=service)
         # Addresses already reported as having no health service.
         self.unimplemented: set[str] = set()
 
@@ -103,14 +103,8 @@ class SubchannelHealth:
         check = self.check
         # grpc's connection backoff, as grpc-go's health client uses.
         backoff = Backoff(initial=1.0, cap=120.0, multiplier=1.6)
-        request_type, response_type = messages()
-        watch = channel.unary_stream(
-            WATCH_METHOD,
-            request_serializer=request_type.SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
         while True:
-            answered, why = await self._stream(sub, watch, changed)
+            answered, why = await self._stream(sub, channel, changed)
             if self.status == UNIMPLEMENTED:
                 return
             self._set(sub, FAILED, changed)
@@ -135,27 +129,23 @@ class SubchannelHealth:
     async def _stream(
         self,
         sub: Subchannel,
-        watch: grpc.aio.UnaryStreamMultiCallable,
+        channel: grpc.aio.Channel,
         changed: Callable[[Subchannel], None],
     ) -> tuple[bool, str]:
         """One Watch call: whether it brought an answer, and how it ended."""
-        answered = False
-        call = watch(self.check.request)
+        stream = HealthStream(channel, self.check.service)
         try:
-            async for response in call:
-                answered = True
-                self._set(sub, status_name(response.status), changed)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
-                self._unimplemented(sub, changed)
-                return answered, "UNIMPLEMENTED"
-            return answered, f"{exc.code().name}: {safe(exc.details())}"
+            while (status := await stream.next()) is not None:
+                self._set(sub, status, changed)
         except Exception as exc:
             # An answer that does not decode, say: the server's fault, not the pool's.
-            return answered, safe(repr(exc))
+            return stream.answered, safe(repr(exc))
         finally:
-            call.cancel()
-        return answered, "the server ended the stream"
+            await stream.close()
+        if stream.unimplemented:
+            self._unimplemented(sub, changed)
+            return stream.answered, "UNIMPLEMENTED"
+        return stream.answered, stream.why or "the stream ended"
 
     def _unimplemented(self, sub: Subchannel, changed: Callable[[Subchannel], None]) -> None:
         check = self.check

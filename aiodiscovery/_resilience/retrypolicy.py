@@ -34,6 +34,7 @@ __all__ = [
     "RetryThrottle",
     "invalid_config",
     "load_document",
+    "pushback_delay",
     "retry_config",
 ]
 
@@ -48,6 +49,10 @@ _DURATION = re.compile(r"^(-?)(\d*)(?:\.(\d{0,9}))?s$")
 # The spread of a retry's delay around its backoff (gRFC A6, grpc core's retry backoff).
 _JITTER = 0.2
 _CODES = {code.name: code for code in grpc.StatusCode}
+# gRFC A6: the server's pushback is a non-negative int32 in decimal; "[0-9]" is ASCII only (where
+# str.isdigit() also takes "²", which int() then refuses). A leading zero is not the canonical form.
+_PUSHBACK = re.compile(r"0|[1-9][0-9]{0,9}")
+MAX_PUSHBACK_MS = 2**31 - 1
 _BY_NUMBER = {code_value(code): code for code in grpc.StatusCode}
 
 
@@ -366,3 +371,15 @@ def _throttle(value: Any, log: Labelled) -> RetryThrottle | None:
             f"retryThrottling.tokenRatio must be at least 0.001 (three decimals), not {ratio!r}"
         )
     return RetryThrottle(float(tokens), milli / 1000, log)
+
+
+def pushback_delay(value: str | bytes) -> float | None:
+    """The wait in seconds a ``grpc-retry-pushback-ms`` value asks for; None means "do not retry".
+
+    gRFC A6: the value is a non-negative int32 in ASCII decimal digits; anything else (negative,
+    empty, beyond 2**31 - 1, other digits, spaces, a sign) is the server asking for no retry.
+    """
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if _PUSHBACK.fullmatch(text) is None or int(text) > MAX_PUSHBACK_MS:
+        return None
+    return int(text) / 1000

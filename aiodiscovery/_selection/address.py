@@ -16,6 +16,13 @@ address is four decimal parts without leading zeros; an IPv6 address is in brack
 zone (``%eth0`` means nothing on another host). Refused: an empty host (``:50051``), a missing
 port (``1.2.3.4``: grpc would pick 443 by itself), and internationalised names in Unicode
 (register their ASCII ``xn--`` form).
+
+Default policy: with no ``address_filter``, an IP address that no client should dial is refused:
+unspecified (``0.0.0.0``, ``::``: a server's bind address registered by mistake, which a client
+would reach on its own host), link-local (``169.254.0.0/16``, ``fe80::/10``: where cloud metadata
+services answer) and multicast. Kubernetes refuses the same in EndpointSlices. Loopback stays
+allowed (development and tests). An ``address_filter`` replaces the policy: it alone decides, so
+``allow_networks("169.254.0.0/16")`` lets link-local addresses through.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Address", "AddressFilter", "allow_networks", "parse_address"]
+__all__ = ["Address", "AddressFilter", "address_refusal", "allow_networks", "parse_address"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -179,3 +186,40 @@ def allow_networks(*networks: str | IPNetwork) -> AddressFilter:
     if not networks:
         raise ValueError("allow_networks() needs at least one network")
     return _AllowNetworks(tuple(ipaddress.ip_network(n) for n in networks))
+
+
+def _special(ip: IPAddress) -> str | None:
+    """Why the default policy refuses ``ip`` (None: it does not)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "the unspecified address (a server's bind address, not one to dial)"
+    if ip.is_link_local:
+        return "a link-local address (cloud metadata services answer there)"
+    if ip.is_multicast:
+        return "a multicast address"
+    return None
+
+
+def address_refusal(addr: str, address_filter: AddressFilter | None = None) -> str | None:
+    """Why a pool with ``address_filter`` would not dial ``addr``; None when it would.
+
+    ``addr`` is a registered ``Addr``. It is refused when it is not ``host:port``,
+    ``[IPv6]:port`` or ``IPv4:port`` (see :func:`parse_address`), when ``address_filter``
+    refuses it or, without a filter, when it is an unspecified, link-local or multicast IP
+    address. Never raises; the reason never repeats ``addr``.
+    """
+    try:
+        address = parse_address(addr)
+    except ValueError as exc:
+        return str(exc)
+    if address_filter is None:
+        reason = None if address.ip is None else _special(address.ip)
+        if reason is None:
+            return None
+        return f"{reason}; allow it with address_filter=allow_networks(...)"
+    try:
+        admitted = bool(address_filter(address))
+    except Exception as exc:
+        return f"the address filter failed on it: {exc!r}"
+    return None if admitted else "the address filter refused it"

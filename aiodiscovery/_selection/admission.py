@@ -1,7 +1,8 @@
 """Which endpoints of a set the pool dials, and why it skips the others.
 
 Registry data is untrusted: an endpoint whose ``Addr`` is not a plain network address (see
-:mod:`.address`), that the operator's ``address_filter`` refuses, or whose
+:mod:`.address`), that the operator's ``address_filter`` refuses (without one: an unspecified,
+link-local or multicast IP address, see :func:`.address.address_refusal`), or whose
 subchannel cannot be made, is skipped. Each (key, address) pair is logged once, while it lasts,
 and counted; the other endpoints are served as if it were not there.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .._codec.endpointset import EndpointSet
 from .._logsafe import safe
-from .address import Address, AddressFilter, parse_address
+from .address import Address, AddressFilter, address_refusal, parse_address
 
 __all__ = ["Admission", "Wanted"]
 
@@ -159,23 +160,10 @@ class Admission:
         """Why ``addr`` may not be dialled (None: it may); a refusal is noted in ``refused``."""
         reason = self._refused.get(addr)
         if reason is None:
-            reason = self._judge(addr)
+            reason = address_refusal(addr, self._filter)
         if reason is not None:
             refused[addr] = reason
         return reason
-
-    def _judge(self, addr: str) -> str | None:
-        try:
-            address = parse_address(addr)
-        except ValueError as exc:
-            return str(exc)
-        if self._filter is None:
-            return None
-        try:
-            admitted = bool(self._filter(address))
-        except Exception as exc:
-            return f"the address filter failed on it: {exc!r}"
-        return None if admitted else "the address filter refused it"
 
     def _warn(self, key: str, addr: str, reason: str) -> None:
         if self._warned.get(key) == addr:

@@ -1,11 +1,18 @@
 """Which of the dialable endpoints the pool connects to: subsetting and locality together.
 
 Without ``subset_size`` or ``zone`` the pool holds every address the admission lets through.
-With ``subset_size=N`` it holds this client's subset of them (:mod:`.subset`).
+With ``subset_size=N`` it holds this client's subset of them (:mod:`.subset`): exactly
+``min(N, S)``, and while some of those are unhealthy (ejected, failing their health check, or
+unreachable) the next healthy ones in the client's ring order stand in for them.
 With ``zone=Z`` the addresses split into the zone's and the others; the pool holds the zone's
 (its subset of them, with ``subset_size``) and, only while the zone is below its spill threshold
-(:mod:`.locality`), also its subset of the others'. So a subset is drawn within the
-zone first, and spilling over adds at most another subset's worth of connections.
+(:mod:`.locality`), also some of the others': all of them without ``subset_size``, with it as
+many as make the healthy ones ``N`` again. So a subset is drawn within the zone first, and
+spilling over tops it up from the other zones.
+
+Where a client sits on the ring (its *placement*): an integer ``client_id`` is its rank; without
+one, or with a string, the pool asks etcd for a rank (``subset_ranks``, on by default) and the
+client sits at the hash of its id until it has one.
 
 Every change costs the same whatever the number of addresses: the pool hands over the addresses
 that changed, and gets back those whose being held may have changed.
@@ -24,6 +31,11 @@ from .admission import Wanted
 from .locality import DEFAULT_SPILL_THRESHOLD, endpoint_zone, should_spill
 from .subset import Ring, client_point
 
+#: How a client was placed on the ring, as :class:`SelectionStatistics` says it.
+PLACED_BY_CLIENT_ID = "client_id"
+PLACED_BY_RANK = "etcd rank"
+PLACED_BY_HASH = "hash"
+
 __all__ = ["Selection", "SelectionConfig", "SelectionStatistics", "default_client_id"]
 
 logger = logging.getLogger("aiodiscovery.pool")
@@ -40,36 +52,57 @@ def default_client_id() -> str:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """``resolve()``'s ``subset_size``, ``client_id``, ``zone`` and ``spill_threshold``."""
+    """``resolve()``'s ``subset_size``, ``client_id``, ``zone``, ``spill_threshold`` and
+    ``subset_ranks``."""
 
     subset_size: int | None = None
     client_id: int | str | None = None
     zone: str | None = None
     spill_threshold: float = DEFAULT_SPILL_THRESHOLD
+    subset_ranks: bool = True
 
     def __post_init__(self) -> None:
         size = self.subset_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"subset_size must be a whole number >= 1 or None, got {size!r}")
-        if self.client_id is not None and not isinstance(self.client_id, int | str):
+        client_id = self.client_id
+        if client_id is not None and (
+            isinstance(client_id, bool) or not isinstance(client_id, int | str)
+        ):
             raise TypeError(f"client_id must be an int or a str, got {self.client_id!r}")
         if self.zone is not None and (not isinstance(self.zone, str) or not self.zone):
             raise ValueError(f"zone must be a non-empty string or None, got {self.zone!r}")
         if not 0 <= self.spill_threshold <= 1:
             raise ValueError(f"spill_threshold must be in [0, 1], got {self.spill_threshold!r}")
+        if not isinstance(self.subset_ranks, bool):
+            raise TypeError(f"subset_ranks must be True or False, got {self.subset_ranks!r}")
 
     @property
     def active(self) -> bool:
         """Whether the pool holds anything less than every dialable address."""
         return self.subset_size is not None or self.zone is not None
 
+    @property
+    def wants_rank(self) -> bool:
+        """Whether the pool should ask etcd for a rank: subsetting without an integer id."""
+        return (
+            self.subset_size is not None
+            and self.subset_ranks
+            and not isinstance(self.client_id, int)
+        )
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class SelectionStatistics:
     """Which endpoints the pool chose to connect to, and why.
 
     ``endpoints`` counts the distinct dialable addresses registered; ``subset`` lists those the
-    pool chose to hold (None without ``subset_size`` or ``zone``: it holds every one). With
+    pool chose to hold (None without ``subset_size`` or ``zone``: it holds every one), of which
+    ``standing_in`` are there only while some of the others are unhealthy. ``client_id`` is the
+    id in use, ``rank`` the client's rank (its integer ``client_id``, or the one etcd gave it;
+    None while it has none) and ``placed_by`` how its place on the ring was chosen:
+    ``"client_id"`` (an integer id), ``"etcd rank"``, or ``"hash"`` (of ``client_id``: ranks
+    off, or etcd has not answered yet). With
     ``zone``: ``local`` counts the zone's addresses, ``local_healthy`` those of the zone's held
     ones that are healthy (READY and eligible, or not yet through their first connection
     attempt), ``spilling`` tells whether the other zones take calls too, ``spills`` how many
@@ -85,6 +118,17 @@ class SelectionStatistics:
     local_healthy: int = 0
     spilling: bool = False
     spills: int = 0
+    rank: int | None = None
+    placed_by: str | None = None
+    standing_in: int = 0
+
+
+# Whether an address is healthy enough to count towards a subset's size.
+Healthy = Callable[[str], bool]
+
+
+def _always(address: str) -> bool:
+    return True
 
 
 class _Group:
@@ -115,8 +159,14 @@ class _Group:
         else:
             self._ring.discard(address)
 
-    def chosen(self) -> set[str]:
-        return set(self._all) if self._ring is None else set(self._ring.subset())
+    def move(self, point: float) -> None:
+        if self._ring is not None:
+            self._ring.move(point)
+
+    def chosen(self, healthy: Healthy, size: int | None = None) -> list[str]:
+        if self._ring is None:
+            return list(self._all)
+        return self._ring.subset(healthy, size)
 
 
 class Selection:
@@ -129,20 +179,41 @@ class Selection:
         if config.subset_size is not None and client_id is None:
             client_id = default_client_id()
         self.client_id = client_id
-        point = 0.0 if client_id is None else client_point(client_id, target)
+        self.rank: int | None = None
+        self.placed_by: str | None = None
+        point = 0.0
+        if client_id is not None and config.subset_size is not None:
+            point = client_point(client_id, target)
+            if isinstance(client_id, int):
+                self.rank, self.placed_by = client_id, PLACED_BY_CLIENT_ID
+            else:
+                self.placed_by = PLACED_BY_HASH
         self._local = _Group(config.subset_size, point, target)
         self._remote = _Group(config.subset_size, point, target)
         # With a zone: address -> whether it is in the zone (without one, all are local).
         self._placed: dict[str, bool] = {}
         self.chosen: set[str] = set()
+        self.standing_in = 0
         self.spilling = False
         self.spills = 0
         self._local_healthy = 0
+        self._healthy: Healthy = _always
 
     @property
     def active(self) -> bool:
         """Whether the pool holds anything less than every dialable address."""
         return self.config.active
+
+    def set_rank(self, rank: int) -> set[str]:
+        """Place the client by the ``rank`` etcd gave it; returns the addresses whose being
+        chosen changed."""
+        if rank == self.rank and self.placed_by == PLACED_BY_RANK:
+            return set()
+        self.rank, self.placed_by = rank, PLACED_BY_RANK
+        point = client_point(rank, self.target)
+        self._local.move(point)
+        self._remote.move(point)
+        return self._choose()
 
     def update(self, wanted: Mapping[str, Wanted], touched: set[str] | None) -> set[str] | None:
         """Follow the admitted addresses (``touched`` changed; None: any may have).
@@ -178,16 +249,27 @@ class Selection:
                 (self._local if local else self._remote).add(address)
         return self._choose() | touched
 
-    def review(self, healthy: Callable[[str], bool]) -> set[str]:
-        """Re-decide spilling from the health of the zone's chosen addresses; returns the
-        addresses whose being chosen changed."""
-        if self.config.zone is None:
+    def review(self, healthy: Healthy, serving: Healthy) -> set[str]:
+        """Re-decide from the endpoints' health: stand-ins for the unhealthy members of the
+        subset (``serving`` says which count), and spilling over (``healthy`` says which of the
+        zone's do); returns the addresses whose being chosen changed."""
+        if not self.active:
             return set()
-        local = self._local.chosen()
+        self._healthy = serving
+        if self.config.zone is not None:
+            self._review_zone(healthy)
+        return self._choose()
+
+    def _review_zone(self, healthy: Healthy) -> None:
+        # Judged on the zone's subset itself: stand-ins come and go with the health they are
+        # judged by, and would make the decision flap. While spilling, the zone's own
+        # stand-ins are still taken first (see _choose).
+        local = self._local.chosen(_always)
+        total = len(local)
         self._local_healthy = sum(1 for address in local if healthy(address))
-        spill = should_spill(self._local_healthy, len(local), self.config.spill_threshold)
+        spill = should_spill(self._local_healthy, total, self.config.spill_threshold)
         if spill == self.spilling:
-            return set()
+            return
         self.spilling = spill
         zone = safe(self.config.zone)
         if spill:
@@ -198,7 +280,7 @@ class Selection:
                 self.target,
                 zone,
                 self._local_healthy,
-                len(local),
+                total,
                 self.config.spill_threshold,
             )
         else:
@@ -207,16 +289,25 @@ class Selection:
                 self.target,
                 zone,
                 self._local_healthy,
-                len(local),
+                total,
             )
-        return self._choose()
 
     def _choose(self) -> set[str]:
         """Recompute :attr:`chosen`; return what changed."""
-        chosen = self._local.chosen()
+        serving = self._healthy
+        local = self._local.chosen(serving)
+        chosen = set(local)
+        size = self.config.subset_size
         # With nothing in the zone there is nothing to wait for: the others serve at once.
         if self.config.zone is None or self.spilling or not chosen:
-            chosen |= self._remote.chosen()
+            if size is None:
+                chosen.update(self._remote.chosen(serving))
+            else:
+                # The other zones top the healthy ones up to the subset's size, no more.
+                short = size - sum(1 for address in local if serving(address))
+                if short > 0:
+                    chosen.update(self._remote.chosen(serving, short))
+        self.standing_in = max(0, len(chosen) - size) if size is not None else 0
         changed = chosen ^ self.chosen
         self.chosen = chosen
         return changed
@@ -234,6 +325,9 @@ class Selection:
             local_healthy=self._local_healthy,
             spilling=self.spilling,
             spills=self.spills,
+            rank=self.rank,
+            placed_by=self.placed_by,
+            standing_in=self.standing_in,
         )
 
 

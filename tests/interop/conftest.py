@@ -42,16 +42,16 @@ def _cache_root() -> Path:
     return Path(base, "aiodiscovery", "interop")
 
 
-def build_probe() -> Path:
+def build_probe(source: Path = SOURCE) -> Path:
     """Return the path of the built Go program, building it if the cache lacks this version."""
     go = shutil.which("go")
     if go is None or not NAMING.is_dir():
         missing = "the `go` command" if go is None else f"{NAMING}"
         pytest.fail(f"{missing} not found: {INSTALL}", pytrace=False)
     version = subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout
-    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode() + GOPATH.encode()).hexdigest()
+    digest = hashlib.sha256(source.read_bytes() + version.encode() + GOPATH.encode()).hexdigest()
     root = _cache_root()
-    binary = root / digest[:24] / "naming_probe"
+    binary = root / digest[:24] / source.stem
     if binary.exists():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +66,9 @@ def build_probe() -> Path:
     }
     # Build beside the final name and rename: a concurrent session never sees half a binary.
     with tempfile.TemporaryDirectory(dir=binary.parent) as tmp:
-        out = Path(tmp, "naming_probe")
+        out = Path(tmp, source.stem)
         result = subprocess.run(
-            [go, "build", "-o", str(out), str(SOURCE)],
+            [go, "build", "-o", str(out), str(source)],
             env=env,
             cwd=tmp,
             capture_output=True,
@@ -78,7 +78,7 @@ def build_probe() -> Path:
         )
         if result.returncode != 0:
             pytest.fail(
-                f"building {SOURCE.name} failed:\n{result.stderr.strip()}\n({INSTALL})",
+                f"building {source.name} failed:\n{result.stderr.strip()}\n({INSTALL})",
                 pytrace=False,
             )
         out.replace(binary)
@@ -89,3 +89,9 @@ def build_probe() -> Path:
 def naming_probe() -> Path:
     """The Go program driving etcd's naming packages (see naming_probe.go)."""
     return build_probe()
+
+
+@pytest.fixture(scope="session")
+def orca_probe() -> Path:
+    """A grpc-go client of ORCA load reports (see orca_probe.go)."""
+    return build_probe(SOURCE.with_name("orca_probe.go"))

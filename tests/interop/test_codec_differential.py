@@ -15,6 +15,7 @@ import base64
 import math
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,38 @@ def test_large_integers_are_the_documented_difference(naming_probe: Path) -> Non
 
 def test_the_go_1_22_normalisation_touches_only_b_and_f() -> None:
     assert as_go_1_22(rb'"\u0008\u000c\\u0008\u000b"') == rb'"\b\f\\u0008\u000b"'
+
+
+# -- nesting under a raised recursion limit ---------------------------------------------------
+
+
+def _nested(levels: int) -> list[bytes]:
+    """Records whose deepest value sits ``levels`` deep, the record's own object counted, in
+    the shapes the decoder's paths take: canonical, Op first, an unknown field, arrays, objects."""
+    inner = levels - 1
+    arrays = b"[" * inner + b"]" * inner
+    objects = b'{"a":' * (inner - 1) + b"{}" + b"}" * (inner - 1)
+    return [
+        b'{"Addr":"a:1","Metadata":' + arrays + b"}",
+        b'{"Op":0,"Addr":"a:1","Metadata":' + objects + b"}",
+        b'{"Metadata":' + arrays + b',"Addr":"a:1"}',
+        b'{"Addr":"a:1","Unknown":' + objects + b"}",
+        # Brackets in strings are not nesting: only the faithful count tells them apart.
+        b'{"Addr":"a:1","Metadata":["' + b"[" * 20_000 + b'",' + arrays[1:] + b"}",
+    ]
+
+
+def test_nesting_limit_holds_whatever_the_recursion_limit(naming_probe: Path) -> None:
+    # Go's scanner refuses a document deeper than 10,000 levels; CPython's C scanner nests as
+    # deep as sys.getrecursionlimit() allows, which applications raise.
+    inputs = [data for levels in (9_999, 10_000, 10_001) for data in _nested(levels)]
+    go_lines = run_batch(naming_probe, "decode", inputs)
+    assert [line[0] for line in go_lines] == ["1"] * 10 + ["0"] * 5
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)
+    try:
+        answers = [ours(data) for data in inputs]
+    finally:
+        sys.setrecursionlimit(before)
+    assert [a[0] for a in answers] == [g[0] for g in go_lines]
+    assert all(agree(g, a) for g, a in zip(go_lines, answers, strict=True))

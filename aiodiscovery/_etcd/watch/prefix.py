@@ -30,6 +30,7 @@ from ..._exceptions import DecodeError, EtcdError, PermissionDeniedError
 from ..._logsafe import safe
 from ..kv import decode_key, prefix_pages, prefix_range_end, valid_key
 from ..transport import Transport
+from .badvalues import BadValueLog
 from .stream import run_watch
 
 __all__ = ["PrefixWatch", "WatchBatch", "WatcherStatistics"]
@@ -43,7 +44,8 @@ class WatcherStatistics:
 
     ``reconnects`` counts broken streams (resumed from the last revision), ``relists`` full
     re-reads (after a compaction or a cancel), ``bad_values`` values that named no usable
-    endpoint (each dropped its key, with one warning per key).
+    endpoint (each dropped its key; a list reports its new ones in one warning, a watch each
+    key once, rate-limited).
     """
 
     endpoints: int = 0
@@ -102,6 +104,7 @@ class PrefixWatch:
         self._counts = _Counters()
         self._backoff = Backoff(initial=0.05, cap=backoff_cap)
         self._bad_keys: set[str] = set()
+        self._bad_log = BadValueLog(logger, prefix)
 
     def statistics(self) -> WatcherStatistics:
         """A snapshot of the counters."""
@@ -169,6 +172,7 @@ class PrefixWatch:
         revision = 0
         fresh: dict[str, Entry] = {}
         bad_before, self._bad_keys = self._bad_keys, set()
+        newly_bad: list[tuple[str, str]] = []
         decode, entry = self._decode, _new_entry
         async with contextlib.aclosing(prefix_pages(self.client, self.prefix)) as pages:
             async for revision, kvs in pages:  # noqa: B007 (the last page's is the list's)
@@ -176,9 +180,10 @@ class PrefixWatch:
                     # The hottest loop of a big list: what decode_key() does, inline.
                     for kv in kvs:
                         key = kv.key.decode("utf-8", "surrogateescape")
-                        endpoint = decode(key, kv.value, bad_before)
+                        endpoint = decode(key, kv.value, bad_before, newly_bad)
                         if endpoint is not None:
                             fresh[key] = entry((endpoint, kv.lease, kv.mod_revision))
+        self._bad_log.loaded(newly_bad)
         if self.revision:
             self._counts.relists += 1
             if revision < self.revision:
@@ -273,19 +278,31 @@ class PrefixWatch:
         self._counts.events += len(events)
         return self._commit(revision, updates, relist=False)
 
-    def _decode(self, key: str, value: bytes, warned: set[str]) -> Endpoint | None:
-        """The endpoint ``value`` names, or None (counted; a warning unless ``key`` is in
-        ``warned``, the keys found bad before and still so: each is warned about once)."""
+    def _decode(
+        self,
+        key: str,
+        value: bytes,
+        warned: set[str],
+        newly_bad: list[tuple[str, str]] | None = None,
+    ) -> Endpoint | None:
+        """The endpoint ``value`` names, or None (counted, and reported unless ``key`` is in
+        ``warned``, the keys found bad before and still so: each is reported once). A load
+        collects the reports in ``newly_bad`` for one summary; a watch logs each (rate-limited).
+        """
         try:
             if not (key.isascii() or valid_key(key)):
                 raise DecodeError(safe(key), "the key is not valid UTF-8")  # noqa: TRY301
-            endpoint = decode_endpoint(key, value)
+            endpoint = decode_endpoint(key, value, budget=self.client.metadata_budget)
         except Exception as exc:
             # DecodeError is the decoder's only failure; anything else is a bug that must still
             # cost one key, never the watch.
             self._counts.bad_values += 1
             if key not in warned:
-                logger.warning("ignoring endpoint: %s", safe(exc))
+                reason = exc.reason if isinstance(exc, DecodeError) else repr(exc)
+                if newly_bad is None:
+                    self._bad_log.changed(key, reason)
+                else:
+                    newly_bad.append((key, reason))
             self._bad_keys.add(key)
             return None
         if warned:

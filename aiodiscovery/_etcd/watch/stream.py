@@ -20,7 +20,8 @@ import grpc
 from aetcd import rpc
 
 from ..._exceptions import EtcdError, EtcdUnavailableError
-from ..rpc import close_call, rpc_step, translate_error
+from ..._grpccall import close_call, rpc_step
+from ..rpc import translate_error
 from ..transport import Transport
 
 __all__ = ["run_watch"]
