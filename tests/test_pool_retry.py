@@ -14,8 +14,10 @@ import grpc.aio
 import pytest
 
 from aiodiscovery import BalancedChannel, EtcdClient, resolve
+from aiodiscovery._balancer.policies import Picker
 from aiodiscovery._logsafe import Labelled
 from aiodiscovery._pool.retrying import RetryingUnaryStreamCall, RetryingUnaryUnaryCall
+from aiodiscovery._pool.serviceconfig import channel_rules
 
 from .faulty_servers import FaultyServer, faulty_servers, registered
 from .helpers import until
@@ -418,16 +420,35 @@ def test_service_configs_that_break_the_rules_are_refused() -> None:
             "duplicate method name test.Echo",
         ),
         ({"methodConfig": [{"name": [{"method": "Unary"}]}]}, "a method needs its service"),
-        ({"retryThrottling": {"maxTokens": 0, "tokenRatio": 0.1}}, "maxTokens must be a num"),
-        ({"retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}, "at most 1000"),
+        ({"retryThrottling": {"maxTokens": 0, "tokenRatio": 0.1}}, "maxTokens must be an int"),
+        ({"retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}, r"in 1\.\.1000"),
+        # grpc core reads maxTokens as an unsigned integer: it refuses 10.5 and 10.0 alike.
+        ({"retryThrottling": {"maxTokens": 10.5, "tokenRatio": 0.1}}, "maxTokens must be an int"),
+        ({"retryThrottling": {"maxTokens": 10.0, "tokenRatio": 0.1}}, "maxTokens must be an int"),
         ({"retryThrottling": {"maxTokens": 10}}, "tokenRatio must be a number"),
+        # Three decimals kept, truncated, as grpc core does: 0.0009 is 0.
+        ({"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.0009}}, "at least 0.001"),
+        ({"loadBalancingConfig": [{"nope": {}}]}, "names no policy the pool implements"),
+        ({"loadBalancingPolicy": "nope"}, "is not a policy the pool implements"),
+        ({"healthCheckConfig": {"serviceName": 3}}, "serviceName must be a string"),
     ]
     from aiodiscovery._resilience.retrypolicy import retry_config  # noqa: PLC0415
 
     for document, message in cases:
         text = document if isinstance(document, str) else json.dumps(document)
         with pytest.raises(ValueError, match=message):
-            retry_config([("grpc.service_config", text)], LOG)
+            options = [("grpc.service_config", text)]
+            retry_config(options, LOG)
+            channel_rules(options)
+
+
+def test_token_ratio_keeps_three_decimals_truncated() -> None:
+    from aiodiscovery._resilience.retrypolicy import retry_config  # noqa: PLC0415
+
+    for ratio, kept in ((0.5999, 0.599), (1.005, 1.005), (0.001, 0.001), (2, 2.0)):
+        document = {"retryThrottling": {"maxTokens": 10, "tokenRatio": ratio}}
+        config, _ = retry_config([("grpc.service_config", json.dumps(document))], LOG)
+        assert config.throttle is not None and config.throttle.token_ratio == kept, ratio
 
 
 async def test_resolve_refuses_a_bad_service_config(client: EtcdClient, service: str) -> None:
@@ -448,10 +469,13 @@ def test_the_subchannels_get_the_service_config_without_retries() -> None:
         ],
         "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
     }
+    document["healthCheckConfig"] = {"serviceName": "svc"}
     config, options = retry_config([("a", 1), ("grpc.service_config", json.dumps(document))], LOG)
     assert options[0] == ("a", 1)
+    # grpc core's own retries are off underneath: it would replace the pool's
+    # grpc-previous-rpc-attempts header. The balancer and health checks are the pool's too.
+    assert options[2] == ("grpc.enable_retries", 0)
     assert json.loads(options[1][1]) == {
-        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {"name": [{"service": "test.Echo"}], "timeout": "2s", "waitForReady": True},
             {"name": [{"service": "x"}]},
@@ -512,3 +536,38 @@ async def test_statistics_count_retries(client: EtcdClient, service: str) -> Non
             assert stats.retries == servers[0].calls > 0
             assert (stats.retries_throttled, stats.transparent_retries) == (0, 0)
             assert stats.retry_tokens is None
+
+
+async def test_a_retry_that_cannot_start_is_logged_above_debug(
+    client: EtcdClient, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FailsAfterFirst(Picker[Any]):
+        """Picks the first subchannel once; any later pick (the retry's) is a fault."""
+
+        def __init__(self) -> None:
+            self.subchannels: Any = ()
+            self.picks = 0
+
+        def update(self, subchannels: Any) -> None:
+            self.subchannels = subchannels
+
+        def pick(self) -> Any:
+            self.picks += 1
+            if self.picks > 1:
+                raise RuntimeError("picker fault")
+            return self.subchannels[0]
+
+    options = service_config(for_echo(retry_policy()))
+    async with faulty_servers(1) as servers, registered(client, service, servers):
+        servers[0].fail_with = UNAVAILABLE
+        async with await resolve(
+            client, service, options=options, policy=FailsAfterFirst
+        ) as channel:
+            await ready(channel, 1)
+            with caplog.at_level(logging.DEBUG, logger="aiodiscovery"):
+                error = await failure(channel)
+            # The caller gets the attempt's own error; the fault is not hidden at DEBUG.
+            assert error.code() is UNAVAILABLE and servers[0].calls == 1
+            records = [r for r in caplog.records if "could not start a retry" in r.getMessage()]
+            assert [r.levelno for r in records] == [logging.WARNING]
+            assert "picker fault" in records[0].getMessage()

@@ -32,13 +32,14 @@ IDLE_TIMEOUT_OPTION = "grpc.client_idle_timeout_ms"
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 # grpc reads INT_MAX milliseconds as "never".
 _NEVER_MS = 2**31 - 1
+_DEFAULT_POLICY = "round_robin"
 
 
 @dataclass(frozen=True, slots=True)
 class PoolOptions:
     """How a channel dials, picks and protects itself (see :func:`~aiodiscovery.resolve`)."""
 
-    policy: str | Callable[[], Picker[Any]] = "round_robin"
+    policy: str | Callable[[], Picker[Any]] = _DEFAULT_POLICY
     credentials: grpc.ChannelCredentials | None = None
     options: tuple[tuple[str, Any], ...] = ()
     interceptors: tuple[grpc.aio.ClientInterceptor, ...] = ()
@@ -80,9 +81,31 @@ class PoolOptions:
             )
         return None if ms >= _NEVER_MS else ms / 1000
 
-    def picker(self) -> Picker[Any]:
-        """A fresh picker for :attr:`policy` (``ValueError``/``TypeError`` for a bad one)."""
-        return make_picker(self.policy)
+    def picker(self, configured: str | None = None) -> Picker[Any]:
+        """A fresh picker (``ValueError``/``TypeError`` for a bad policy).
+
+        ``configured`` is the service config's policy: it wins over the default ``policy``, as
+        in grpc core; a ``policy=`` of another name given beside it is refused.
+        """
+        policy = self.policy
+        if configured is not None and policy != configured:
+            if policy != _DEFAULT_POLICY:
+                raise ValueError(
+                    f"policy={policy!r} and the service config's {configured!r} disagree"
+                )
+            policy = configured
+        return make_picker(policy)
+
+    def health_service(self, configured: str | None) -> str | None:
+        """The service the health checks ask about: ``health_check`` or the service config's
+        ``healthCheckConfig.serviceName`` (``configured``); refused if both differ."""
+        given = self.health_check
+        if given is not None and configured is not None and given != configured:
+            raise ValueError(
+                f"health_check={given!r} and the service config's healthCheckConfig "
+                f"serviceName {configured!r} disagree"
+            )
+        return configured if given is None else given
 
     def retry(self, log: Labelled) -> tuple[RetryConfig, list[tuple[str, Any]]]:
         """The pool's retry rules (logging through ``log``) and the options its subchannels get.

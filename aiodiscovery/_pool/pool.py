@@ -41,6 +41,7 @@ from .._resilience.outlier import OutlierDetector
 from .._resilience.retrypolicy import RetryThrottle
 from .membership import Membership
 from .options import PoolOptions
+from .serviceconfig import channel_rules
 from .stats import PoolStatistics, subchannel_statistics
 
 __all__ = ["EndpointSource", "Pool"]
@@ -80,7 +81,9 @@ class Pool:
         self.target = target
         # Every line the pool and its parts log starts with the target it serves.
         self.log = Labelled(logger, target)
-        self.picker: Picker[Subchannel] = options.picker()
+        # The service config's balancer and health check, where it names them.
+        rules = channel_rules(options.options)
+        self.picker: Picker[Subchannel] = options.picker(rules.policy)
         # The subchannels the picker was last given; empty means "defer the call".
         self.usable: list[Subchannel] = []
         self.state = _State.IDLE
@@ -107,7 +110,7 @@ class Pool:
         self._no_endpoint_failures = 0
         self._grace: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        service = options.health_check
+        service = options.health_service(rules.health_check)
         self._health = None if service is None else HealthCheck(self.log, service)
         detection = options.outlier_detection
         self._detector = (

@@ -11,11 +11,14 @@ status alone, whether the call ends with it or goes on:
   once, on another READY endpoint; that costs no attempt of the policy and no throttle token.
   Nothing else is retried without a policy: any other failure may have reached the server.
 - **retryPolicy**: an attempt that failed with one of ``retryableStatusCodes`` is retried after
-  ``random(0, min(initialBackoff * backoffMultiplier ** n, maxBackoff))`` (or the server's
+  ``random(0.8, 1.2) * min(initialBackoff * backoffMultiplier ** n, maxBackoff)`` (or the server's
   ``grpc-retry-pushback-ms``; a negative or garbled one means "do not retry"), up to
   ``maxAttempts`` attempts, while the retry throttle allows it, and never past the call's
   deadline (a retry that could not start before it is not made: the call ends with the last
-  attempt's error). An attempt whose server sent initial metadata is final (A6's commit point),
+  attempt's error). A retry carries ``grpc-previous-rpc-attempts`` (the attempts made before
+  it), as grpc core's do. An attempt whose server sent initial metadata with entries is final
+  (A6's commit point; headers without entries cannot be told apart from none through grpcio's
+  API, so such an attempt may be retried where grpc core would not),
   and so is a cancelled one (``CANCELLED`` is never retried: it is the caller's doing, or the
   channel's close).
 - A unary-stream call is retried only until the application has received something from it (a
@@ -49,12 +52,19 @@ from .._resilience.retrypolicy import MethodRetry, pushback_delay
 if TYPE_CHECKING:
     from .pool import Pool
 
-__all__ = ["NEVER_SENT", "PUSHBACK", "RetryingUnaryStreamCall", "RetryingUnaryUnaryCall"]
+__all__ = [
+    "NEVER_SENT",
+    "PREVIOUS_ATTEMPTS",
+    "PUSHBACK",
+    "RetryingUnaryStreamCall",
+    "RetryingUnaryUnaryCall",
+]
 
 
 # grpc's details for a call failed while picking a connection for it (pick_first without one).
 NEVER_SENT = ("failed to connect to all addresses",)
 PUSHBACK = "grpc-retry-pushback-ms"
+PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"
 # A pushback that says "do not retry".
 _STOP = -1.0
 
@@ -133,11 +143,24 @@ class _Retrying(LateCall):
         kwargs = self._kwargs
         if self._deadline is not None:
             kwargs = {**kwargs, "timeout": max(0.0, self._deadline - time.monotonic())}
+        if self._retries:
+            # gRFC A6: the server may tell a retry from a first attempt (grpc core sends it).
+            previous_attempts = ((PREVIOUS_ATTEMPTS, str(self._retries)),)
+            kwargs = {**kwargs, "metadata": (*(kwargs.get("metadata") or ()), *previous_attempts)}
         try:
             self._context.run(self._start, kwargs, sub)
-        except Exception:
-            # The channel closed meanwhile, say: the caller gets the last attempt's error.
-            self._pool.log.debug("could not start a retry", exc_info=True)
+        except Exception as exc:
+            # The caller gets the last attempt's error. Expected once the channel is closing;
+            # anything else is a fault of ours or of the caller's arguments, and must be seen.
+            if self._pool.closed:
+                self._pool.log.info("retry of %s not made: the channel is closed", self._key[1])
+            else:
+                self._pool.log.warning(
+                    "could not start a retry of %s: %s",
+                    self._key[1],
+                    safe(repr(exc)),
+                    exc_info=True,
+                )
             self._settle(previous)
 
     def _attempt_done(self, attempt: Any, *, reader: bool = False) -> None:

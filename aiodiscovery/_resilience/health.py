@@ -5,10 +5,11 @@ one ``Watch`` call for ``name`` open on that connection (``""`` asks about the w
 takes new calls only while the last answer on the current connection is ``SERVING``: it is held
 out of the picks (see :meth:`Subchannel.hold`) from the time a connection is made until the
 first ``SERVING``, and whenever the server answers anything else; its calls in flight finish.
-A server without the health service (``UNIMPLEMENTED``) counts as healthy, as in grpc-go, and
-is logged once. Any other end of the stream makes the subchannel unusable until the next answer;
-the stream is opened again at once if the last one had brought an answer, else after a jittered
-exponential backoff (1 s, x1.6, up to 120 s: grpc's connection backoff).
+A server without the health service (``UNIMPLEMENTED``) counts as healthy, as in grpc core and
+grpc-go, and is logged once at ERROR. Any other end of the stream makes the subchannel unusable
+until the next answer; the stream is opened again at once if the last one had brought an
+answer, else after a jittered exponential backoff (1 s, x1.6, up to 120 s: grpc's connection
+backoff).
 
 One ``Watch`` call is read by :class:`aiodiscovery._healthproto.HealthStream`, shared with the
 Registrar's health watch.
@@ -150,7 +151,9 @@ class SubchannelHealth:
         check = self.check
         if sub.address not in check.unimplemented:
             check.unimplemented.add(sub.address)
-            check.log.warning(
+            # gRFC A17: a server without the health service is a deployment error, logged at
+            # ERROR (grpc core does the same), though the endpoint keeps taking calls.
+            check.log.error(
                 "endpoint %s has no health service (UNIMPLEMENTED); it counts as healthy",
                 safe(sub.address),
             )
