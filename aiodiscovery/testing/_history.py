@@ -66,6 +66,8 @@ __all__ = [
 
 PROPERTIES = ("ordered", "unique", "atomic", "reliable", "resumable", "same_events", "view")
 _CALL_TIMEOUT = 5.0
+# A member that sends nothing (not even the progress asked for) for this long is given up.
+_SILENCE = 3.0
 _PROGRESS_PERIOD = 0.2
 _PUT = 0
 
@@ -280,7 +282,7 @@ class EtcdHistory:
             try:
                 async with grpc.aio.insecure_channel(url) as channel:
                     await self._list_and_watch(channel)
-            except (grpc.aio.AioRpcError, TimeoutError, _Relist):
+            except* (grpc.aio.AioRpcError, TimeoutError, _Relist):
                 pass
             self.resumes += 1
             await backoff.sleep()
@@ -310,7 +312,7 @@ class EtcdHistory:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._ask_progress, call)
                 while True:
-                    with anyio.fail_after(_CALL_TIMEOUT):
+                    with anyio.fail_after(_SILENCE):
                         response = await call.read()
                     if response is grpc.aio.EOF:
                         raise TimeoutError("watch stream ended")
