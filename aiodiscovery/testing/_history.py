@@ -219,6 +219,49 @@ class EtcdHistory:
                     raise self._error
                 await self._advanced.wait()
 
+    def to_json(self) -> dict[str, Any]:
+        """The recorded history as JSON-ready data (values as Latin-1 text, byte for byte)."""
+
+        def text(value: bytes | None) -> str | None:
+            return None if value is None else value.decode("latin-1")
+
+        return {
+            "prefix": self.prefix,
+            "start_revision": self.start_revision,
+            "revision": self.revision,
+            "anchors": [
+                [revision, {k: text(v) for k, v in state.items()}]
+                for revision, state in self._anchors
+            ],
+            "events": [[e.revision, e.key, text(e.value)] for e in self.events],
+            "holes": self.holes,
+            "stream_violations": [
+                [v.property, v.client, v.revision, v.detail] for v in self.stream_violations
+            ],
+            "resumes": self.resumes,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EtcdHistory:
+        """A history written by :meth:`to_json` (to check, not to record: it is not entered)."""
+
+        def raw(value: str | None) -> bytes | None:
+            return None if value is None else value.encode("latin-1")
+
+        history = cls("", data["prefix"])
+        history.start_revision = data["start_revision"]
+        history.revision = data["revision"]
+        history._anchors = [
+            (revision, {k: v.encode("latin-1") for k, v in state.items()})
+            for revision, state in data["anchors"]
+        ]
+        history.events = [HistoryEvent(r, k, raw(v)) for r, k, v in data["events"]]
+        history._revisions = [e.revision for e in history.events]
+        history.holes = [(first, last) for first, last in data["holes"]]
+        history.stream_violations = [Violation(*v) for v in data["stream_violations"]]
+        history.resumes = data["resumes"]
+        return history
+
     # -- recording ----------------------------------------------------------------------------
 
     def _advance(self, revision: int) -> None:
