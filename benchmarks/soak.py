@@ -27,10 +27,19 @@ drawn from ``--seed`` (each kind once per round, shuffled): ``leader_kill`` and 
 (SIGSTOP for ``--freeze`` s, then SIGCONT, of a member that a server or the client is connected
 to), ``compaction`` (to the current revision), ``server_graceful_restart`` (SIGTERM: the server
 leaves its Registrar block, drains ``--drain`` s, exits; then starts again on the same port),
-``server_kill`` (SIGKILL, restart on the same port after 0.5 to TTL + 2 s) and, with
-``--mass-deletion``, ``mass_deletion`` (an operator's ``etcdctl del --prefix`` of the service).
+``server_kill`` (SIGKILL, restart on the same port after 0.5 to TTL + 2 s), ``member_partition``
+(a member in use cut off from its peers, both ways, for ``--partition`` s while its clients still
+reach it: every member's peer URL goes through the kit's ``TcpProxy``), ``member_latency``
+(``--latency`` s added to the raft traffic to a member in use, for ``--partition`` s),
+``member_replace`` (etcdctl member remove, then member add of a fresh member with a new data
+directory on the same ports) and, with ``--mass-deletion``, ``mass_deletion`` (an operator's
+``etcdctl del --prefix`` of the service).
 ``--faults`` narrows the draw (``--faults member_freeze,server_kill``). No fault ends later than
 TTL + 3 s before the end.
+
+``--auth`` turns etcd's authentication on with a 1 s token TTL (``--auth-token-ttl=1``) for the
+whole run: every child authenticates (the password reaches them through their environment).
+``--retry`` gives the client's channel a retry policy (gRFC A6, ``UNAVAILABLE``, 5 attempts).
 
 The summary counts, from the children's records on one monotonic clock:
 
@@ -44,10 +53,17 @@ The summary counts, from the children's records on one monotonic clock:
   deregistered one after its key went), and how long after a restarted server registered the
   first call reached it;
 - tracebacks in any child's stderr, and processes (etcd, servers, client, observer) still alive
-  after the soak stopped them.
+  after the soak stopped them;
+- the watch history: every batch the client's watch delivered, held against etcd's history of
+  the service (recorded by the observer with the testing kit's ``EtcdHistory``) by
+  ``aiodiscovery.testing.check_history``: ordered, unique, atomic, reliable, resumable, and the
+  client's view equal to etcd's prefix at every revision it reported.
 
 The verdict passes with no failure other than in flight on a SIGKILLed server, no lapse, no
-traceback and no leaked process. The children's stderr, their records and ``record.json`` stay in
+broken history invariant, no traceback and no leaked process. With matplotlib (``pip install
+'aiodiscovery[plot]'``) a timeline picture (calls/s, failures, faults, client staleness,
+registration gaps) goes to ``--plot`` (default ``timeline.png`` in the work directory, which is
+then kept). The children's stderr, their records and ``record.json`` stay in
 ``--workdir`` (default: a temporary directory, removed when the verdict passes unless ``--keep``);
 ``--analyse DIR`` prints the summary of a kept run again.
 """
