@@ -24,7 +24,7 @@ from aiodiscovery.testing import (
     WatchRecord,
     check_history,
 )
-from aiodiscovery.testing._history import Delivery
+from aiodiscovery.testing._watch_record import Delivery
 
 from .helpers import until
 

@@ -41,11 +41,13 @@ from ._certificates import TLSFiles
 from ._cluster import EtcdCluster
 from ._etcdctl import run_etcdctl as run_etcdctl
 from ._grpc_proxy import EtcdGrpcProxy
-from ._history import EtcdHistory, HistoryCheck, Violation, WatchRecord, check_history
+from ._history import EtcdHistory, Violation
+from ._history_check import HistoryCheck, check_history
 from ._ports import PortInUseError, free_port
 from ._process import etcd_binary
 from ._server import EtcdServer
 from ._tcp_proxy import TcpProxy
+from ._watch_record import WatchRecord
 
 __all__ = [
     "EtcdCluster",

@@ -160,8 +160,8 @@ class EtcdCluster(Lifecycle):
     async def replace(self, member: EtcdServer) -> EtcdServer:
         """Remove ``member`` from the cluster and add a fresh one in its place (etcd's member
         remove, then member add; a new name and data directory, the same ports and proxy), as an
-        operator replaces a failed machine. A leader hands its leadership on first. Returns the
-        new member, now in :attr:`members`."""
+        operator replaces a failed machine (a leader too: the others elect a new one). Returns
+        the new member, now in :attr:`members`."""
         i = self.members.index(member)
         rest = [m for m in self.members if m is not member and m.running]
         others = ",".join(m.url for m in rest)
@@ -169,9 +169,6 @@ class EtcdCluster(Lifecycle):
         with anyio.fail_after(_RECONFIGURE_TIMEOUT):
             ids = {m.get("name"): m["ID"] for m in await self._member_list(first, others)}
             old_id = ids[member.name]
-            if await self.leader_async() is member:
-                target = f"{ids[first.name]:x}"
-                await _until_done(lambda: member.etcdctl_async("move-leader", target))
             await _until_done(
                 lambda: first.etcdctl_async("member", "remove", f"{old_id:x}", endpoints=others)
             )

@@ -31,9 +31,8 @@ guessed.
 from __future__ import annotations
 
 import bisect
-import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -43,28 +42,12 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
-from .. import (
-    Endpoint,
-    EndpointManager,
-    EndpointSet,
-    Operation,
-    Update,
-    WatchBatch,
-    Watcher,
-    decode_endpoint,
-)
+from .. import Endpoint, decode_endpoint
 from .._backoff import Backoff
 from .._taskgroup import exit_task_group
 
-__all__ = [
-    "EtcdHistory",
-    "HistoryCheck",
-    "Violation",
-    "WatchRecord",
-    "check_history",
-]
+__all__ = ["EtcdHistory", "HistoryEvent", "Violation"]
 
-PROPERTIES = ("ordered", "unique", "atomic", "reliable", "resumable", "same_events", "view")
 _CALL_TIMEOUT = 5.0
 # A member that sends nothing (not even the progress asked for) for this long is given up.
 _SILENCE = 3.0
@@ -96,6 +79,19 @@ class HistoryEvent:
     revision: int
     key: str
     value: bytes | None
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken property: which, whose record, at which revision, and what was seen."""
+
+    property: str
+    client: str
+    revision: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.property}: {self.client} at revision {self.revision}: {self.detail}"
 
 
 class EtcdHistory:
@@ -385,327 +381,3 @@ class EtcdHistory:
 
 class _Relist(Exception):
     """etcd compacted past the history's watch, or cancelled it: the state was listed again."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One thing a client delivered: a batch (``updates``), or a snapshot (``view``).
-
-    ``revision`` is ``None`` for ``EndpointManager.watch()``'s batches, which carry none.
-    """
-
-    revision: int | None
-    updates: tuple[Update, ...] = ()
-    relist: bool = False
-    view: Mapping[str, Endpoint] | None = None
-
-
-def _update_to_json(update: Update) -> list[Any]:
-    if update.endpoint is None:
-        return [update.key]
-    return [update.key, update.endpoint.addr, update.endpoint.metadata]
-
-
-def _update_from_json(item: list[Any]) -> Update:
-    if len(item) == 1:
-        return Update.delete(item[0])
-    return Update.add(item[0], Endpoint(item[1], item[2]))
-
-
-class WatchRecord:
-    """What one client delivered, in order; ``name`` names it in violations.
-
-    Feed it by hand (:meth:`batch`, :meth:`updates`, :meth:`snapshot`) or let it follow a source
-    until cancelled (:meth:`follow_batches`, :meth:`follow_updates`, :meth:`follow_watcher`).
-    :meth:`to_json` and :meth:`from_json` carry it between processes.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.deliveries: list[Delivery] = []
-
-    def batch(self, batch: WatchBatch) -> None:
-        """Record one batch of ``watch_batches()``."""
-        self.deliveries.append(Delivery(batch.revision, tuple(batch.updates), batch.relist))
-
-    def updates(self, updates: Iterable[Update]) -> None:
-        """Record one batch of ``watch()`` (no revision: it is inferred from etcd's history)."""
-        self.deliveries.append(Delivery(None, tuple(updates), relist=not self.deliveries))
-
-    def snapshot(self, snapshot: EndpointSet) -> None:
-        """Record one snapshot of a :class:`~aiodiscovery.Watcher`."""
-        self.deliveries.append(Delivery(snapshot.revision, view=dict(snapshot)))
-
-    @property
-    def last_revision(self) -> int:
-        """The newest revision delivered (0 if none carried one)."""
-        return max((d.revision or 0 for d in self.deliveries), default=0)
-
-    async def follow_batches(self, manager: EndpointManager) -> None:
-        """Record every batch of ``manager.watch_batches()`` until cancelled."""
-        async with contextlib.aclosing(manager.watch_batches()) as batches:
-            async for batch in batches:
-                self.batch(batch)
-
-    async def follow_updates(self, manager: EndpointManager) -> None:
-        """Record every batch of ``manager.watch()`` until cancelled."""
-        async with contextlib.aclosing(manager.watch()) as batches:
-            async for updates in batches:
-                self.updates(updates)
-
-    async def follow_watcher(self, watcher: Watcher) -> None:
-        """Record every snapshot of an entered ``watcher`` until cancelled or its block ends."""
-        snapshots: AsyncIterator[EndpointSet] = watcher.snapshots()
-        async for snapshot in snapshots:
-            self.snapshot(snapshot)
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as JSON-ready data."""
-        return {
-            "name": self.name,
-            "deliveries": [
-                {
-                    "revision": d.revision,
-                    "relist": d.relist,
-                    "updates": [_update_to_json(u) for u in d.updates],
-                    "view": None
-                    if d.view is None
-                    else {k: [e.addr, e.metadata] for k, e in d.view.items()},
-                }
-                for d in self.deliveries
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> WatchRecord:
-        """A record written by :meth:`to_json`."""
-        record = cls(data["name"])
-        for d in data["deliveries"]:
-            view = d.get("view")
-            record.deliveries.append(
-                Delivery(
-                    d["revision"],
-                    tuple(_update_from_json(u) for u in d["updates"]),
-                    d["relist"],
-                    None if view is None else {k: Endpoint(a, m) for k, (a, m) in view.items()},
-                )
-            )
-        return record
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One broken property: which, whose record, at which revision, and what was seen."""
-
-    property: str
-    client: str
-    revision: int | None
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.property}: {self.client} at revision {self.revision}: {self.detail}"
-
-
-@dataclass
-class HistoryCheck:
-    """The outcome of :func:`check_history`: ``violations`` (empty when every property held),
-    how many deliveries were checked against etcd and how many fell where the history is not
-    known (``unverified``)."""
-
-    violations: list[Violation] = field(default_factory=list)
-    checked: int = 0
-    unverified: int = 0
-    relists: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """Whether every property held."""
-        return not self.violations
-
-    def by_property(self) -> dict[str, int]:
-        """How many violations of each property (every property named, zeros included)."""
-        counts = dict.fromkeys(PROPERTIES, 0)
-        for v in self.violations:
-            counts[v.property] = counts.get(v.property, 0) + 1
-        return counts
-
-    def assert_ok(self) -> None:
-        """Raise :class:`AssertionError` listing the first violations, if any."""
-        if self.violations:
-            shown = "\n".join(str(v) for v in self.violations[:20])
-            raise AssertionError(f"{len(self.violations)} watch-history violations:\n{shown}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The outcome as JSON-ready data."""
-        return {
-            "ok": self.ok,
-            "checked": self.checked,
-            "unverified": self.unverified,
-            "relists": self.relists,
-            "violations": self.by_property(),
-            "first_violations": [str(v) for v in self.violations[:20]],
-        }
-
-
-def _apply(view: dict[str, Endpoint], updates: Iterable[Update]) -> None:
-    for update in updates:
-        if update.op is Operation.ADD:
-            assert update.endpoint is not None
-            view[update.key] = update.endpoint
-        else:
-            view.pop(update.key, None)
-
-
-class _Checker:
-    def __init__(self, history: EtcdHistory) -> None:
-        self.history = history
-        self.result = HistoryCheck()
-        # Revision -> (window start, updates, client) of the first batch seen for it.
-        self.by_revision: dict[int, tuple[int, frozenset[Update], str]] = {}
-
-    def fail(self, prop: str, client: str, revision: int | None, detail: str) -> None:
-        self.result.violations.append(Violation(prop, client, revision, detail))
-
-    def record(self, record: WatchRecord) -> None:
-        view: dict[str, Endpoint] = {}
-        previous: int | None = None
-        last_change: int | None = None
-        after_list = False
-        matched = self.history.start_revision
-        for d in record.deliveries:
-            name = record.name
-            if d.view is not None:
-                view = dict(d.view)
-            if d.revision is None:
-                _apply(view, d.updates)
-                self.check_duplicates(name, None, d.updates)
-                matched = self.infer(name, view, matched)
-                continue
-            if previous is not None and d.revision < previous:
-                self.fail("ordered", name, d.revision, f"after revision {previous}")
-            if d.updates and not d.relist and d.revision == last_change:
-                self.fail("atomic", name, d.revision, "the revision's changes came in two batches")
-            self.check_duplicates(name, d.revision, d.updates)
-            if d.relist:
-                self.result.relists += 1
-            elif d.view is None and previous is not None and d.revision > previous:
-                self.check_window(name, previous, d, view, "resumable" if after_list else None)
-            if d.view is None:
-                _apply(view, d.updates)
-            self.check_view(name, d.revision, view)
-            if d.updates or d.relist:
-                after_list = d.relist
-                last_change = d.revision
-            previous = max(previous or 0, d.revision)
-
-    def check_duplicates(self, name: str, revision: int | None, updates: Iterable[Update]) -> None:
-        keys: set[str] = set()
-        for update in updates:
-            if update.key in keys:
-                self.fail("unique", name, revision, f"{update.key!r} twice in one batch")
-            keys.add(update.key)
-
-    def check_window(
-        self, name: str, previous: int, d: Delivery, view: dict[str, Endpoint], label: str | None
-    ) -> None:
-        assert d.revision is not None
-        events = self.history.events_between(previous, d.revision)
-        after = self.history.view_at(d.revision)
-        if events is None or after is None:
-            return
-        changed: dict[str, int] = {}
-        for event in events:
-            changed[event.key] = event.revision
-        delivered = {u.key: u for u in d.updates}
-        for key, update in delivered.items():
-            if key not in changed:
-                self.fail(
-                    "unique",
-                    name,
-                    d.revision,
-                    f"{update.op.name} {key!r} but etcd has no event for it in "
-                    f"({previous}, {d.revision}]: delivered twice, or never happened",
-                )
-            elif update.endpoint != after.get(key):
-                self.fail(
-                    "reliable",
-                    name,
-                    d.revision,
-                    f"{update.op.name} {key!r} gives {update.endpoint!r}; "
-                    f"etcd holds {after.get(key)!r}",
-                )
-        for key, revision in changed.items():
-            if key in delivered or (key not in after and key not in view):
-                # A bad value for a key the client never knew is no change to its view.
-                continue
-            self.fail(
-                label or "reliable",
-                name,
-                d.revision,
-                f"etcd's event at revision {revision} for {key!r} is missing "
-                f"(batch covers ({previous}, {d.revision}])",
-            )
-        if not d.relist and all(e.revision == d.revision for e in events):
-            self.compare_clients(name, previous, d)
-
-    def compare_clients(self, name: str, previous: int, d: Delivery) -> None:
-        assert d.revision is not None
-        updates = frozenset(d.updates)
-        seen = self.by_revision.setdefault(d.revision, (previous, updates, name))
-        if seen[2] != name and seen[1] != updates:
-            self.fail(
-                "same_events",
-                name,
-                d.revision,
-                f"{sorted(u.key for u in updates)} where {seen[2]} got "
-                f"{sorted(u.key for u in seen[1])}",
-            )
-
-    def check_view(self, name: str, revision: int, view: dict[str, Endpoint]) -> None:
-        expected = self.history.view_at(revision)
-        if expected is None:
-            self.result.unverified += 1
-            return
-        self.result.checked += 1
-        if view != expected:
-            missing = sorted(set(expected) - set(view))
-            extra = sorted(set(view) - set(expected))
-            wrong = sorted(k for k in set(view) & set(expected) if view[k] != expected[k])
-            self.fail(
-                "view",
-                name,
-                revision,
-                f"differs from etcd's prefix: missing {missing}, extra {extra}, wrong {wrong}",
-            )
-
-    def infer(self, name: str, view: dict[str, Endpoint], since: int) -> int:
-        """The first revision from ``since`` on where etcd's prefix equals ``view``."""
-        candidates = [r for r in self.history.change_revisions() if r >= since]
-        for revision in [since, *candidates]:
-            expected = self.history.view_at(revision)
-            if expected is not None and expected == view:
-                self.result.checked += 1
-                return revision
-        if any(self.history.view_at(r) is None for r in candidates):
-            self.result.unverified += 1
-            return since
-        self.fail("view", name, None, f"no revision from {since} on has this view: {sorted(view)}")
-        return since
-
-
-def check_history(history: EtcdHistory, records: Iterable[WatchRecord]) -> HistoryCheck:
-    """Hold every record against ``history``; the violations found (see the module's doc).
-
-    Call :meth:`EtcdHistory.catch_up` with the records' newest revision first, so that the
-    history covers everything they delivered.
-    """
-    checker = _Checker(history)
-    checker.result.violations.extend(history.stream_violations)
-    for record in records:
-        checker.record(record)
-    return checker.result
-
-
-def newest_revision(records: Iterable[WatchRecord]) -> int:
-    """The newest revision any of ``records`` delivered."""
-    return max((r.last_revision for r in records), default=0)
