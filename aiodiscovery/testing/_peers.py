@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["local_ports"]
+__all__ = ["local_ports", "tcp_ports"]
+
+_ESTABLISHED = "01"
 
 
 def local_ports(pid: int | None) -> set[int]:
@@ -15,8 +17,12 @@ def local_ports(pid: int | None) -> set[int]:
     Members dial each other from ephemeral ports on 127.0.0.1, so the port a proxy sees a
     connection come from is the only thing that names the member that opened it.
     """
-    if pid is None:
-        return set()
+    return set() if pid is None else tcp_ports(pid)
+
+
+def tcp_ports(pid: int, *, remote: bool = False) -> set[int]:
+    """The local ports of the process's TCP sockets, or with ``remote`` the remote ports of its
+    established connections (Linux, from ``/proc``; empty elsewhere)."""
     inodes: set[str] = set()
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -25,12 +31,14 @@ def local_ports(pid: int | None) -> set[int]:
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
     ports: set[int] = set()
+    # gRPC dials IPv4 through IPv6 sockets (v4-mapped addresses): read both tables.
     for name in ("tcp", "tcp6"):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as table:
             next(table)
             for line in table:
                 fields = line.split()
                 # Fields: sl, local address, remote address, state, ..., inode (the 10th).
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                if fields[9] not in inodes or (remote and fields[3] != _ESTABLISHED):
+                    continue
+                ports.add(int(fields[2 if remote else 1].rsplit(":", 1)[1], 16))
     return ports
