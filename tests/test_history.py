@@ -241,3 +241,21 @@ async def test_etcds_own_stream_is_checked_too() -> None:
     history._record(rpc.WatchResponse(events=[event(10, "x/d")]), 10, last)
     kinds = [v.property for v in history.stream_violations]
     assert kinds == ["unique", "atomic", "ordered", "resumable"]
+
+
+async def test_the_recorder_authenticates_and_outlives_its_token() -> None:
+    async with EtcdServer(extra_args=["--auth-token-ttl=1"]) as etcd:
+        await anyio.to_thread.run_sync(etcd.enable_auth, "root", "secret")
+        client = await aiodiscovery.connect(etcd.url, username="root", password="secret")
+        try:
+            em = EndpointManager(client, "auth/svc")
+            async with EtcdHistory(etcd.url, "auth/svc/", username="root", password="secret") as h:
+                await em.add_endpoint("auth/svc/a", Endpoint("10.0.0.1:1"))
+                # Longer than the token lives: the watch goes on, a resume authenticates again.
+                await anyio.sleep(1.5)
+                await em.add_endpoint("auth/svc/b", Endpoint("10.0.0.2:1"))
+                await h.catch_up((await em.list_batch()).revision)
+            assert [e.key for e in h.events] == ["auth/svc/a", "auth/svc/b"]
+            assert h.stream_violations == []
+        finally:
+            await client.close()
