@@ -546,6 +546,33 @@ async def test_watcher_renews_an_expired_token_mid_watch_with_nothing_lost(
             await writer.close()
 
 
+async def test_a_watch_renews_an_expired_token_again_and_again(
+    mtls_auth_etcd: EtcdServer, service: str
+) -> None:
+    # Seen in the soak (--auth, 1 s tokens): the watch remembered the token its last renewal gave
+    # and took a later refusal of that same token, long expired, on a new stream for a real
+    # denial; the watch, and the pool on it, stopped for good.
+    etcd = mtls_auth_etcd
+    writer = await connect_as_root(etcd)
+    async with TcpProxy(etcd.client_port) as proxy:
+        client = await connect_as_root(etcd, url=f"https://127.0.0.1:{proxy.port}")
+        try:
+            em = EndpointManager(writer, service)
+            async with Watcher(client, service) as watcher:
+                for i in range(3):
+                    proxy.cut()
+                    await em.add_endpoint(f"{service}/e{i}", Endpoint(f"10.0.2.{i}:1"))
+                    await wait_token_expired(etcd, client)
+                    proxy.heal()
+                    with anyio.fail_after(15):
+                        while f"{service}/e{i}" not in watcher.snapshot:
+                            await watcher.wait_for_change()
+                assert watcher.statistics().reconnects >= 3
+        finally:
+            await client.close()
+            await writer.close()
+
+
 async def test_registrar_streams_recover_from_an_expired_token(
     mtls_auth_etcd: EtcdServer, service: str
 ) -> None:

@@ -101,6 +101,8 @@ class PrefixWatch:
         self.revision = 0
         self._counts = _Counters()
         self._backoff = Backoff(initial=0.05, cap=backoff_cap)
+        # Watches etcd created: a denial after one is not "denied again" (see run()).
+        self._created = 0
         self._bad_keys: set[str] = set()
 
     def statistics(self) -> WatcherStatistics:
@@ -140,14 +142,16 @@ class PrefixWatch:
                 if exc.code == "PERMISSION_DENIED":
                     # etcd 3.5.1 refuses a watch made with an expired token with the same words
                     # as a real denial: a renewed token settles it; denied again, it is real.
-                    token = self._token()
+                    # "Again" means with no watch created in between: a token that served a
+                    # watch and expired since is refused like any expired one.
+                    token = (self._token(), self._created)
                     if denied_generation == token or not await self.client.reauthenticate(exc):
                         raise PermissionDeniedError(
                             f"etcd does not let this client read {self.prefix!r}: {exc.details}",
                             code="PERMISSION_DENIED",
                             details=exc.details,
                         ) from None
-                    denied_generation = self._token()
+                    denied_generation = (self._token(), self._created)
                     continue
                 failure = exc
                 self._counts.reconnects += 1
@@ -235,6 +239,7 @@ class PrefixWatch:
                     details=reason,
                 )
             if response.created:
+                self._created += 1
                 self._backoff.reset()
                 return
             if not response.events:
