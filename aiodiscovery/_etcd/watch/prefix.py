@@ -145,14 +145,18 @@ class PrefixWatch:
                     # "Again" means with no watch created in between: a token that served a
                     # watch and expired since is refused like any expired one.
                     token = (self._token(), self._created)
-                    if denied_generation == token or not await self.client.reauthenticate(exc):
+                    if denied_generation == token or not token[0]:
                         raise PermissionDeniedError(
                             f"etcd does not let this client read {self.prefix!r}: {exc.details}",
                             code="PERMISSION_DENIED",
                             details=exc.details,
                         ) from None
-                    denied_generation = (self._token(), self._created)
-                    continue
+                    if await self.client.reauthenticate(exc):
+                        denied_generation = (self._token(), self._created)
+                        continue
+                    # The renewal failed for etcd's trouble ("leader changed", seen in the soak):
+                    # no answer about the permission yet, so a break like any other, and the
+                    # renewal is tried again after the backoff.
                 failure = exc
                 self._counts.reconnects += 1
                 delay = self._backoff.next_delay()
