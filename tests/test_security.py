@@ -29,7 +29,7 @@ from aiodiscovery._etcd.connect import reauthenticate
 from aiodiscovery._etcd.kv import prefix_range_end
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy, TLSFiles, free_port
 
-from .helpers import eventually, until_accepted
+from .helpers import eventually, until, until_accepted
 
 pytestmark = pytest.mark.anyio
 
@@ -571,6 +571,46 @@ async def test_a_watch_renews_an_expired_token_again_and_again(
         finally:
             await client.close()
             await writer.close()
+
+
+async def test_a_watch_whose_token_renewal_fails_for_a_while_keeps_trying() -> None:
+    # Seen in the soak (--auth, 1 s tokens): a watch refused for its expired token could not
+    # renew it at once ("etcdserver: leader changed") and took that for a real denial. Here the
+    # member the client uses gets its raft traffic 1.2 s late: it still has a leader and refuses
+    # the expired token itself, but a new token (Authenticate goes through raft) comes later
+    # than the client's 1 s timeout, until the latency goes.
+    async with EtcdCluster(
+        3, fast=False, peer_proxies=True, extra_args=["--auth-token-ttl=1"]
+    ) as cluster:
+        await anyio.to_thread.run_sync(cluster.enable_auth, "root", PASSWORD)
+        leader = await cluster.leader_async()
+        lonely = next(m for m in cluster.members if m is not leader)
+        slow = cluster.peer_proxies[cluster.members.index(lonely)]
+        writer = await aiodiscovery.connect(leader.url, username="root", password=PASSWORD)
+        async with TcpProxy(lonely.client_port) as proxy:
+            client = await aiodiscovery.connect(
+                proxy.url, username="root", password=PASSWORD, timeout=1.0
+            )
+            try:
+                em = EndpointManager(writer, "slow/svc")
+                async with Watcher(client, "slow/svc") as watcher:
+                    proxy.cut()
+                    await wait_token_expired(lonely, client)
+                    slow.latency = 1.2
+                    refused = client.statistics().token_rejections
+                    proxy.heal()
+                    # Refused, and no new token in time: the watch must wait, not give up.
+                    await until(
+                        lambda: client.statistics().token_rejections >= refused + 2, timeout=30
+                    )
+                    slow.latency = 0.0
+                    await em.add_endpoint("slow/svc/e1", Endpoint("10.0.3.1:1"))
+                    with anyio.fail_after(30):
+                        while "slow/svc/e1" not in watcher.snapshot:
+                            await watcher.wait_for_change()
+            finally:
+                await client.close()
+                await writer.close()
 
 
 async def test_registrar_streams_recover_from_an_expired_token(
