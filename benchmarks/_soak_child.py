@@ -82,4 +82,8 @@ def run_child(
     parser.add_argument("--run-id", help="marks the soak's processes (for the leak check)")
     args = parser.parse_args()
     log_to_stderr()
+    # SOAK_DEBUG_LOGGERS=aiodiscovery.registrar,aiodiscovery.etcd: those at DEBUG, to follow a
+    # fault through the library's retries (they log their attempts at DEBUG only).
+    for name in filter(None, os.environ.get("SOAK_DEBUG_LOGGERS", "").split(",")):
+        logging.getLogger(name).setLevel(logging.DEBUG)
     anyio.run(main, args, backend="asyncio")
