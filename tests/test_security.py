@@ -613,6 +613,27 @@ async def test_a_watch_whose_token_renewal_fails_for_a_while_keeps_trying() -> N
                 await writer.close()
 
 
+async def test_a_registrar_writes_its_key_back_when_authenticate_is_slow(service: str) -> None:
+    # Seen in the soak (--auth, 1 s tokens, TTL 2): after an operator deleted the key, every put
+    # was refused for the expired token, and the renewal each refusal started was given only
+    # what was left of that put's 0.67 s, while Authenticate (bcrypt, then raft) took longer:
+    # the key stayed away for 11 to 43 s. A bcrypt cost of 12 makes Authenticate that slow here.
+    async with EtcdServer(extra_args=["--auth-token-ttl=1", "--bcrypt-cost=12"]) as etcd:
+        await anyio.to_thread.run_sync(etcd.enable_auth, "root", PASSWORD)
+        client = await aiodiscovery.connect(
+            etcd.url, username="root", password=PASSWORD, timeout=15
+        )
+        try:
+            async with Registrar(client, service, "10.0.4.1:1", ttl=2) as reg:
+                await wait_token_expired(etcd, client)
+                await etcd.etcdctl_async("del", reg.key)
+                with anyio.fail_after(30):
+                    await until(lambda: reg.statistics().re_registrations >= 1, timeout=30)
+                assert (await etcd.etcdctl_async("get", reg.key, "--print-value-only")).strip()
+        finally:
+            await client.close()
+
+
 async def test_registrar_streams_recover_from_an_expired_token(
     mtls_auth_etcd: EtcdServer, service: str
 ) -> None:
