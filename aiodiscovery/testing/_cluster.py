@@ -41,7 +41,9 @@ class EtcdCluster(Lifecycle):
     member's peer port (``peer_proxies[i]`` for ``members[i]``): :meth:`isolate` cuts a member
     off from its peers while clients still reach it, and a proxy's ``latency`` slows the raft
     traffic to its member. :meth:`replace` swaps a member for a fresh one (etcd's member remove
-    and add, a new data directory, the same ports).
+    and add, a new data directory, the same ports). The proxies run on the owner's event loop:
+    a blocking call there (``etcdctl()``, ``leader()``, ``enable_auth()`` outside a thread)
+    holds up the raft traffic, so use the async forms.
     """
 
     def __init__(
