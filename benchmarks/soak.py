@@ -40,6 +40,8 @@ TTL + 3 s before the end.
 ``--auth`` turns etcd's authentication on with a 1 s token TTL (``--auth-token-ttl=1``) for the
 whole run: every child authenticates (the password reaches them through their environment).
 ``--retry`` gives the client's channel a retry policy (gRFC A6, ``UNAVAILABLE``, 5 attempts).
+``SOAK_DEBUG_LOGGERS=aiodiscovery.registrar,aiodiscovery.etcd`` in the environment puts those
+loggers of every child at DEBUG (the library logs its retries' reasons there only).
 
 The summary counts, from the children's records on one monotonic clock:
 
