@@ -24,6 +24,18 @@ from typing import Any
 
 import anyio
 
+# With ``soak.py --auth`` the soak hands the etcd user and password to its children here, in
+# their environment: never on a command line, which ``ps`` shows to every local user.
+USER_ENV, PASSWORD_ENV = "SOAK_ETCD_USER", "SOAK_ETCD_PASSWORD"
+
+
+def etcd_credentials() -> dict[str, str]:
+    """``connect()`` keyword arguments for the soak's etcd user, if authentication is on."""
+    user = os.environ.get(USER_ENV)
+    if not user:
+        return {}
+    return {"username": user, "password": os.environ.get(PASSWORD_ENV, "")}
+
 
 def emit(event: str, **fields: Any) -> None:
     """Tell the soak about ``event``: one JSON line on stdout, stamped with the monotonic clock."""
@@ -70,4 +82,8 @@ def run_child(
     parser.add_argument("--run-id", help="marks the soak's processes (for the leak check)")
     args = parser.parse_args()
     log_to_stderr()
+    # SOAK_DEBUG_LOGGERS=aiodiscovery.registrar,aiodiscovery.etcd: those at DEBUG, to follow a
+    # fault through the library's retries (they log their attempts at DEBUG only).
+    for name in filter(None, os.environ.get("SOAK_DEBUG_LOGGERS", "").split(",")):
+        logging.getLogger(name).setLevel(logging.DEBUG)
     anyio.run(main, args, backend="asyncio")

@@ -6,7 +6,9 @@ It reports ``ready`` once ``--expect`` subchannels are READY, then calls until t
 stdin (or ``--max-seconds`` pass), and writes every call to ``--results`` as JSON: start and end
 (monotonic clock), the address it was sent to, its outcome (``OK`` or the status code) and, for a
 reply, which server process answered. It also samples the channel's endpoint set
-(``BalancedChannel.statistics()``: subchannels that are not draining) every ``--sample-ms``.
+(``BalancedChannel.statistics()``: subchannels that are not draining) every ``--sample-ms``, and
+records every batch its watch of the service delivered (``watch_record``, for the history check).
+``--service-config`` (JSON) goes to the channel as ``grpc.service_config``: a retry policy.
 
 Which address a call went to: grpc.aio tells an interceptor nothing about the channel it runs on
 (``ClientCallDetails`` has no target) and its call objects have no ``peer()``. The policy is
@@ -33,9 +35,18 @@ from typing import Any
 import anyio
 import grpc
 import grpc.aio
-from _soak_child import emit, run_child, stop_on_eof_or_signal
+from _soak_child import emit, etcd_credentials, run_child, stop_on_eof_or_signal
 
-from aiodiscovery import BalancedChannel, Picker, RoundRobinPicker, SubchannelView, connect, resolve
+from aiodiscovery import (
+    BalancedChannel,
+    EndpointManager,
+    Picker,
+    RoundRobinPicker,
+    SubchannelView,
+    connect,
+    resolve,
+)
+from aiodiscovery.testing import WatchRecord
 
 METHOD = "/soak.Echo/Call"
 _READY_TIMEOUT = 30.0
@@ -167,10 +178,17 @@ async def run(args: argparse.Namespace) -> None:
     stopping = anyio.Event()
     max_calls = int(args.rate * args.max_seconds)
     started = 0
-    client = await connect(args.urls)
+    client = await connect(args.urls, **etcd_credentials())
+    # What the client's watch of the service delivered, for the soak's history check: the
+    # batches of the one watch the pool shares.
+    watched = WatchRecord("client")
+    options = [("grpc.service_config", args.service_config)] if args.service_config else []
     try:
         channel = await resolve(
-            client, f"etcd:///{args.service}", policy=lambda: NotingRoundRobin(note)
+            client,
+            f"etcd:///{args.service}",
+            policy=lambda: NotingRoundRobin(note),
+            options=options,
         )
         async with channel:
             await wait_ready(channel, args.expect)
@@ -229,6 +247,7 @@ async def run(args: argparse.Namespace) -> None:
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sample_pool, channel, recorder, args.sample_ms / 1000)
+                tg.start_soon(watched.follow_batches, EndpointManager(client, args.service))
                 async with anyio.create_task_group() as callers:
                     for i in range(args.callers):
                         callers.start_soon(caller, args.seed * 1000 + i)
@@ -241,6 +260,7 @@ async def run(args: argparse.Namespace) -> None:
             stats = channel.statistics()
             result = recorder.to_json()
             result["mismatches"] = mismatches
+            result["watch_record"] = watched.to_json()
             result["final_statistics"] = {
                 "revision": stats.revision,
                 "picks": stats.picks,
@@ -271,6 +291,7 @@ def main() -> None:
     parser.add_argument("--sample-ms", type=float, default=5.0)
     parser.add_argument("--max-seconds", type=float, required=True, help="hard bound on the run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--service-config", default="", help="the channel's service config JSON")
     parser.add_argument("--results", required=True, help="where to write the JSON results")
     run_child(parser, run)
 

@@ -11,7 +11,9 @@ is the truth from then on, stamped with the time it arrived (``time.monotonic()`
 older revisions change nothing, so the slowest member never rolls the truth back.
 
 It reports ``ready`` once it knows the truth, and writes the timeline to ``--results`` when its
-stdin closes: ``[[time, revision, {key: address}], ...]``, plus per-member counters.
+stdin closes: ``[[time, revision, {key: address}], ...]``, plus per-member counters, and etcd's
+history of the prefix (``history``: the testing kit's ``EtcdHistory``, a raw watch from the first
+revision) for the soak's watch-history check.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from typing import Any
 import anyio
 import grpc
 import grpc.aio
-from _soak_child import emit, run_child, stop_on_eof_or_signal
+from _soak_child import emit, etcd_credentials, run_child, stop_on_eof_or_signal
 from aetcd import rpc
+
+from aiodiscovery.testing import EtcdHistory
 
 _RANGE_TIMEOUT = 2.0
 _RETRY_INITIAL = 0.05
@@ -94,7 +98,7 @@ class MemberStream:
             kv, watch = rpc.KVStub(channel), rpc.WatchStub(channel)
             while True:
                 try:
-                    await self._list_and_watch(kv, watch)
+                    await self._list_and_watch(channel, kv, watch)
                     delay = _RETRY_INITIAL
                 except grpc.aio.AioRpcError as exc:
                     self.breaks += 1
@@ -102,10 +106,25 @@ class MemberStream:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _RETRY_CAP)
 
-    async def _list_and_watch(self, kv: Any, watch: Any) -> None:
+    async def _metadata(self, channel: grpc.aio.Channel) -> list[tuple[str, str]]:
+        """A fresh token for each round, when authentication is on: tokens live 1 s in the
+        soak's ``--auth`` runs."""
+        credentials = etcd_credentials()
+        if not credentials:
+            return []
+        request = rpc.AuthenticateRequest(
+            name=credentials["username"], password=credentials["password"]
+        )
+        reply = await rpc.AuthStub(channel).Authenticate(request, timeout=_RANGE_TIMEOUT)
+        return [("token", reply.token)]
+
+    async def _list_and_watch(self, channel: grpc.aio.Channel, kv: Any, watch: Any) -> None:
         end = prefix_end(self.prefix)
+        metadata = await self._metadata(channel)
         listed = await kv.Range(
-            rpc.RangeRequest(key=self.prefix, range_end=end), timeout=_RANGE_TIMEOUT
+            rpc.RangeRequest(key=self.prefix, range_end=end),
+            timeout=_RANGE_TIMEOUT,
+            metadata=metadata,
         )
         self.lists += 1
         keys = {kv_.key.decode(): address_of(kv_.value) for kv_ in listed.kvs}
@@ -116,7 +135,7 @@ class MemberStream:
                 key=self.prefix, range_end=end, start_revision=revision + 1
             )
         )
-        call = watch.Watch()
+        call = watch.Watch(metadata=metadata)
         try:
             await call.write(request)
             async for response in self._responses(call):
@@ -158,7 +177,10 @@ async def run(args: argparse.Namespace) -> None:
     stop_on_eof_or_signal(stop)
     truth = Truth()
     streams = [MemberStream(m, args.prefix, truth) for m in args.members.split(",")]
-    async with anyio.create_task_group() as tg:
+    # etcd's own history of the prefix, for the soak's check of what the client's watch
+    # delivered: the testing kit's raw recorder (etcd's stubs, not the client under test).
+    history = EtcdHistory(args.members, args.prefix, **etcd_credentials())
+    async with history, anyio.create_task_group() as tg:
         for stream in streams:
             tg.start_soon(stream.run)
         with anyio.fail_after(30):
@@ -167,6 +189,7 @@ async def run(args: argparse.Namespace) -> None:
         await stop.wait()
         tg.cancel_scope.cancel()
     result = {
+        "history": history.to_json(),
         "timeline": truth.timeline,
         "members": {
             s.address: {

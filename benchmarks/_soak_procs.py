@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from aiodiscovery.testing._peers import tcp_ports
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -193,24 +195,7 @@ def processes_matching(needles: Sequence[str]) -> list[dict[str, Any]]:
 def connected_ports(pid: int) -> set[int]:
     """The remote ports of the process's established TCP connections (from /proc), e.g.
     which etcd member its client talks to: gRPC says nothing about that."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    ports = set()
-    # gRPC dials IPv4 through IPv6 sockets (v4-mapped addresses): read both tables.
-    for name in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as table:
-            next(table)
-            for line in table:
-                fields = line.split()
-                # Fields: sl, local address, remote address, state (01: established), ..., inode.
-                if fields[3] == "01" and fields[9] in inodes:
-                    ports.add(int(fields[2].split(":")[1], 16))
-    return ports
+    return tcp_ports(pid, remote=True)
 
 
 def tracebacks_in(paths: Sequence[Path]) -> list[dict[str, Any]]:

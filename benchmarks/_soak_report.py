@@ -33,6 +33,9 @@ FAULT_MOMENTS = (
     "exited",
     "relaunched",
     "registered",
+    "isolated",
+    "rejoined",
+    "replaced",
 )
 
 
@@ -361,6 +364,10 @@ def analyse(record: dict[str, Any]) -> dict[str, Any]:
         reasons.append(f"{len(record['crashed'])} children exited with an error")
     if record["leaked"]:
         reasons.append(f"{len(record['leaked'])} leaked processes")
+    history = record.get("history")
+    if history is not None and not history["ok"]:
+        broken = ", ".join(f"{k} {v}" for k, v in history["violations"].items() if v)
+        reasons.append(f"watch history invariants broken: {broken}")
     # One line each: an etcdctl error brings its log lines along.
     reasons += [f"harness: {' '.join(e.split())[:300]}" for e in record["errors"]]
 
@@ -456,6 +463,7 @@ def analyse(record: dict[str, Any]) -> dict[str, Any]:
             }
             for f in faults
         ],
+        "history": history,
         "observer": observer["members"],
         "tracebacks": record["tracebacks"],
         "crashed_processes": record["crashed"],

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import grpc
 import grpc.aio
-from _soak_child import emit, run_child, stop_on_eof_or_signal
+from _soak_child import emit, etcd_credentials, run_child, stop_on_eof_or_signal
 
 from aiodiscovery import Endpoint, Registrar, connect
 
@@ -80,7 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
     await server.start()
     address = f"127.0.0.1:{port}"
     emit("serving", address=address)
-    client = await connect(args.urls)
+    client = await connect(args.urls, **etcd_credentials())
     try:
         endpoint = Endpoint(address, args.name)
         async with Registrar(client, args.service, endpoint, ttl=args.ttl) as registrar:

@@ -27,10 +27,21 @@ drawn from ``--seed`` (each kind once per round, shuffled): ``leader_kill`` and 
 (SIGSTOP for ``--freeze`` s, then SIGCONT, of a member that a server or the client is connected
 to), ``compaction`` (to the current revision), ``server_graceful_restart`` (SIGTERM: the server
 leaves its Registrar block, drains ``--drain`` s, exits; then starts again on the same port),
-``server_kill`` (SIGKILL, restart on the same port after 0.5 to TTL + 2 s) and, with
-``--mass-deletion``, ``mass_deletion`` (an operator's ``etcdctl del --prefix`` of the service).
+``server_kill`` (SIGKILL, restart on the same port after 0.5 to TTL + 2 s), ``member_partition``
+(a member in use cut off from its peers, both ways, for ``--partition`` s while its clients still
+reach it: every member's peer URL goes through the kit's ``TcpProxy``), ``member_latency``
+(``--latency`` s added to the raft traffic to a member in use, for ``--partition`` s),
+``member_replace`` (etcdctl member remove, then member add of a fresh member with a new data
+directory on the same ports) and, with ``--mass-deletion``, ``mass_deletion`` (an operator's
+``etcdctl del --prefix`` of the service).
 ``--faults`` narrows the draw (``--faults member_freeze,server_kill``). No fault ends later than
 TTL + 3 s before the end.
+
+``--auth`` turns etcd's authentication on with a 1 s token TTL (``--auth-token-ttl=1``) for the
+whole run: every child authenticates (the password reaches them through their environment).
+``--retry`` gives the client's channel a retry policy (gRFC A6, ``UNAVAILABLE``, 5 attempts).
+``SOAK_DEBUG_LOGGERS=aiodiscovery.registrar,aiodiscovery.etcd`` in the environment puts those
+loggers of every child at DEBUG (the library logs its retries' reasons there only).
 
 The summary counts, from the children's records on one monotonic clock:
 
@@ -44,10 +55,17 @@ The summary counts, from the children's records on one monotonic clock:
   deregistered one after its key went), and how long after a restarted server registered the
   first call reached it;
 - tracebacks in any child's stderr, and processes (etcd, servers, client, observer) still alive
-  after the soak stopped them.
+  after the soak stopped them;
+- the watch history: every batch the client's watch delivered, held against etcd's history of
+  the service (recorded by the observer with the testing kit's ``EtcdHistory``) by
+  ``aiodiscovery.testing.check_history``: ordered, unique, atomic, reliable, resumable, and the
+  client's view equal to etcd's prefix at every revision it reported.
 
 The verdict passes with no failure other than in flight on a SIGKILLed server, no lapse, no
-traceback and no leaked process. The children's stderr, their records and ``record.json`` stay in
+broken history invariant, no traceback and no leaked process. With matplotlib (``pip install
+'aiodiscovery[plot]'``) a timeline picture (calls/s, failures, faults, client staleness,
+registration gaps) goes to ``--plot`` (default ``timeline.png`` in the work directory, which is
+then kept). The children's stderr, their records and ``record.json`` stay in
 ``--workdir`` (default: a temporary directory, removed when the verdict passes unless ``--keep``);
 ``--analyse DIR`` prints the summary of a kept run again.
 """
@@ -73,11 +91,20 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from _soak_child import PASSWORD_ENV, USER_ENV
+from _soak_plot import plot_timeline
 from _soak_procs import Child, ChildError, connected_ports, processes_matching, tracebacks_in
 from _soak_report import analyse, table
 from _table import markdown_table  # benchmarks/ is on sys.path when a script runs
 
-from aiodiscovery.testing import EtcdCluster, EtcdServer, free_port
+from aiodiscovery.testing import (
+    EtcdCluster,
+    EtcdHistory,
+    EtcdServer,
+    WatchRecord,
+    check_history,
+    free_port,
+)
 
 HERE = Path(__file__).resolve().parent
 SERVICE = "soak/echo"
@@ -88,11 +115,31 @@ FAULTS = (
     "compaction",
     "server_graceful_restart",
     "server_kill",
+    "member_partition",
+    "member_latency",
+    "member_replace",
 )
+# A client retry policy (gRFC A6) for --retry: UNAVAILABLE only, the code of a call that never
+# reached a server (connection refused, reset before the server read it).
+RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [{}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+SOAK_USER = "root"
 _SPAWN_TIMEOUT = 30.0
 _LEADER_TIMEOUT = 10.0
 # Options that say where output goes, not how the soak ran.
-_NOT_CONFIG = frozenset({"json", "workdir", "keep", "analyse"})
+_NOT_CONFIG = frozenset({"json", "workdir", "keep", "analyse", "plot"})
 
 
 def log(message: str) -> None:
@@ -204,6 +251,9 @@ class Soak:
             "member_freeze": a.freeze + 3,
             "server_kill": a.ttl + 2 + 5,
             "server_graceful_restart": a.drain + 8,
+            "member_partition": a.partition + 5,
+            "member_latency": a.partition + 5,
+            "member_replace": 20.0,
         }
         return lengths.get(kind, 1.0)
 
@@ -271,6 +321,49 @@ class Soak:
         await asyncio.sleep(self.args.freeze)
         member.resume()
         fault["resumed"] = time.monotonic()
+        await self.healthy()
+
+    def member_in_use(self, fault: dict[str, Any]) -> EtcdServer:
+        """A member some server or the client talks to (any member if none), noted."""
+        users = self.member_users()
+        used = [m for m in self.cluster.members if users[m.name]] or list(self.cluster.members)
+        member = self.rng.choice(used)
+        fault["target"] = f"{member.name} ({', '.join(users[member.name]) or 'unused'})"
+        return member
+
+    async def member_partition(self, fault: dict[str, Any]) -> None:
+        """Cut a member in use off from its peers for ``--partition`` s; its clients can still
+        reach it (it answers them from a stale state, or not at all for what needs a leader)."""
+        member = self.member_in_use(fault)
+        self.cluster.isolate(member)
+        fault["isolated"] = time.monotonic()
+        try:
+            await asyncio.sleep(self.args.partition)
+        finally:
+            self.cluster.rejoin(member)
+        fault["rejoined"] = time.monotonic()
+        await self.healthy()
+
+    async def member_latency(self, fault: dict[str, Any]) -> None:
+        """Add ``--latency`` s to the raft traffic to a member in use, for ``--partition`` s."""
+        member = self.member_in_use(fault)
+        proxy = self.cluster.peer_proxies[self.cluster.members.index(member)]
+        proxy.latency = self.args.latency
+        fault["target"] += f", +{self.args.latency * 1000:g} ms"
+        try:
+            await asyncio.sleep(self.args.partition)
+        finally:
+            proxy.latency = 0.0
+        await self.healthy()
+
+    async def member_replace(self, fault: dict[str, Any]) -> None:
+        """Replace a member (etcd member remove + add, a fresh data directory, same URLs)."""
+        member = self.rng.choice(self.cluster.members)
+        leader = await self.leader()
+        fault["target"] = f"{member.name}{' (leader)' if member is leader else ''}"
+        fresh = await self.cluster.replace(member)
+        fault["target"] += f" -> {fresh.name}"
+        fault["replaced"] = time.monotonic()
         await self.healthy()
 
     async def compaction(self, fault: dict[str, Any]) -> None:
@@ -380,6 +473,7 @@ class Soak:
             *("--call-timeout", str(a.call_timeout), "--sample-ms", str(a.sample_ms)),
             *("--max-seconds", str(a.duration + 120), "--seed", str(a.seed)),
             *("--results", str(self.workdir / "client.json")),
+            *(("--service-config", json.dumps(RETRY_POLICY)) if a.retry else ()),
         )
         ready = await client.wait_event("ready", _SPAWN_TIMEOUT)
         calls_started = ready["t"]
@@ -418,6 +512,21 @@ class Soak:
             child.destroy()
 
 
+def check_client_history(observer: dict[str, Any], client: dict[str, Any]) -> dict[str, Any]:
+    """Hold what the client's watch delivered against etcd's history of the service (recorded
+    by the observer: gRPC in this process would break the fork of every child it starts)."""
+    watched = WatchRecord.from_json(client["watch_record"])
+    history = EtcdHistory.from_json(observer.pop("history"))
+    check = check_history(history, [watched])
+    return {
+        **check.to_json(),
+        "batches": len(watched.deliveries),
+        "etcd_events": len(history.events),
+        "history_holes": history.holes,
+        "history_resumes": history.resumes,
+    }
+
+
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings, as the summary states them."""
     config = {key: value for key, value in vars(args).items() if key not in _NOT_CONFIG}
@@ -443,13 +552,20 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     errors: list[str] = []
     stderr_files: list[Path] = []
     needles: list[str] = []
-    async with EtcdCluster(3) as cluster:
-        needles += [str(m.data_dir) for m in cluster.members]
+    extra = ["--auth-token-ttl=1"] if args.auth else []
+    async with EtcdCluster(3, peer_proxies=True, extra_args=extra) as cluster:
+        needles.append(str(cluster._base))
+        if args.auth:
+            # Every child reads these (see _soak_child.etcd_credentials); tokens live 1 s.
+            password = uuid.uuid4().hex
+            await asyncio.to_thread(cluster.enable_auth, SOAK_USER, password)
+            os.environ[USER_ENV], os.environ[PASSWORD_ENV] = SOAK_USER, password
         log(f"etcd cluster at {cluster.urls}; work directory {workdir}")
         run = Soak(args, workdir, cluster)
         needles.append(run.run_id)
         try:
             record.update(await run.run())
+            record["history"] = check_client_history(record["observer"], record["client"])
         except (ChildError, RuntimeError, TimeoutError, OSError) as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
             log(f"soak aborted: {exc}")
@@ -494,12 +610,22 @@ def report(summary: dict[str, Any], json_path: str | None) -> None:
         f"{calls['total']} calls, {failures['in_flight_on_sigkilled_server']} failed in flight on "
         f"a SIGKILLed server, {failures['other']} other failures, "
         f"{summary['registration']['lapses']} lapses, staleness max {staleness['max_s']} s, "
-        f"{len(summary['tracebacks'])} tracebacks, {len(summary['leaked_processes'])} leaked"
+        f"{len(summary['tracebacks'])} tracebacks, {len(summary['leaked_processes'])} leaked, "
+        f"history {history_figures(summary.get('history'))}"
     )
     if verdict["pass"]:
         print(f"VERDICT: PASS ({figures})")
     else:
         print(f"VERDICT: FAIL: {'; '.join(verdict['reasons'])} ({figures})")
+
+
+def history_figures(history: dict[str, Any] | None) -> str:
+    """The history check in a few words."""
+    if history is None:
+        return "not checked"
+    broken = {k: v for k, v in history["violations"].items() if v}
+    state = "invariants hold" if history["ok"] else f"BROKEN {broken}"
+    return f"{state} ({history['checked']} batches checked, {history['unverified']} unverified)"
 
 
 def parse_args() -> argparse.Namespace:
@@ -522,6 +648,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drain", type=float, default=1.0, help="s a leaving server drains")
     parser.add_argument("--work-ms", type=float, default=4.0, help="mean server work per call")
     parser.add_argument("--mass-deletion", action="store_true", help="add operator del --prefix")
+    parser.add_argument(
+        "--partition", type=float, default=6.0, help="s a member stays cut off or slowed"
+    )
+    parser.add_argument("--latency", type=float, default=0.3, help="s added to a member's peers")
+    parser.add_argument("--auth", action="store_true", help="etcd auth on, 1 s token TTL")
+    parser.add_argument("--retry", action="store_true", help="a retry policy on the client")
+    parser.add_argument("--plot", help="the timeline PNG (default: timeline.png in the workdir)")
     parser.add_argument("--json", help="also write the JSON summary to this file")
     parser.add_argument("--workdir", help="keep logs and records here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir after a pass")
@@ -550,6 +683,8 @@ def main() -> int:
         record = json.loads((Path(args.analyse) / "record.json").read_text())
         summary = analyse(record)
         report(summary, args.json)
+        if args.plot and plot_timeline(record, summary, Path(args.plot)):
+            log(f"timeline picture: {args.plot}")
         return 0 if summary["verdict"]["pass"] else 1
     own_dir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="aiodiscovery-soak-"))
@@ -565,8 +700,14 @@ def main() -> int:
         return 1
     summary = analyse(record)
     report(summary, args.json)
+    picture = Path(args.plot) if args.plot else workdir / "timeline.png"
+    plotted = plot_timeline(record, summary, picture)
+    if plotted:
+        log(f"timeline picture: {picture}")
+    else:
+        log("no timeline picture: install the plotting extra, pip install 'aiodiscovery[plot]'")
     passed = bool(summary["verdict"]["pass"])
-    if own_dir and passed and not args.keep:
+    if own_dir and passed and not args.keep and not (plotted and not args.plot):
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         log(f"logs and records kept in {workdir}")

@@ -7,6 +7,7 @@ keep-alive reply due every TTL/3, a probe of an idle watch's member.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -16,7 +17,7 @@ from aetcd import rpc
 
 import aiodiscovery
 from aiodiscovery import Endpoint, EndpointManager, EtcdClient, Registrar, Watcher
-from aiodiscovery.testing import EtcdCluster, EtcdServer
+from aiodiscovery.testing import EtcdCluster, EtcdHistory, EtcdServer, WatchRecord, check_history
 
 from .helpers import until, until_accepted
 from .test_registrar import make_leader
@@ -56,6 +57,31 @@ async def deletes_of(observer: EtcdClient, key: str, stop: anyio.Event) -> list[
     return deleted
 
 
+@contextlib.asynccontextmanager
+async def history_checked(
+    cluster: EtcdCluster, client: EtcdClient, service: str, watcher: Watcher | None = None
+) -> AsyncIterator[None]:
+    """Record etcd's history of ``service`` and what ``client`` delivered (its batches, and the
+    ``watcher``'s snapshots if given) while the block runs; then check the watch invariants."""
+    records = [WatchRecord("batches")]
+    async with EtcdHistory(cluster.urls, f"{service}/") as history:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(records[0].follow_batches, EndpointManager(client, service))
+            if watcher is not None:
+                records.append(WatchRecord("watcher"))
+                tg.start_soon(records[1].follow_watcher, watcher)
+            await until(lambda: all(r.deliveries for r in records))
+            yield
+            # The history catches up with the cluster, then every record with its last event.
+            await history.catch_up((await EndpointManager(client, service).list_batch()).revision)
+            last = max([history.start_revision, *(e.revision for e in history.events)])
+            await until(lambda: all(r.last_revision >= last for r in records))
+            tg.cancel_scope.cancel()
+    check = check_history(history, records)
+    check.assert_ok()
+    assert check.checked >= len(records)
+
+
 @pytest.fixture
 async def cluster() -> AsyncIterator[EtcdCluster]:
     async with EtcdCluster(3) as cluster:
@@ -76,7 +102,10 @@ async def test_a_registrar_keeps_its_key_through_a_frozen_member(
         else:
             others = [m for m in cluster.members if m is not frozen]
             await make_leader(cluster, others[0])
-        async with Registrar(client, "svc/frozen", "10.0.9.1:1", ttl=ttl) as reg:
+        async with (
+            history_checked(cluster, client, "svc/frozen"),
+            Registrar(client, "svc/frozen", "10.0.9.1:1", ttl=ttl) as reg,
+        ):
             lease = reg.lease_id
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -118,7 +147,10 @@ async def test_a_watcher_catches_up_soon_after_its_member_freezes(
         em = EndpointManager(writer, service)
         await em.add_endpoint(f"{service}/a", Endpoint("10.0.0.1:1"))
         await em.add_endpoint(f"{service}/b", Endpoint("10.0.0.2:1"))
-        async with Watcher(client, service) as watcher:
+        async with (
+            Watcher(client, service) as watcher,
+            history_checked(cluster, client, service, watcher),
+        ):
             assert len(watcher.snapshot) == 2
             frozen.stop()
             try:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from aiodiscovery._etcd.connect import reauthenticate
 from aiodiscovery._etcd.kv import prefix_range_end
 from aiodiscovery.testing import EtcdCluster, EtcdServer, TcpProxy, TLSFiles, free_port
 
-from .helpers import eventually, until_accepted
+from .helpers import eventually, until, until_accepted
 
 pytestmark = pytest.mark.anyio
 
@@ -75,6 +76,29 @@ async def connect_as_root(etcd: EtcdServer, url: str | None = None) -> EtcdClien
     return await aiodiscovery.connect(
         url or etcd.url, **etcd.tls_kwargs(), username="root", password=PASSWORD
     )
+
+
+async def connect_plain(url: str, timeout: float) -> EtcdClient:
+    """``connect()`` as root over plaintext ``http://``: its password warning is expected."""
+    with pytest.warns(UserWarning, match="plaintext"):
+        return await aiodiscovery.connect(url, username="root", password=PASSWORD, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def root_clients_through_proxy(
+    etcd: EtcdServer,
+) -> AsyncIterator[tuple[EtcdClient, TcpProxy, EtcdClient]]:
+    """A writer straight to ``etcd``, a proxy to it, and a client through the proxy."""
+    writer = await connect_as_root(etcd)
+    try:
+        async with TcpProxy(etcd.client_port) as proxy:
+            client = await connect_as_root(etcd, url=f"https://127.0.0.1:{proxy.port}")
+            try:
+                yield writer, proxy, client
+            finally:
+                await client.close()
+    finally:
+        await writer.close()
 
 
 async def until_token_renewed(client: EtcdClient, call: Callable[[], Awaitable[T]]) -> T:
@@ -518,32 +542,104 @@ async def test_watcher_renews_an_expired_token_mid_watch_with_nothing_lost(
     mtls_auth_etcd: EtcdServer, service: str
 ) -> None:
     etcd = mtls_auth_etcd
-    writer = await connect_as_root(etcd)
-    async with TcpProxy(etcd.client_port) as proxy:
-        client = await connect_as_root(etcd, url=f"https://127.0.0.1:{proxy.port}")
-        try:
-            em = EndpointManager(writer, service)
-            await em.add_endpoint(f"{service}/e1", Endpoint("10.0.1.1:1"))
-            async with Watcher(client, service) as watcher:
-                assert list(watcher.snapshot) == [f"{service}/e1"]
+    async with root_clients_through_proxy(etcd) as (writer, proxy, client):
+        em = EndpointManager(writer, service)
+        await em.add_endpoint(f"{service}/e1", Endpoint("10.0.1.1:1"))
+        async with Watcher(client, service) as watcher:
+            assert list(watcher.snapshot) == [f"{service}/e1"]
+            proxy.cut()
+            # Changes the watcher must not miss, made while it is cut off.
+            await em.update(
+                [
+                    aiodiscovery.Update.delete(f"{service}/e1"),
+                    aiodiscovery.Update.add(f"{service}/e2", Endpoint("10.0.1.2:1")),
+                ]
+            )
+            await em.add_endpoint(f"{service}/e3", Endpoint("10.0.1.3:1"))
+            await wait_token_expired(etcd, client)
+            proxy.heal()
+            with anyio.fail_after(15):
+                while set(watcher.snapshot) != {f"{service}/e2", f"{service}/e3"}:
+                    await watcher.wait_for_change()
+            assert client.statistics().authentications >= 2
+
+
+async def test_a_watch_renews_an_expired_token_again_and_again(
+    mtls_auth_etcd: EtcdServer, service: str
+) -> None:
+    # Seen in the soak (--auth, 1 s tokens): the watch remembered the token its last renewal gave
+    # and took a later refusal of that same token, long expired, on a new stream for a real
+    # denial; the watch, and the pool on it, stopped for good.
+    etcd = mtls_auth_etcd
+    async with root_clients_through_proxy(etcd) as (writer, proxy, client):
+        em = EndpointManager(writer, service)
+        async with Watcher(client, service) as watcher:
+            for i in range(3):
                 proxy.cut()
-                # Changes the watcher must not miss, made while it is cut off.
-                await em.update(
-                    [
-                        aiodiscovery.Update.delete(f"{service}/e1"),
-                        aiodiscovery.Update.add(f"{service}/e2", Endpoint("10.0.1.2:1")),
-                    ]
-                )
-                await em.add_endpoint(f"{service}/e3", Endpoint("10.0.1.3:1"))
+                await em.add_endpoint(f"{service}/e{i}", Endpoint(f"10.0.2.{i}:1"))
                 await wait_token_expired(etcd, client)
                 proxy.heal()
                 with anyio.fail_after(15):
-                    while set(watcher.snapshot) != {f"{service}/e2", f"{service}/e3"}:
+                    while f"{service}/e{i}" not in watcher.snapshot:
                         await watcher.wait_for_change()
-                assert client.statistics().authentications >= 2
+            assert watcher.statistics().reconnects >= 3
+
+
+async def test_a_watch_whose_token_renewal_fails_for_a_while_keeps_trying() -> None:
+    # Seen in the soak (--auth, 1 s tokens): a watch refused for its expired token could not
+    # renew it at once ("etcdserver: leader changed") and took that for a real denial. Here the
+    # member the client uses gets its raft traffic 1.2 s late: it still has a leader and refuses
+    # the expired token itself, but a new token (Authenticate goes through raft) comes later
+    # than the client's 1 s timeout, until the latency goes.
+    async with EtcdCluster(
+        3, fast=False, peer_proxies=True, extra_args=["--auth-token-ttl=1"]
+    ) as cluster:
+        await anyio.to_thread.run_sync(cluster.enable_auth, "root", PASSWORD)
+        leader = await cluster.leader_async()
+        lonely = next(m for m in cluster.members if m is not leader)
+        slow = cluster.peer_proxies[cluster.members.index(lonely)]
+        writer = await connect_plain(leader.url, timeout=5)
+        async with TcpProxy(lonely.client_port) as proxy:
+            client = await connect_plain(proxy.url, timeout=1.0)
+            try:
+                em = EndpointManager(writer, "slow/svc")
+                async with Watcher(client, "slow/svc") as watcher:
+                    proxy.cut()
+                    await wait_token_expired(lonely, client)
+                    slow.latency = 1.2
+                    refused = client.statistics().token_rejections
+                    proxy.heal()
+                    # Refused, and no new token in time: the watch must wait, not give up.
+                    await until(
+                        lambda: client.statistics().token_rejections >= refused + 2, timeout=30
+                    )
+                    slow.latency = 0.0
+                    await em.add_endpoint("slow/svc/e1", Endpoint("10.0.3.1:1"))
+                    with anyio.fail_after(30):
+                        while "slow/svc/e1" not in watcher.snapshot:
+                            await watcher.wait_for_change()
+            finally:
+                await client.close()
+                await writer.close()
+
+
+async def test_a_registrar_writes_its_key_back_when_authenticate_is_slow(service: str) -> None:
+    # Seen in the soak (--auth, 1 s tokens, TTL 2): after an operator deleted the key, every put
+    # was refused for the expired token, and the renewal each refusal started was given only
+    # what was left of that put's 0.67 s, while Authenticate (bcrypt, then raft) took longer:
+    # the key stayed away for 11 to 43 s. A bcrypt cost of 12 makes Authenticate that slow here.
+    async with EtcdServer(extra_args=["--auth-token-ttl=1", "--bcrypt-cost=12"]) as etcd:
+        await anyio.to_thread.run_sync(etcd.enable_auth, "root", PASSWORD)
+        client = await connect_plain(etcd.url, timeout=15)
+        try:
+            async with Registrar(client, service, "10.0.4.1:1", ttl=2) as reg:
+                await wait_token_expired(etcd, client)
+                await etcd.etcdctl_async("del", reg.key)
+                with anyio.fail_after(30):
+                    await until(lambda: reg.statistics().re_registrations >= 1, timeout=30)
+                assert (await etcd.etcdctl_async("get", reg.key, "--print-value-only")).strip()
         finally:
             await client.close()
-            await writer.close()
 
 
 async def test_registrar_streams_recover_from_an_expired_token(

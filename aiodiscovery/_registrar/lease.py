@@ -313,6 +313,9 @@ class LeaseKeeper:
                 return await self._grant_lease()
             except EtcdError as exc:
                 logger.debug("granting a new lease for %s: %s; retrying", self._label(), safe(exc))
+                # As for a put (see Registration._step): a refused token is renewed within the
+                # client's timeout, not only within what is left of the grant's.
+                await self.client.reauthenticate(exc)
             except Exception:
                 # Never give up, not even for a bug: log it loudly and retry.
                 logger.exception("granting a new lease for %s failed; retrying", self._label())

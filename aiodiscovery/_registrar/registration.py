@@ -186,6 +186,10 @@ class Registration:
                 await self._register(grant)
             except EtcdError as exc:
                 logger.debug("registering %s again: %s; retrying", self._label, safe(exc))
+                # A refused token is renewed here, within the client's own timeout: a unary
+                # call renews it only within what is left of its deadline (a share of the TTL),
+                # which a slow Authenticate (bcrypt, then raft) can outlast every time.
+                await self.key.client.reauthenticate(exc)
                 await backoff.sleep()
                 return
         assert self.grant is not None

@@ -27,6 +27,10 @@ through its input and environment, never its command line::
             etcd.url, **etcd.tls_kwargs(), username="root", password="secret"
         )
 
+:class:`EtcdHistory`, :class:`WatchRecord` and :func:`check_history` hold what clients delivered
+against etcd's own history of a prefix (ordered, unique, atomic, reliable, resumable, the same
+events for every client, the view at each revision).
+
 The pytest plugin (:mod:`.pytest_plugin`, loaded automatically) gives tests
 ready fixtures: ``etcd_server``, ``etcd_client``, ``etcd_service`` and ``etcd_cluster``.
 """
@@ -37,18 +41,26 @@ from ._certificates import TLSFiles
 from ._cluster import EtcdCluster
 from ._etcdctl import run_etcdctl as run_etcdctl
 from ._grpc_proxy import EtcdGrpcProxy
+from ._history import EtcdHistory, Violation
+from ._history_check import HistoryCheck, check_history
 from ._ports import PortInUseError, free_port
 from ._process import etcd_binary
 from ._server import EtcdServer
 from ._tcp_proxy import TcpProxy
+from ._watch_record import WatchRecord
 
 __all__ = [
     "EtcdCluster",
     "EtcdGrpcProxy",
+    "EtcdHistory",
     "EtcdServer",
+    "HistoryCheck",
     "PortInUseError",
     "TLSFiles",
     "TcpProxy",
+    "Violation",
+    "WatchRecord",
+    "check_history",
     "etcd_binary",
     "free_port",
 ]

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
+import anyio
+
+from .._backoff import Backoff
 from ._certificates import TLSFiles
 from ._daemon import DEFAULT_START_TIMEOUT
 from ._etcdctl import enable_auth, run_etcdctl
 from ._lifecycle import Lifecycle
-from ._ports import PortInUseError
+from ._peers import local_ports
+from ._ports import PortInUseError, free_port
 from ._server import EtcdServer
+from ._tcp_proxy import TcpProxy
 
 __all__ = ["EtcdCluster"]
 
 _STATUS = ("endpoint", "status", "--write-out=json")
+_RECONFIGURE_TIMEOUT = 30.0
 
 
 class EtcdCluster(Lifecycle):
@@ -28,6 +36,14 @@ class EtcdCluster(Lifecycle):
     ``urls`` is the comma-separated client URL list to hand to :func:`aiodiscovery.connect`.
     ``tls``, ``client_cert_auth`` and ``extra_args`` apply to every member; with TLS all members
     share one set of :class:`TLSFiles`, so one client configuration (:meth:`tls_kwargs`) fits all.
+
+    ``peer_proxies=True`` (``async with`` only) puts a :class:`TcpProxy` in front of every
+    member's peer port (``peer_proxies[i]`` for ``members[i]``): :meth:`isolate` cuts a member
+    off from its peers while clients still reach it, and a proxy's ``latency`` slows the raft
+    traffic to its member. :meth:`replace` swaps a member for a fresh one (etcd's member remove
+    and add, a new data directory, the same ports). The proxies run on the owner's event loop:
+    a blocking call there (``etcdctl()``, ``leader()``, ``enable_auth()`` outside a thread)
+    holds up the raft traffic, so use the async forms.
     """
 
     def __init__(
@@ -39,6 +55,7 @@ class EtcdCluster(Lifecycle):
         tls: bool = False,
         client_cert_auth: bool = False,
         extra_args: Sequence[str] = (),
+        peer_proxies: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -56,10 +73,17 @@ class EtcdCluster(Lifecycle):
             )
             for i in range(size)
         ]
+        self.peer_proxies: list[TcpProxy] = []
+        if peer_proxies:
+            self.peer_proxies = [TcpProxy(m.peer_port, port=free_port()) for m in self.members]
+            for member, proxy in zip(self.members, self.peer_proxies, strict=True):
+                member.advertised_peer_port = proxy.port
+        self._proxies = contextlib.AsyncExitStack()
+        self._replacements = 0
         self._share_initial_cluster()
 
     def _share_initial_cluster(self) -> None:
-        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        initial = ",".join(f"{m.name}={m.advertised_peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial
 
@@ -114,6 +138,105 @@ class EtcdCluster(Lifecycle):
         out = await first.etcdctl_async(*_STATUS, check=False, endpoints=endpoints)
         return self._leader_in(json.loads(out or "[]"))
 
+    def isolate(self, member: EtcdServer) -> None:
+        """Cut ``member`` off from its peers, both ways, until :meth:`rejoin`; its clients still
+        reach it (needs ``peer_proxies=True``)."""
+        i = self._proxied(member)
+        self.peer_proxies[i].cut()
+        for j, proxy in enumerate(self.peer_proxies):
+            if j != i:
+                # Connections the member dialed: their source port is one of its sockets'.
+                proxy.cut_from(lambda peer: peer[1] in local_ports(member.pid))
+
+    def rejoin(self, member: EtcdServer) -> None:
+        """Undo :meth:`isolate`."""
+        self._proxied(member)
+        for proxy in self.peer_proxies:
+            proxy.heal()
+
+    def _proxied(self, member: EtcdServer) -> int:
+        if not self.peer_proxies:
+            raise RuntimeError("peer faults need EtcdCluster(peer_proxies=True)")
+        return self.members.index(member)
+
+    async def replace(self, member: EtcdServer) -> EtcdServer:
+        """Remove ``member`` from the cluster and add a fresh one in its place (etcd's member
+        remove, then member add; a new name and data directory, the same ports and proxy), as an
+        operator replaces a failed machine (a leader too: the others elect a new one). Returns
+        the new member, now in :attr:`members`."""
+        i = self.members.index(member)
+        rest = [m for m in self.members if m is not member and m.running]
+        others = ",".join(m.url for m in rest)
+        first = rest[0]
+        with anyio.fail_after(_RECONFIGURE_TIMEOUT):
+            ids = {m.get("name"): m["ID"] for m in await self._member_list(first, others)}
+            old_id = ids[member.name]
+            await _until_done(
+                lambda: first.etcdctl_async("member", "remove", f"{old_id:x}", endpoints=others)
+            )
+            await member._kill_async()
+            self._replacements += 1
+            name = f"{member.name.split('-')[0]}-r{self._replacements}"
+            fresh = EtcdServer(
+                name=name,
+                data_dir=self._base / name,
+                client_port=member.client_port,
+                peer_port=member.peer_port,
+                fast=member.fast,
+                start_timeout=member.start_timeout,
+                client_cert_auth=member.client_cert_auth,
+                tls_files=member.tls_files,
+                extra_args=member.extra_args,
+            )
+            fresh.advertised_peer_port = member.advertised_peer_port
+            fresh._credentials = member._credentials
+            url = fresh.advertised_peer_url
+            # A retried add that had gone through is refused as a duplicate: it is done.
+            add = ("member", "add", name, f"--peer-urls={url}")
+            await _until_done(
+                lambda: first.etcdctl_async(*add, endpoints=others), done_if="already exists"
+            )
+            listed = await self._member_list(first, others)
+        fresh.initial_cluster = ",".join(
+            f"{m.get('name') or name}={m['peerURLs'][0]}" for m in listed
+        )
+        fresh.initial_cluster_state = "existing"
+        self.members[i] = fresh
+        await fresh.__aenter__()
+        return fresh
+
+    @staticmethod
+    async def _member_list(member: EtcdServer, endpoints: str) -> list[dict[str, Any]]:
+        out = await member.etcdctl_async("member", "list", "-w", "json", endpoints=endpoints)
+        members: list[dict[str, Any]] = json.loads(out)["members"]
+        return members
+
+    async def __aenter__(self) -> Self:
+        for proxy in self.peer_proxies:
+            await self._proxies.enter_async_context(proxy)
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            # Not shielded: the proxies' task groups must leave the cancel scopes they entered.
+            await self._proxies.aclose()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await super().__aexit__(exc_type, exc, tb)
+        finally:
+            await self._proxies.aclose()
+
+    def __enter__(self) -> Self:
+        if self.peer_proxies:
+            raise RuntimeError("EtcdCluster(peer_proxies=True) runs with 'async with' only")
+        return super().__enter__()
+
     def _prepare(self) -> None:
         for member in self.members:
             member._prepare()
@@ -144,6 +267,8 @@ class EtcdCluster(Lifecycle):
             return False
         for member in self.members:
             member._pick_new_ports()
+        for member, proxy in zip(self.members, self.peer_proxies, strict=False):
+            proxy.target_port = member.peer_port
         self._share_initial_cluster()
         return True
 
@@ -157,3 +282,25 @@ class EtcdCluster(Lifecycle):
     def __repr__(self) -> str:
         running = sum(m.running for m in self.members)
         return f"<EtcdCluster {running}/{len(self.members)} running {self.urls}>"
+
+
+# etcd's answers while a reconfiguration cannot go through yet: the others have not been
+# connected for long enough, an election is under way, a proposal went to a leader that left.
+_TRANSIENT = ("unhealthy cluster", "request timed out", "deadline exceeded", "leader changed")
+
+
+async def _until_done(etcdctl: Callable[[], Awaitable[str]], done_if: str | None = None) -> None:
+    """Run ``etcdctl`` again (with backoff) until it succeeds; a failure other than a transient
+    one is raised, one that says ``done_if`` counts as success. The caller bounds the time."""
+    backoff = Backoff(initial=0.2, cap=2.0)
+    while True:
+        try:
+            await etcdctl()
+        except RuntimeError as exc:
+            if done_if is not None and done_if in str(exc):
+                return
+            if not any(reason in str(exc) for reason in _TRANSIENT):
+                raise
+        else:
+            return
+        await backoff.sleep()

@@ -64,6 +64,10 @@ class EtcdServer(EtcdProcess):
         self.extra_args = list(extra_args)
         self.fast = fast
         self.initial_cluster = f"{name}=http://127.0.0.1:{self.peer_port}"
+        # "existing" for a member added to a running cluster (EtcdCluster.replace).
+        self.initial_cluster_state = "new"
+        # Where peers dial this member, if not its own peer port (a proxy in between).
+        self.advertised_peer_port: int | None = None
         self.client_cert_auth = client_cert_auth
         self.tls = tls or client_cert_auth or tls_files is not None
         self.tls_files = tls_files
@@ -87,6 +91,11 @@ class EtcdServer(EtcdProcess):
     def peer_url(self) -> str:
         """The peer URL other members dial."""
         return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def advertised_peer_url(self) -> str:
+        """The peer URL this member advertises: :attr:`peer_url`, or a proxy in front of it."""
+        return f"http://127.0.0.1:{self.advertised_peer_port or self.peer_port}"
 
     @property
     def auth_user(self) -> str | None:
@@ -194,9 +203,9 @@ class EtcdServer(EtcdProcess):
             f"--listen-client-urls={self.url}",
             f"--advertise-client-urls={self.url}",
             f"--listen-peer-urls={self.peer_url}",
-            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.advertised_peer_url}",
             f"--initial-cluster={self.initial_cluster}",
-            "--initial-cluster-state=new",
+            f"--initial-cluster-state={self.initial_cluster_state}",
             "--initial-cluster-token=aiodiscovery-test",
             "--log-level=warn",
             "--unsafe-no-fsync",

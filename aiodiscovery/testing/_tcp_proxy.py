@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -24,17 +26,31 @@ class TcpProxy:
     every open connection and refuses new ones (a network partition as the client sees it);
     :meth:`heal` accepts connections again. ``connections`` counts the connections accepted,
     :attr:`open_connections` those still open.
+
+    ``port`` is the port to listen on (by default a free one, known after entry).
+    ``latency`` (seconds, changeable at any time) delays every chunk of data, both ways, by that
+    much from the moment the proxy received it: added network latency, without a bandwidth
+    limit. :meth:`cut_from` cuts only the connections whose client address a predicate picks.
     """
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        target_host: str = "127.0.0.1",
+        *,
+        latency: float = 0.0,
+        port: int = 0,
+    ) -> None:
         self.target_host = target_host
         self.target_port = target_port
-        self.port = 0
+        self.latency = latency
+        self.port = port
+        self._refuse: Callable[[tuple[str, int]], bool] | None = None
         self.connections = 0
         self._open = True
         self._cuts = 0
         self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
-        self._links: set[anyio.CancelScope] = set()
+        self._links: dict[anyio.CancelScope, tuple[str, int]] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
 
     @property
@@ -43,7 +59,7 @@ class TcpProxy:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> Self:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
         self._listener = listener
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         self._task_group = anyio.create_task_group()
@@ -75,13 +91,24 @@ class TcpProxy:
         for scope in list(self._links):
             scope.cancel()
 
+    def cut_from(self, refuse: Callable[[tuple[str, int]], bool]) -> None:
+        """Reset the connections whose client address (host, port) ``refuse`` picks, and refuse
+        new ones it picks, until :meth:`heal`; other clients are served as before."""
+        self._refuse = refuse
+        for scope, peer in list(self._links.items()):
+            if refuse(peer):
+                scope.cancel()
+
     def heal(self) -> None:
-        """Accept and forward connections again."""
+        """Accept and forward connections again (from every client)."""
         self._open = True
+        self._refuse = None
 
     async def _handle(self, client: anyio.abc.SocketStream) -> None:
         async with client:
-            if not self._open:
+            peer = client.extra(anyio.abc.SocketAttribute.remote_address)
+            assert isinstance(peer, tuple)
+            if not self._open or (self._refuse is not None and self._refuse(peer[:2])):
                 _reset(client)
                 return
             cuts = self._cuts
@@ -99,27 +126,44 @@ class TcpProxy:
             self.connections += 1
             async with upstream:
                 pipes = anyio.create_task_group()
-                self._links.add(pipes.cancel_scope)
+                self._links[pipes.cancel_scope] = peer[:2]
                 try:
                     async with pipes:
-                        pipes.start_soon(_pump, client, upstream)
-                        pipes.start_soon(_pump, upstream, client)
+                        pipes.start_soon(self._pump, client, upstream)
+                        pipes.start_soon(self._pump, upstream, client)
                 finally:
-                    self._links.discard(pipes.cancel_scope)
+                    self._links.pop(pipes.cancel_scope, None)
                 if pipes.cancel_scope.cancel_called:
                     _reset(client)
                     _reset(upstream)
 
+    async def _pump(self, source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream) -> None:
+        # Chunks wait in a queue until due, so that latency delays data without throttling it.
+        send, receive = anyio.create_memory_object_stream[tuple[float, bytes]](math.inf)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_deliver, receive, sink)
+                async with send:
+                    with contextlib.suppress(anyio.EndOfStream):
+                        while True:
+                            chunk = await source.receive(_CHUNK)
+                            await send.send((anyio.current_time() + self.latency, chunk))
+        except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        # One side finished: end the other so that the pair closes together.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await sink.send_eof()
 
-async def _pump(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream) -> None:
-    with contextlib.suppress(
-        anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
-    ):
-        while True:
-            await sink.send(await source.receive(_CHUNK))
-    # One side finished: end the other so that the pair closes together.
-    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        await sink.send_eof()
+
+async def _deliver(
+    queue: anyio.abc.ObjectReceiveStream[tuple[float, bytes]], sink: anyio.abc.SocketStream
+) -> None:
+    async with queue:
+        async for due, chunk in queue:
+            delay = due - anyio.current_time()
+            if delay > 0:
+                await anyio.sleep(delay)
+            await sink.send(chunk)
 
 
 def _reset(stream: anyio.abc.SocketStream) -> None:

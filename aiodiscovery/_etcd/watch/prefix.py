@@ -103,6 +103,8 @@ class PrefixWatch:
         self.revision = 0
         self._counts = _Counters()
         self._backoff = Backoff(initial=0.05, cap=backoff_cap)
+        # Watches etcd created: a denial after one is not "denied again" (see run()).
+        self._created = 0
         self._bad_keys: set[str] = set()
         self._bad_log = BadValueLog(logger, prefix)
 
@@ -143,15 +145,21 @@ class PrefixWatch:
                 if exc.code == "PERMISSION_DENIED":
                     # etcd 3.5.1 refuses a watch made with an expired token with the same words
                     # as a real denial: a renewed token settles it; denied again, it is real.
-                    token = self._token()
-                    if denied_generation == token or not await self.client.reauthenticate(exc):
+                    # "Again" means with no watch created in between: a token that served a
+                    # watch and expired since is refused like any expired one.
+                    token = (self._token(), self._created)
+                    if denied_generation == token or not token[0]:
                         raise PermissionDeniedError(
                             f"etcd does not let this client read {self.prefix!r}: {exc.details}",
                             code="PERMISSION_DENIED",
                             details=exc.details,
                         ) from None
-                    denied_generation = self._token()
-                    continue
+                    if await self.client.reauthenticate(exc):
+                        denied_generation = (self._token(), self._created)
+                        continue
+                    # The renewal failed for etcd's trouble ("leader changed", seen in the soak):
+                    # no answer about the permission yet, so a break like any other, and the
+                    # renewal is tried again after the backoff.
                 failure = exc
                 self._counts.reconnects += 1
                 delay = self._backoff.next_delay()
@@ -240,6 +248,7 @@ class PrefixWatch:
                     details=reason,
                 )
             if response.created:
+                self._created += 1
                 self._backoff.reset()
                 return
             if not response.events:
