@@ -97,6 +97,24 @@ async def test_a_failed_call_is_retried_on_another_endpoint(
             assert stats.transparent_retries == 0
 
 
+async def test_the_call_that_wakes_an_idle_channel_is_retried_on_another_endpoint(
+    client: EtcdClient, service: str
+) -> None:
+    options = [
+        *service_config(for_echo(retry_policy(max_attempts=2))),
+        ("grpc.client_idle_timeout_ms", 300),
+    ]
+    async with faulty_servers(2) as servers, registered(client, service, servers):
+        async with await resolve(client, service, policy="pick_first", options=options) as channel:
+            first, other = await in_pick_order(channel, servers)
+            await until(lambda: channel.get_state() is grpc.ChannelConnectivity.IDLE)
+            first.fail_with = UNAVAILABLE
+            # The first attempt wakes the channel and goes to pick_first's choice; the retry
+            # must know that endpoint was tried, or pick_first chooses it again.
+            assert where([await unary(channel)]) == {other.name: 1}
+            assert (first.calls, other.calls) == (1, 1)
+
+
 async def test_attempts_are_not_multiplied_underneath(client: EtcdClient, service: str) -> None:
     options = service_config(for_echo(retry_policy(max_attempts=3)))
     async with faulty_servers(3) as servers, registered(client, service, servers):

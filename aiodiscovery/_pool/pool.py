@@ -406,6 +406,9 @@ class Pool:
 
         Returns the subchannel (None if the attempt had to be deferred) and the attempt.
         """
+        # Woken here, not in defer(): an attempt that finds a subchannel must say which, so
+        # that its retry prefers another one.
+        self.wake()
         if self.usable:
             sub = self._pick(tried)
             return sub, sub.start(key, request, kwargs)

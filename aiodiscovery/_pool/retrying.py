@@ -108,12 +108,9 @@ class _Retrying(LateCall):
         # Later attempts start from timers and callbacks, but must see the caller's context
         # variables, as the first one did.
         self._context = contextvars.copy_context()
-        # The first attempt, as a plain call would start (its errors reach the caller).
-        if pool.usable:
-            self._sub = pool.picker.pick()
-            attempt = self._sub.start(key, request, kwargs)
-        else:
-            attempt = pool.defer(deferred, key, request, kwargs)
+        # The first attempt, as a plain call would start (its errors reach the caller); the
+        # call that wakes an IDLE channel learns its subchannel too, for the retries to avoid.
+        self._sub, attempt = pool.attempt(deferred, key, request, kwargs)
         self._attempt: Any = attempt
         attempt.add_done_callback(self._attempt_done)
 
