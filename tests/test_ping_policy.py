@@ -43,7 +43,5 @@ async def test_a_client_of_a_cluster_draws_no_goaway_from_etcd() -> None:
             child.stderr
         )
         # Every member's connection lived through the run: a GOAWAY would have closed it.
-        states = dict(
-            line.split()[1:] for line in child.stdout_lines if line.startswith("STATE ")
-        )
+        states = dict(line.split()[1:] for line in child.stdout_lines if line.startswith("STATE "))
         assert states == {m.url: "READY" for m in cluster.members}
