@@ -14,6 +14,7 @@ from ._daemon import DEFAULT_START_TIMEOUT
 from ._etcdctl import enable_auth, run_etcdctl
 from ._lifecycle import Lifecycle
 from ._ports import PortInUseError
+from ._process import EtcdBinary
 from ._server import EtcdServer
 
 __all__ = ["EtcdCluster"]
@@ -28,6 +29,7 @@ class EtcdCluster(Lifecycle):
     ``urls`` is the comma-separated client URL list to hand to :func:`aiodiscovery.connect`.
     ``tls``, ``client_cert_auth`` and ``extra_args`` apply to every member; with TLS all members
     share one set of :class:`TLSFiles`, so one client configuration (:meth:`tls_kwargs`) fits all.
+    ``etcd_binary`` is the etcd every member runs (see :class:`EtcdServer`).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class EtcdCluster(Lifecycle):
         tls: bool = False,
         client_cert_auth: bool = False,
         extra_args: Sequence[str] = (),
+        etcd_binary: EtcdBinary | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -53,6 +56,7 @@ class EtcdCluster(Lifecycle):
                 client_cert_auth=client_cert_auth,
                 tls_files=tls_files,
                 extra_args=extra_args,
+                etcd_binary=etcd_binary,
             )
             for i in range(size)
         ]
@@ -62,6 +66,11 @@ class EtcdCluster(Lifecycle):
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """The version of the etcd the members run, as ``(3, 5, 1)``."""
+        return self.members[0].version
 
     @property
     def urls(self) -> str:
@@ -86,7 +95,10 @@ class EtcdCluster(Lifecycle):
         """Turn authentication on for the cluster (see :meth:`EtcdServer.enable_auth`)."""
 
         def etcdctl(*args: str, stdin: str | None = None) -> str:
-            return run_etcdctl(self.urls, *args, flags=self.members[0].ctl_flags(), stdin=stdin)
+            first = self.members[0]
+            return run_etcdctl(
+                self.urls, *args, flags=first.ctl_flags(), stdin=stdin, etcd=first.binary
+            )
 
         credentials = enable_auth(etcdctl, user, password)
         for member in self.members:
