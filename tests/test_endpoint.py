@@ -213,7 +213,9 @@ def test_decode_accepts_what_go_accepts(value: bytes, expected: Endpoint | None)
         (b'{"Addr":"a:1"}{}', "not JSON: Extra data at 14"),
         (b'{"Addr":"a\x01"}', "not JSON"),
         (b'{"Addr":"\\x"}', "not JSON"),
-        (b'{"Addr":"a",}', "not JSON: Expecting property name enclosed in double quotes"),
+        # CPython words this one by version ("Expecting property name ...", 3.13: "Illegal
+        # trailing comma ..."): only our part of the message is ours to check.
+        (b'{"Addr":"a",}', "not JSON: "),
         (b'{"Addr" "a"}', "not JSON"),
         (b'{"Addr":01}', "not JSON"),
         (b"\xef\xbb\xbf{}", "not JSON"),  # Go refuses a byte order mark

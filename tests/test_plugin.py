@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from aiodiscovery.testing import etcd_binary, etcd_version
+
 # Each run is a new interpreter (runpytest_subprocess): one process, one loop, as in a user's
 # suite; running it in this process would put a second event loop next to ours.
 RUN_TIMEOUT = 120
@@ -13,6 +15,8 @@ import asyncio
 import contextlib
 
 import pytest
+
+from aiodiscovery.testing import etcd_binary, etcd_version
 
 import aiodiscovery
 from aiodiscovery import Endpoint, EndpointManager
@@ -81,6 +85,8 @@ def test_another_backend_gets_a_clear_error_not_a_hang(pytester: pytest.Pytester
         """
 import pytest
 
+from aiodiscovery.testing import etcd_binary, etcd_version
+
 @pytest.fixture(params=["trio"])
 def anyio_backend(request):
     return request.param
@@ -89,6 +95,8 @@ def anyio_backend(request):
     pytester.makepyfile(
         test_trio="""
 import pytest
+
+from aiodiscovery.testing import etcd_binary, etcd_version
 
 pytestmark = pytest.mark.anyio
 
@@ -112,3 +120,47 @@ def test_plain():
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=1)
+
+
+def test_the_etcd_binary_option_runs_that_etcd_everywhere_and_names_it(
+    pytester: pytest.Pytester,
+) -> None:
+    own = pytester.path / "bin"
+    own.mkdir()
+    for name in ("etcd", "etcdctl"):
+        (own / name).symlink_to(etcd_binary(name))
+    pytester.makepyfile(
+        test_which=f"""
+import os
+from pathlib import Path
+
+import pytest
+
+from aiodiscovery.testing import etcd_binary, etcd_version
+
+from aiodiscovery.testing import EtcdServer
+
+OWN = Path({str(own / "etcd")!r})
+
+
+def test_the_session_server(etcd_server):
+    assert Path(f"/proc/{{etcd_server.pid}}/cmdline").read_bytes().split(b"\\0")[0] == bytes(OWN)
+
+
+def test_servers_of_my_own_and_children():
+    assert EtcdServer().binary == OWN
+    assert os.environ["AIODISCOVERY_ETCD"] == str(OWN)
+"""
+    )
+    version = ".".join(map(str, etcd_version()))
+    result = pytester.runpytest_subprocess(
+        f"--etcd-binary={own / 'etcd'}", "-p", "no:cacheprovider", timeout=RUN_TIMEOUT
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"aiodiscovery: etcd {version} at {own / 'etcd'}"])
+
+    result = pytester.runpytest_subprocess(
+        f"--etcd-binary={pytester.path / 'nothing'}", "-p", "no:cacheprovider", timeout=RUN_TIMEOUT
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--etcd-binary: *nothing* is not an executable etcd binary"])

@@ -56,14 +56,21 @@ REQUIRE_LEADER = ("hasleader", "true")
 
 def _channel_options(extra: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
     options: dict[str, Any] = {
-        # A backstop only: silence is noticed by whoever expects an answer (see _members), far
-        # sooner than etcd's 5 s minimum ping interval (--grpc-keepalive-min-time) allows.
-        "grpc.keepalive_time_ms": 5_000,
+        # etcd's ping policy (grpc-go's server with PermitWithoutStream false and MinTime =
+        # --grpc-keepalive-min-time, 5 s by default) strikes a ping on a connection without a
+        # stream if any ping came in the 2 hours before, and any ping under MinTime after the
+        # previous one; the third strike draws GOAWAY "too_many_pings". So no ping without a call
+        # (the standby members' channels stay quiet), and at twice the default MinTime on busy
+        # ones, leaving room for timer and scheduling slack on either side. Pings are a backstop
+        # only: a silent member is noticed by whoever expects an answer from it (see .members).
+        "grpc.keepalive_time_ms": 10_000,
         # In grpcio's core only this bounds the wait for a ping's answer (keepalive_timeout_ms is
-        # not honoured); its 60 s default would leave a frozen member unnoticed for a minute.
+        # not honoured); its 60 s default would leave a dead connection unnoticed for a minute.
         "grpc.http2.ping_timeout_ms": 3_000,
         "grpc.keepalive_timeout_ms": 3_000,
-        "grpc.keepalive_permit_without_calls": 1,
+        "grpc.keepalive_permit_without_calls": 0,
+        # A watch or keep-alive stream sends nothing for long stretches: keep-alive pings must
+        # not wait for data from us.
         "grpc.http2.max_pings_without_data": 0,
         # Reconnect soon after a member comes back. (Not min_reconnect_backoff_ms: that is the
         # connect timeout, and a small one makes a slow TLS handshake fail forever.)

@@ -1,8 +1,9 @@
 """The etcd members a client talks to: one gRPC channel each, one in use, failover on evidence.
 
 A frozen member (SIGSTOP, a stalled disk, a partition that keeps TCP open) answers nothing and
-closes nothing: gRPC's keep-alive ping notices only after 5 s + its timeout, because etcd refuses
-pings more often than every 5 s. So every request and stream goes to one member at a time, and
+closes nothing: gRPC's keep-alive ping notices only after 10 s + its timeout, because etcd's ping
+policy allows no faster pings (and none on a connection without a stream: see
+``client._channel_options``). So every request and stream goes to one member at a time, and
 whoever expects an answer from it and does not get one in time (a keep-alive reply due every
 TTL/3, a unary deadline, a probe of an idle watch's member) calls :meth:`MemberSet.abandon`:
 everyone moves to another member at once, and streams on the abandoned one are told to leave it

@@ -194,6 +194,14 @@ def diagnose(details: str, tls: bool) -> str:
             "etcd refused the client certificate (it requires one signed by its trusted CA: "
             "pass cert= and key=)"
         )
+    if tls and "tsi_data_corrupted" in text:
+        # With TLS 1.3 the server checks the client's certificate after the client has finished
+        # its handshake, so a refusal (etcd 3.4.23's Go 1.19 build) arrives as the first record
+        # gRPC reads, and the alert's name stays in grpc core's log.
+        return (
+            "etcd ended the connection right after the TLS handshake: it most likely refused the "
+            "client certificate (it requires one signed by its trusted CA: pass cert= and key=)"
+        )
     if "security handshaker" in text or "private key" in text:
         return "the client certificate and key do not match or cannot be loaded"
     if tls and "handshake read failed" in text:

